@@ -1,0 +1,28 @@
+# `make test` and `make demo` build their own virtual environment (.venv) on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,examples]'
+	touch $(STAMP)
+
+## Run the whole test suite (unit tests, doctests, example smoke tests).
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
+
+## The library's main job (see README.md).
+demo: $(STAMP)
+	$(PY) benchmarks/kron_matmul.py --quick
+
+## The full kron_matmul benchmark; writes benchmarks/results/.
+bench: $(STAMP)
+	$(PY) benchmarks/kron_matmul.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
