@@ -7,3 +7,8 @@ from kfc_jax.ops._kron import default_cost_model as default_cost_model
 from kfc_jax.ops._kron import kron as kron
 from kfc_jax.ops._kron import kron_matmul as kron_matmul
 from kfc_jax.ops._kron import kron_matmul_plan as kron_matmul_plan
+from kfc_jax.ops._shapes import KroneckerShape as KroneckerShape
+from kfc_jax.ops._shapes import factorize as factorize
+from kfc_jax.ops._shapes import padded_kron_matmul as padded_kron_matmul
+from kfc_jax.ops._shapes import padded_size as padded_size
+from kfc_jax.ops._shapes import suggest_factors as suggest_factors

@@ -1,0 +1,6 @@
+"""Decompositions of trained weights into Kronecker (and low-rank) factors."""
+
+from kfc_jax.decompose._nkp import KroneckerDecomposition as KroneckerDecomposition
+from kfc_jax.decompose._nkp import low_rank as low_rank
+from kfc_jax.decompose._nkp import nearest_kronecker as nearest_kronecker
+from kfc_jax.decompose._nkp import nearest_kronecker_tensor as nearest_kronecker_tensor

@@ -1,0 +1,278 @@
+"""Factor shapes for any size: factorisation, padding, budgets and counting."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+
+from kfc_jax import _checks
+from kfc_jax.ops import _kron
+
+
+@functools.lru_cache(maxsize=4096)
+def _factorizations(n: int, k: int, largest: int) -> tuple[tuple[int, ...], ...]:
+  """All non-increasing k-tuples of positive ints <= largest with product n."""
+  if k == 1:
+    return ((n,),) if n <= largest else ()
+  out = []
+  for d in range(min(n, largest), 0, -1):
+    if n % d == 0 and d ** k >= n:
+      out.extend((d, *rest) for rest in _factorizations(n // d, k - 1, d))
+  return tuple(out)
+
+
+def factorize(n: int, k: int = 2) -> tuple[int, ...]:
+  """The most balanced ``k`` factors of ``n``, largest first (product is ``n``).
+
+  "Most balanced" means the smallest largest factor. A prime ``n`` gives
+  ``(n, 1, ...)``; :func:`padded_size` finds a nearby size that factors well.
+
+  Example usage::
+
+    >>> import kfc_jax
+    >>> kfc_jax.factorize(288), kfc_jax.factorize(4096, 3), kfc_jax.factorize(13)
+    ((18, 16), (16, 16, 16), (13, 1))
+  """
+  n = _checks.positive_int(n, "n")
+  k = _checks.positive_int(k, "k")
+  return min(_factorizations(n, k, n), key=lambda f: (f[0], -f[-1]))
+
+
+def _is_balanced(n: int, k: int, max_imbalance: float) -> bool:
+  f = factorize(n, k)
+  return f[0] <= max_imbalance * n ** (1.0 / k)
+
+
+def padded_size(n: int, k: int = 2, *, max_imbalance: float = 2.0) -> int:
+  """The smallest size ``>= n`` whose balanced ``k``-factorisation is useful.
+
+  Useful means the largest factor is at most ``max_imbalance`` times the
+  ``k``-th root of the size. Sizes that already qualify are returned as they
+  are; primes (and other awkward sizes) are padded, as the KFC paper pads
+  with dummy features.
+
+  Example usage::
+
+    >>> import kfc_jax
+    >>> kfc_jax.padded_size(288), kfc_jax.padded_size(1021), kfc_jax.padded_size(10)
+    (288, 1023, 10)
+  """
+  n = _checks.positive_int(n, "n")
+  k = _checks.positive_int(k, "k")
+  if max_imbalance < 1:
+    raise ValueError(f"max_imbalance must be >= 1, got {max_imbalance}.")
+  size = n
+  while not _is_balanced(size, k, max_imbalance):
+    size += 1
+  return size
+
+
+@dataclasses.dataclass(frozen=True)
+class KroneckerShape:
+  """Factor shapes of a Kronecker layer ``in_features -> out_features``.
+
+  The factors map ``prod(in_factors) -> prod(out_factors)``; when those exceed
+  ``in_features``/``out_features`` the layer pads its input with zeros and drops
+  the extra outputs (see :func:`padded_kron_matmul`), which computes exactly
+  ``x @ kron(...)[:in_features, :out_features]``.
+  """
+
+  in_features: int
+  out_features: int
+  in_factors: tuple[int, ...]
+  out_factors: tuple[int, ...]
+  rank: int = 1
+
+  def __post_init__(self):
+    _checks.positive_int(self.in_features, "in_features")
+    _checks.positive_int(self.out_features, "out_features")
+    ms = _checks.int_tuple(self.in_factors, "in_factors")
+    ns = _checks.int_tuple(self.out_factors, "out_factors")
+    _checks.positive_int(self.rank, "rank")
+    if len(ms) != len(ns):
+      raise ValueError(
+          f"in_factors and out_factors must have the same length, got"
+          f" in_factors={ms} and out_factors={ns}.")
+    if math.prod(ms) < self.in_features:
+      raise ValueError(
+          f"in_factors {ms} multiply to {math.prod(ms)}, fewer than"
+          f" in_features={self.in_features}; they must multiply to at least it,"
+          f" e.g. {suggest_factors(self.in_features, self.in_features, k=len(ms)).in_factors}.")
+    if math.prod(ns) < self.out_features:
+      raise ValueError(
+          f"out_factors {ns} multiply to {math.prod(ns)}, fewer than"
+          f" out_features={self.out_features}; they must multiply to at least"
+          f" it, e.g. {suggest_factors(self.out_features, self.out_features, k=len(ns)).out_factors}.")
+
+  @property
+  def factor_shapes(self) -> tuple[tuple[int, int, int], ...]:
+    return tuple((self.rank, m, n) for m, n in zip(self.in_factors, self.out_factors))
+
+  @property
+  def padded(self) -> bool:
+    return (math.prod(self.in_factors) != self.in_features
+            or math.prod(self.out_factors) != self.out_features)
+
+  @property
+  def params(self) -> int:
+    return self.rank * sum(m * n for m, n in zip(self.in_factors, self.out_factors))
+
+  @property
+  def dense_params(self) -> int:
+    return self.in_features * self.out_features
+
+  @property
+  def compression(self) -> float:
+    """Dense parameters over Kronecker parameters."""
+    return self.dense_params / self.params
+
+  def flops(self, batch: int = 1, dtype: Any = jnp.float32) -> int:
+    """FLOPs of ``kron_matmul``'s auto plan for ``batch`` rows."""
+    plan = _kron.kron_matmul_plan(
+        (batch, math.prod(self.in_factors)), self.factor_shapes, dtype=dtype)
+    return plan.chosen.flops
+
+  def dense_flops(self, batch: int = 1) -> int:
+    return 2 * batch * self.in_features * self.out_features
+
+
+def _ordered_factorizations(n: int, k: int) -> set[tuple[int, ...]]:
+  return {p for f in _factorizations(n, k, n) for p in itertools.permutations(f)}
+
+
+def suggest_factors(
+    in_features: int,
+    out_features: int,
+    *,
+    k: int = 2,
+    max_params: int | None = None,
+    compression: float | None = None,
+    rank: int | None = None,
+    max_imbalance: float = 2.0,
+) -> KroneckerShape:
+  """Suggests factor shapes (and rank) for a Kronecker layer.
+
+  Sizes without a useful ``k``-factorisation are padded (:func:`padded_size`).
+  Without a budget the result is the balanced factorisation at ``rank`` (1 by
+  default), which has the fewest parameters. With a budget (``max_params``, or
+  ``compression`` = dense / Kronecker parameters) the suggestion is the
+  factorisation and rank with the most parameters within the budget (the most
+  expressive layer that fits), preferring balanced shapes on ties.
+
+  Args:
+    in_features: input size.
+    out_features: output size.
+    k: number of factors.
+    max_params: parameter budget for the factors.
+    compression: target ratio of dense to Kronecker parameters (>= 1).
+    rank: fix the rank instead of choosing it.
+    max_imbalance: see :func:`padded_size`.
+
+  Returns:
+    A :class:`KroneckerShape`.
+
+  Raises:
+    ValueError: if no factorisation meets the budget.
+
+  Example usage::
+
+    >>> import kfc_jax
+    >>> s = kfc_jax.suggest_factors(1021, 256)
+    >>> s.in_factors, s.out_factors, s.padded
+    ((33, 31), (16, 16), True)
+    >>> kfc_jax.suggest_factors(4096, 4096, compression=64).params <= 4096 * 4096 // 64
+    True
+  """
+  in_features = _checks.positive_int(in_features, "in_features")
+  out_features = _checks.positive_int(out_features, "out_features")
+  k = _checks.positive_int(k, "k")
+  if rank is not None:
+    rank = _checks.positive_int(rank, "rank")
+  if max_params is not None and compression is not None:
+    raise ValueError("pass at most one of max_params and compression, got both.")
+  if compression is not None:
+    if not compression >= 1:
+      raise ValueError(f"compression must be >= 1, got {compression}.")
+    max_params = int(in_features * out_features / compression)
+  if max_params is not None:
+    max_params = _checks.positive_int(max_params, "max_params")
+  m = padded_size(in_features, k, max_imbalance=max_imbalance)
+  n = padded_size(out_features, k, max_imbalance=max_imbalance)
+  balanced = (factorize(m, k), factorize(n, k))
+
+  def imbalance(ms, ns):
+    sizes = [a * b for a, b in zip(ms, ns)]
+    return max(sizes) / min(sizes)
+
+  if max_params is None:
+    return KroneckerShape(in_features, out_features, *balanced, rank or 1)
+  in_choices = _ordered_factorizations(m, k) if k <= 3 else {balanced[0]}
+  out_choices = _ordered_factorizations(n, k) if k <= 3 else {balanced[1]}
+  best = None
+  for ms in in_choices:
+    for ns in out_choices:
+      per_rank = sum(a * b for a, b in zip(ms, ns))
+      max_rank = min(per_rank and max_params // per_rank,
+                     (m * n) // max(a * b for a, b in zip(ms, ns)))
+      ranks = [rank] if rank is not None else [max_rank]
+      for r in ranks:
+        if r < 1 or r * per_rank > max_params:
+          continue
+        key = (r * per_rank, -imbalance(ms, ns), ms, ns)
+        if best is None or key > best[0]:
+          best = (key, ms, ns, r)
+  if best is None:
+    smallest = KroneckerShape(in_features, out_features, *balanced, rank or 1)
+    raise ValueError(
+        f"no {k}-factor Kronecker layer {in_features}->{out_features}"
+        f"{'' if rank is None else f' of rank {rank}'} fits max_params="
+        f"{max_params}; the smallest has {smallest.params} parameters"
+        f" (in_factors={balanced[0]}, out_factors={balanced[1]}). Raise the"
+        " budget or use more factors (k).")
+  _, ms, ns, r = best
+  return KroneckerShape(in_features, out_features, ms, ns, r)
+
+
+def padded_kron_matmul(
+    x: Any,
+    factors: Sequence[Any],
+    out_features: int,
+    **kwargs: Any,
+) -> jnp.ndarray:
+  """``x @ kron(factors)[:x.shape[-1], :out_features]``, for padded shapes.
+
+  The KFC paper pads awkward (e.g. prime) sizes with dummy features. This pads
+  ``x`` with zero features up to ``prod(m_t)`` and drops the outputs past
+  ``out_features``, so the result is exactly the unpadded maths: the padded
+  rows of ``W`` only ever meet zeros.
+
+  Args:
+    x: ``[*batch, in_features]`` with ``in_features <= prod(m_t)``.
+    factors: as for :func:`kron_matmul`.
+    out_features: ``<= prod(n_t)``.
+    **kwargs: passed to :func:`kron_matmul`.
+  """
+  fs = _kron._as_factor_list(factors)
+  m = math.prod(f.shape[1] for f in fs)
+  n = math.prod(f.shape[2] for f in fs)
+  out_features = _checks.positive_int(out_features, "out_features")
+  if not hasattr(x, "ndim"):
+    x = jnp.asarray(x)
+  if x.ndim < 1 or x.shape[-1] > m:
+    raise ValueError(
+        f"x must have shape [*batch, in_features] with in_features <= {m} (the"
+        f" factors' padded input size), got x with shape {tuple(x.shape)}.")
+  if out_features > n:
+    raise ValueError(
+        f"out_features must be <= {n} (the factors' padded output size), got"
+        f" {out_features}.")
+  if x.shape[-1] < m:
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, m - x.shape[-1])])
+  y = _kron.kron_matmul(x, fs, **kwargs)
+  return y[..., :out_features] if out_features < n else y
