@@ -1,0 +1,129 @@
+"""factorize, padded_size, suggest_factors, KroneckerShape, padded_kron_matmul."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kfc_jax
+from conftest import np_kron, random_factors
+
+
+def _all_factorizations(n, k):
+  """Brute force: every ordered k-tuple with product n."""
+  divisors = [d for d in range(1, n + 1) if n % d == 0]
+  return [f for f in itertools.product(divisors, repeat=k) if math.prod(f) == n]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 400), k=st.integers(1, 3))
+def test_factorize_is_most_balanced(n, k):
+  f = kfc_jax.factorize(n, k)
+  assert len(f) == k and math.prod(f) == n and list(f) == sorted(f, reverse=True)
+  assert f[0] == min(max(g) for g in _all_factorizations(n, k))
+
+
+def test_factorize_examples():
+  assert kfc_jax.factorize(4096, 2) == (64, 64)
+  assert kfc_jax.factorize(288, 3) == (8, 6, 6)
+  assert kfc_jax.factorize(97, 2) == (97, 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3000), k=st.integers(2, 3))
+def test_padded_size_is_smallest_balanced(n, k):
+  p = kfc_jax.padded_size(n, k)
+  assert p >= n
+  assert kfc_jax.factorize(p, k)[0] <= 2.0 * p ** (1 / k)
+  for smaller in range(n, p):
+    assert kfc_jax.factorize(smaller, k)[0] > 2.0 * smaller ** (1 / k)
+
+
+def test_suggest_without_budget_is_balanced():
+  s = kfc_jax.suggest_factors(4096, 1024)
+  assert (s.in_factors, s.out_factors, s.rank) == ((64, 64), (32, 32), 1)
+  assert not s.padded and s.params == 2 * 64 * 32
+
+
+@pytest.mark.parametrize("in_features,out_features,budget", [(64, 36, 200), (48, 30, 97),
+                                                             (100, 100, 1000)])
+def test_suggest_with_budget_is_best_that_fits(in_features, out_features, budget):
+  s = kfc_jax.suggest_factors(in_features, out_features, max_params=budget)
+  assert s.params <= budget
+  best = 0
+  for ms in _all_factorizations(in_features, 2):
+    for ns in _all_factorizations(out_features, 2):
+      per_rank = ms[0] * ns[0] + ms[1] * ns[1]
+      max_rank = min(ms[0] * ns[0], ms[1] * ns[1])
+      r = min(budget // per_rank, max_rank)
+      if r >= 1:
+        best = max(best, r * per_rank)
+  assert s.params == best
+
+
+def test_suggest_compression_and_rank():
+  s = kfc_jax.suggest_factors(1024, 1024, compression=32)
+  assert s.compression >= 32
+  s = kfc_jax.suggest_factors(1024, 1024, compression=32, rank=4)
+  assert s.rank == 4 and s.compression >= 32
+
+
+def test_suggest_pads_primes():
+  s = kfc_jax.suggest_factors(97, 101)
+  assert s.padded
+  assert math.prod(s.in_factors) >= 97 and math.prod(s.out_factors) >= 101
+  assert max(s.in_factors) <= 2 * math.sqrt(math.prod(s.in_factors))
+
+
+def test_shape_counts():
+  s = kfc_jax.KroneckerShape(288, 256, (18, 16), (16, 16), rank=3)
+  assert s.params == 3 * (18 * 16 + 16 * 16)
+  assert s.dense_params == 288 * 256
+  assert s.dense_flops(10) == 2 * 10 * 288 * 256
+  assert 0 < s.flops(10) < s.dense_flops(10)
+
+
+@pytest.mark.parametrize("in_features,out_features", [(97, 101), (12, 6), (7, 13)])
+def test_padded_kron_matmul_equals_unpadded_maths(x64, rng, in_features, out_features):
+  s = kfc_jax.suggest_factors(in_features, out_features, k=2, rank=2)
+  factors = random_factors(rng, s.in_factors, s.out_factors, s.rank)
+  x = rng.standard_normal((3, in_features))
+  y = kfc_jax.padded_kron_matmul(x, factors, out_features)
+  w = np_kron(factors)[:in_features, :out_features]
+  np.testing.assert_allclose(y, x @ w, rtol=1e-10)
+  g = jax.grad(lambda x: kfc_jax.padded_kron_matmul(x, factors, out_features).sum())(x)
+  np.testing.assert_allclose(g, np.broadcast_to(w.sum(1), x.shape), rtol=1e-10)
+
+
+class TestErrors:
+
+  def test_suggest_budget_too_small(self):
+    with pytest.raises(ValueError, match=r"fits max_params=10; the smallest has 128"):
+      kfc_jax.suggest_factors(64, 64, max_params=10)
+
+  def test_suggest_both_budgets(self):
+    with pytest.raises(ValueError, match="at most one of max_params and compression"):
+      kfc_jax.suggest_factors(64, 64, max_params=100, compression=4)
+
+  @pytest.mark.parametrize("n,exc", [(0, ValueError), (-3, ValueError), (2.5, TypeError),
+                                     (True, TypeError)])
+  def test_factorize_bad_n(self, n, exc):
+    with pytest.raises(exc, match="n must be a positive integer"):
+      kfc_jax.factorize(n)
+
+  def test_shape_factors_too_small(self):
+    with pytest.raises(ValueError, match=r"in_factors \(4, 4\) multiply to 16, fewer than in_features=20"):
+      kfc_jax.KroneckerShape(20, 16, (4, 4), (4, 4))
+
+  def test_padded_kron_matmul_too_wide(self):
+    factors = [np.ones((2, 2)), np.ones((2, 2))]
+    with pytest.raises(ValueError, match=r"in_features <= 4"):
+      kfc_jax.padded_kron_matmul(np.ones((1, 5)), factors, 4)
+    with pytest.raises(ValueError, match=r"out_features must be <= 4"):
+      kfc_jax.padded_kron_matmul(np.ones((1, 4)), factors, 5)
