@@ -6,8 +6,11 @@ re-exported here; Flax layers live in ``kfc_jax.nnx`` (primary) and
 """
 
 from kfc_jax.decompose import KroneckerDecomposition as KroneckerDecomposition
+from kfc_jax.decompose import KroneckerSumDecomposition as KroneckerSumDecomposition
+from kfc_jax.decompose import KroneckerSumTerm as KroneckerSumTerm
 from kfc_jax.decompose import low_rank as low_rank
 from kfc_jax.decompose import nearest_kronecker as nearest_kronecker
+from kfc_jax.decompose import nearest_kronecker_sum as nearest_kronecker_sum
 from kfc_jax.decompose import nearest_kronecker_tensor as nearest_kronecker_tensor
 from kfc_jax.ops import CostModel as CostModel
 from kfc_jax.ops import KronMatmulPlan as KronMatmulPlan
@@ -22,23 +25,48 @@ from kfc_jax.ops import padded_kron_matmul as padded_kron_matmul
 from kfc_jax.ops import padded_size as padded_size
 from kfc_jax.ops import suggest_factors as suggest_factors
 
+# Layers and their helpers import the core above.
+from kfc_jax import formulations as formulations
+from kfc_jax._layers import KroneckerTerm as KroneckerTerm
+from kfc_jax._layers import LayerCost as LayerCost
+from kfc_jax.formulations import FORMULATIONS as FORMULATIONS
+from kfc_jax.formulations import Formulation as Formulation
+from kfc_jax.formulations import KFCTerm as KFCTerm
+from kfc_jax.formulations import get_formulation as get_formulation
+from kfc_jax.formulations import resolve_terms as resolve_terms
+from kfc_jax import linen as linen
+from kfc_jax import nnx as nnx
+
 __version__ = "0.1.0"
 
 __all__ = [
     "CostModel",
+    "FORMULATIONS",
+    "Formulation",
+    "KFCTerm",
     "KronMatmulPlan",
     "KroneckerDecomposition",
     "KroneckerShape",
+    "KroneckerSumDecomposition",
+    "KroneckerSumTerm",
+    "KroneckerTerm",
+    "LayerCost",
     "PlanCost",
     "default_cost_model",
     "factorize",
+    "formulations",
+    "get_formulation",
     "kron",
     "kron_matmul",
     "kron_matmul_plan",
+    "linen",
     "low_rank",
     "nearest_kronecker",
+    "nearest_kronecker_sum",
     "nearest_kronecker_tensor",
+    "nnx",
     "padded_kron_matmul",
     "padded_size",
+    "resolve_terms",
     "suggest_factors",
 ]

@@ -4,3 +4,6 @@ from kfc_jax.decompose._nkp import KroneckerDecomposition as KroneckerDecomposit
 from kfc_jax.decompose._nkp import low_rank as low_rank
 from kfc_jax.decompose._nkp import nearest_kronecker as nearest_kronecker
 from kfc_jax.decompose._nkp import nearest_kronecker_tensor as nearest_kronecker_tensor
+from kfc_jax.decompose._sum import KroneckerSumDecomposition as KroneckerSumDecomposition
+from kfc_jax.decompose._sum import KroneckerSumTerm as KroneckerSumTerm
+from kfc_jax.decompose._sum import nearest_kronecker_sum as nearest_kronecker_sum

@@ -1,0 +1,140 @@
+"""KDL: the Kronecker multi-layer block of Hogue, Kirby and Narayan."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from kfc_jax import _layers
+from kfc_jax.ops import kron
+from kfc_jax.nnx import _common
+
+
+class KDL(nnx.Module):
+  """Kronecker multi-layer block: a right layer, then a left layer.
+
+  ``x: [*batch, m1*m2]`` is viewed as ``X: [m1, m2]``; each of ``rank``
+  parallel branches computes ``Z = σ(X R + b_R)`` (``R: [m2, n2]``, ``Z:
+  [m1, n2]``), then ``Y = σ(Lᵀ Z + b_L)`` (``L: [m1, n1]``, ``Y: [n1, n2]``),
+  and the branches are summed (arXiv 2204.04273; DESIGN.md §7). With
+  ``activation=None`` and ``use_bias=False`` this is exactly
+  ``x @ sum_r L[r] ⊗ R[r]``, a :class:`KroneckerLinear`.
+
+  The biases are those of the "extended" dense network the block sparsifies:
+  ``right_bias: [rank, m1, n2]`` (one per hidden unit) and ``left_bias:
+  [rank, n1, n2]`` (one per output).
+
+  Example usage::
+
+    >>> import jax, jax.numpy as jnp, kfc_jax
+    >>> from flax import nnx
+    >>> block = kfc_jax.nnx.KDL(784, 256, in_factors=(28, 28),
+    ...                         out_factors=(16, 16), rngs=nnx.Rngs(0))
+    >>> jax.tree.map(jnp.shape, nnx.state(block, nnx.Param))
+    State({
+      'left': KroneckerFactor(
+        value=(1, 28, 16)
+      ),
+      'left_bias': Param(
+        value=(1, 16, 16)
+      ),
+      'right': KroneckerFactor(
+        value=(1, 28, 16)
+      ),
+      'right_bias': Param(
+        value=(1, 28, 16)
+      )
+    })
+    >>> block(jnp.ones((8, 784))).shape
+    (8, 256)
+
+  Args:
+    in_features: input size ``m1*m2``.
+    out_features: output size ``n1*n2``.
+    in_factors: ``(m1, m2)``.
+    out_factors: ``(n1, n2)``.
+    rank: number of parallel branches.
+    activation: applied after each layer; ``None`` for the identity.
+    use_bias: whether both layers add a bias.
+    dtype: computation dtype (default: inferred from inputs and params).
+    param_dtype: parameter dtype.
+    precision: ``jax.lax.Precision`` of both products.
+    preferred_element_type: accumulation dtype of both products.
+    factor_init: initialiser of ``left`` and ``right``; by default each layer
+      is lecun-normal (variance ``1 / m1``, ``1 / m2``, shared by the branches)
+      so, without activations, the block's output variance matches Flax's
+      default dense layer.
+    bias_init: initialiser of the biases.
+    factor_metadata: metadata for ``left`` and ``right``, or a pair of mappings.
+    bias_metadata: metadata of the biases.
+    rngs: random number generators.
+  """
+
+  def __init__(
+      self,
+      in_features: int,
+      out_features: int,
+      *,
+      in_factors: Sequence[int],
+      out_factors: Sequence[int],
+      rank: int = 1,
+      activation: Callable[[jax.Array], jax.Array] | None = jax.nn.relu,
+      use_bias: bool = True,
+      dtype: Any = None,
+      param_dtype: Any = jnp.float32,
+      precision: Any = None,
+      preferred_element_type: Any = None,
+      factor_init: Any = None,
+      bias_init: Any = _common.default_bias_init,
+      factor_metadata: Any = _common._EMPTY,
+      bias_metadata: Mapping[str, Any] = _common._EMPTY,
+      rngs: nnx.Rngs,
+  ):
+    layout = _layers.kdl_layout(in_features, out_features, in_factors,
+                                out_factors, rank)
+    if activation is not None and not callable(activation):
+      raise TypeError(
+          f"activation must be callable or None, got {activation!r}.")
+    self.layout = layout
+    self.in_features, self.out_features = layout.in_features, layout.out_features
+    self.activation = activation
+    self.use_bias = bool(use_bias)
+    self.dtype = dtype
+    self.param_dtype = param_dtype
+    self.precision = precision
+    self.preferred_element_type = preferred_element_type
+    left_meta, right_meta = _layers.pair_metadata(factor_metadata)
+    left_std, right_std = _layers.kdl_stddevs(layout)
+    make = _common.make_param
+    self.left = make(_common.KroneckerFactor, factor_init or _layers.normal_init(left_std),
+                     rngs.params(), layout.left_shape, param_dtype, left_meta)
+    self.right = make(_common.KroneckerFactor, factor_init or _layers.normal_init(right_std),
+                      rngs.params(), layout.right_shape, param_dtype, right_meta)
+    if use_bias:
+      self.left_bias = make(nnx.Param, bias_init, rngs.params(),
+                            layout.left_bias_shape, param_dtype, bias_metadata)
+      self.right_bias = make(nnx.Param, bias_init, rngs.params(),
+                             layout.right_bias_shape, param_dtype, bias_metadata)
+    else:
+      self.left_bias = nnx.data(None)
+      self.right_bias = nnx.data(None)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Applies the block to ``x: [*batch, in_features]``."""
+    get = lambda p: None if p is None else p[...]
+    return _layers.kdl_apply(
+        self.layout, x, self.left[...], self.right[...], get(self.left_bias),
+        get(self.right_bias), self.activation, dtype=self.dtype,
+        precision=self.precision, preferred_element_type=self.preferred_element_type)
+
+  def materialize(self) -> jax.Array:
+    """``sum_r L[r] ⊗ R[r]``: the block's kernel when it is linear (no biases, identity)."""
+    return kron([self.left[...], self.right[...]], precision=self.precision)
+
+  def cost(self, batch: int = 1) -> _layers.LayerCost:
+    """Parameters and FLOPs against the dense layer this block replaces."""
+    return _layers.kdl_cost(self.layout, use_bias=self.use_bias, batch=batch)
