@@ -35,6 +35,10 @@ from kfc_jax.formulations import KFCTerm as KFCTerm
 from kfc_jax.formulations import get_formulation as get_formulation
 from kfc_jax.formulations import resolve_terms as resolve_terms
 from kfc_jax import linen as linen
+from kfc_jax.summary import LayerSummary as LayerSummary
+from kfc_jax.summary import ModelSummary as ModelSummary
+from kfc_jax.summary import summarize as summarize
+from kfc_jax.summary import summarize_linen as summarize_linen
 from kfc_jax import nnx as nnx
 
 __version__ = "0.1.0"
@@ -51,6 +55,8 @@ __all__ = [
     "KroneckerSumTerm",
     "KroneckerTerm",
     "LayerCost",
+    "LayerSummary",
+    "ModelSummary",
     "PlanCost",
     "default_cost_model",
     "factorize",
@@ -69,4 +75,6 @@ __all__ = [
     "padded_size",
     "resolve_terms",
     "suggest_factors",
+    "summarize",
+    "summarize_linen",
 ]

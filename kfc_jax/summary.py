@@ -1,0 +1,188 @@
+"""Per-layer parameters and FLOPs of a model against the dense layers replaced.
+
+:func:`summarize` walks any NNX model; :func:`summarize_linen` traces a Linen
+model (shapes only, nothing is computed). Every kfc_jax layer reports its own
+:class:`kfc_jax.LayerCost` (its ``cost`` method); plain dense layers
+(``nnx.Linear``, ``nn.Dense``) are listed as their own dense baseline so the
+totals cover the whole dense part of the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+from flax import nnx
+
+from kfc_jax import _checks
+from kfc_jax._layers import LayerCost
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSummary:
+  """One row: a layer's path in the model and its cost."""
+
+  path: str
+  cost: LayerCost
+
+
+def _ratio(dense: int, actual: int) -> str:
+  return f"{dense / actual:.1f}x" if actual else "-"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSummary:
+  """Rows of :class:`LayerSummary`; ``str()`` gives the table.
+
+  FLOPs are per ``batch`` rows (multiply-adds count two, biases left out).
+  """
+
+  rows: tuple[LayerSummary, ...]
+  batch: int = 1
+
+  @property
+  def params(self) -> int:
+    return sum(r.cost.params for r in self.rows)
+
+  @property
+  def dense_params(self) -> int:
+    return sum(r.cost.dense_params for r in self.rows)
+
+  @property
+  def flops(self) -> int:
+    return sum(r.cost.flops for r in self.rows)
+
+  @property
+  def dense_flops(self) -> int:
+    return sum(r.cost.dense_flops for r in self.rows)
+
+  def table(self) -> str:
+    """The summary as a text table, one row per layer and a total."""
+    header = ("path", "layer", "in -> out", "params", "dense params", "saved",
+              "FLOPs", "dense FLOPs", "speedup")
+    lines = []
+    for r in self.rows:
+      c = r.cost
+      layer = f"{c.kind} {c.detail}".strip()
+      lines.append((r.path or "(root)", layer, f"{c.in_features} -> {c.out_features}",
+                    f"{c.params:,}", f"{c.dense_params:,}",
+                    _ratio(c.dense_params, c.params), f"{c.flops:,}",
+                    f"{c.dense_flops:,}", _ratio(c.dense_flops, c.flops)))
+    lines.append(("total", "", "", f"{self.params:,}", f"{self.dense_params:,}",
+                  _ratio(self.dense_params, self.params), f"{self.flops:,}",
+                  f"{self.dense_flops:,}", _ratio(self.dense_flops, self.flops)))
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+
+    def fmt(row):
+      cells = [cell.ljust(w) if i < 3 else cell.rjust(w)
+               for i, (cell, w) in enumerate(zip(row, widths))]
+      return "  ".join(cells).rstrip()
+
+    rule = "-" * len(fmt(header))
+    return "\n".join([fmt(header), rule, *map(fmt, lines[:-1]), rule, fmt(lines[-1])])
+
+  def __str__(self) -> str:
+    return self.table()
+
+
+def _is_kfc_layer(module: Any) -> bool:
+  return type(module).__module__.startswith("kfc_jax.") and callable(
+      getattr(module, "cost", None))
+
+
+def _dense_cost(kind: str, n_in: int, n_out: int, use_bias: bool, batch: int
+                ) -> LayerCost:
+  params = n_in * n_out + (n_out if use_bias else 0)
+  flops = 2 * batch * n_in * n_out
+  return LayerCost(kind, n_in, n_out, params, flops, params, flops)
+
+
+def _path(parts: Sequence[Any]) -> str:
+  return "/".join(str(p) for p in parts)
+
+
+def summarize(model: Any, *, batch: int = 1) -> ModelSummary:
+  """Summarises the kfc_jax layers and dense layers of an NNX model.
+
+  Args:
+    model: any NNX graph node (a module, or a list/dict of modules).
+    batch: rows per call, for FLOPs (the factored cost depends on it).
+
+  Example usage::
+
+    >>> import kfc_jax
+    >>> from flax import nnx
+    >>> class Head(nnx.Module):
+    ...   def __init__(self, rngs):
+    ...     self.fc = kfc_jax.nnx.KFC((3, 3, 32), 256, terms=[("II", (64, 4))], rngs=rngs)
+    ...     self.out = nnx.Linear(256, 10, rngs=rngs)
+    >>> s = kfc_jax.summarize(Head(nnx.Rngs(0)))
+    >>> s.params, s.dense_params
+    (4910, 76554)
+    >>> print(s)  # doctest: +NORMALIZE_WHITESPACE
+    path   layer          in -> out   params  dense params  saved   FLOPs  dense FLOPs  speedup
+    -------------------------------------------------------------------------------------------
+    fc     KFC II(64, 4)  288 -> 256   2,340        73,984  31.6x  18,688      147,456     7.9x
+    out    Linear         256 -> 10    2,570         2,570   1.0x   5,120        5,120     1.0x
+    -------------------------------------------------------------------------------------------
+    total                              4,910        76,554  15.6x  23,808      152,576     6.4x
+  """
+  batch = _checks.positive_int(batch, "batch")
+  rows = []
+  for path, module in nnx.iter_modules(model):
+    if _is_kfc_layer(module):
+      rows.append(LayerSummary(_path(path), module.cost(batch)))
+    elif isinstance(module, nnx.Linear):
+      rows.append(LayerSummary(_path(path), _dense_cost(
+          "Linear", module.in_features, module.out_features,
+          module.bias is not None, batch)))
+  rows.sort(key=lambda r: r.path)
+  return ModelSummary(tuple(rows), batch)
+
+
+def summarize_linen(module: nn.Module, variables: Any, *args: Any, batch: int = 1,
+                    **kwargs: Any) -> ModelSummary:
+  """Summarises the kfc_jax layers and ``nn.Dense`` layers of a Linen model.
+
+  The model is traced with :func:`jax.eval_shape` (nothing is computed) and
+  every layer called on the way is recorded.
+
+  Args:
+    module: the Linen model.
+    variables: its variables (e.g. ``{"params": ...}``), or ``None`` to trace
+      ``init`` instead.
+    *args: example inputs (arrays or ``jax.ShapeDtypeStruct``).
+    batch: rows per call, for FLOPs.
+    **kwargs: passed to ``module.apply``/``init``.
+
+  Example usage::
+
+    >>> import jax, jax.numpy as jnp, kfc_jax
+    >>> layer = kfc_jax.linen.LowRankLinear(288, 256, rank=96)
+    >>> s = kfc_jax.summarize_linen(layer, None, jnp.ones((1, 288)))
+    >>> s.rows[0].cost.params, s.rows[0].cost.dense_params
+    (52480, 73984)
+  """
+  batch = _checks.positive_int(batch, "batch")
+  rows: dict[str, LayerSummary] = {}
+
+  def interceptor(next_fun, call_args, call_kwargs, context):
+    m = context.module
+    if context.method_name == "__call__":
+      path = _path(m.path)
+      if _is_kfc_layer(m):
+        rows.setdefault(path, LayerSummary(path, m.cost(batch)))
+      elif isinstance(m, nn.Dense):
+        rows.setdefault(path, LayerSummary(path, _dense_cost(
+            "Dense", call_args[0].shape[-1], m.features, m.use_bias, batch)))
+    return next_fun(*call_args, **call_kwargs)
+
+  with nn.intercept_methods(interceptor):
+    if variables is None:
+      jax.eval_shape(lambda *a: module.init(jax.random.key(0), *a, **kwargs), *args)
+    else:
+      jax.eval_shape(lambda v, *a: module.apply(v, *a, **kwargs), variables, *args)
+  return ModelSummary(tuple(sorted(rows.values(), key=lambda r: r.path)), batch)
