@@ -23,6 +23,7 @@ from kfc_jax import formulations as _formulations
 from kfc_jax.decompose import KroneckerSumTerm
 from kfc_jax.decompose import low_rank as _low_rank
 from kfc_jax.decompose import nearest_kronecker_sum
+from kfc_jax.ops import _kron
 from kfc_jax.ops import KroneckerShape
 from kfc_jax.ops import factorize
 from kfc_jax.ops import kron
@@ -217,6 +218,13 @@ def promote(arrays: Sequence[Any], dtype: Any) -> list[Any]:
 
 def add_bias(y: Array, bias: Array | None) -> Array:
   return y if bias is None else y + bias
+
+
+def check_strategy(strategy: Any, layout: DenseLayout) -> Any:
+  """Validates ``strategy`` for every term (a contraction order must fit each)."""
+  for t in layout.terms:
+    strategy = _kron._check_strategy(strategy, t.num_factors)
+  return strategy
 
 
 def dense_apply(layout: DenseLayout, x: Any, factors: Sequence[Sequence[Any]],

@@ -97,6 +97,7 @@ class KroneckerDenseBase(nn.Module):
 
   def setup(self):
     layout = self.layout()
+    _layers.check_strategy(self.strategy, layout)
     metadata = _layers.per_factor_metadata(self.factor_metadata, layout)
     stds = _layers.default_factor_stddevs(layout)
     factors = []

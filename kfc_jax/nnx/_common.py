@@ -88,7 +88,7 @@ class KroneckerDenseBase(nnx.Module):
     self.param_dtype = param_dtype
     self.precision = precision
     self.preferred_element_type = preferred_element_type
-    self.strategy = strategy
+    self.strategy = _layers.check_strategy(strategy, layout)
     self.relative_error: float | None = None
     metadata = _layers.per_factor_metadata(factor_metadata, layout)
     stds = _layers.default_factor_stddevs(layout)
