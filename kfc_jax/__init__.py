@@ -13,12 +13,17 @@ from kfc_jax.decompose import nearest_kronecker as nearest_kronecker
 from kfc_jax.decompose import nearest_kronecker_sum as nearest_kronecker_sum
 from kfc_jax.decompose import nearest_kronecker_tensor as nearest_kronecker_tensor
 from kfc_jax.ops import CostModel as CostModel
+from kfc_jax.ops import KronConvPlan as KronConvPlan
 from kfc_jax.ops import KronMatmulPlan as KronMatmulPlan
 from kfc_jax.ops import KroneckerShape as KroneckerShape
 from kfc_jax.ops import PlanCost as PlanCost
 from kfc_jax.ops import default_cost_model as default_cost_model
 from kfc_jax.ops import factorize as factorize
 from kfc_jax.ops import kron as kron
+from kfc_jax.ops import kron_conv as kron_conv
+from kfc_jax.ops import kron_conv_plan as kron_conv_plan
+from kfc_jax.ops import kron_conv_sum as kron_conv_sum
+from kfc_jax.ops import kron_kernel as kron_kernel
 from kfc_jax.ops import kron_matmul as kron_matmul
 from kfc_jax.ops import kron_matmul_plan as kron_matmul_plan
 from kfc_jax.ops import padded_kron_matmul as padded_kron_matmul
@@ -48,6 +53,7 @@ __all__ = [
     "FORMULATIONS",
     "Formulation",
     "KFCTerm",
+    "KronConvPlan",
     "KronMatmulPlan",
     "KroneckerDecomposition",
     "KroneckerShape",
@@ -63,6 +69,10 @@ __all__ = [
     "formulations",
     "get_formulation",
     "kron",
+    "kron_conv",
+    "kron_conv_plan",
+    "kron_conv_sum",
+    "kron_kernel",
     "kron_matmul",
     "kron_matmul_plan",
     "linen",

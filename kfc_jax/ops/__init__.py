@@ -1,5 +1,10 @@
 """Pure-functional Kronecker primitives (framework-free)."""
 
+from kfc_jax.ops._conv import KronConvPlan as KronConvPlan
+from kfc_jax.ops._conv import kron_conv as kron_conv
+from kfc_jax.ops._conv import kron_conv_plan as kron_conv_plan
+from kfc_jax.ops._conv import kron_conv_sum as kron_conv_sum
+from kfc_jax.ops._conv import kron_kernel as kron_kernel
 from kfc_jax.ops._kron import CostModel as CostModel
 from kfc_jax.ops._kron import KronMatmulPlan as KronMatmulPlan
 from kfc_jax.ops._kron import PlanCost as PlanCost
