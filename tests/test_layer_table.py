@@ -33,12 +33,12 @@ def _rel(y, ref):
 
 
 @cases
-@pytest.mark.parametrize("batch_shape", [(), (5,), (2, 3)], ids=str)
+@pytest.mark.parametrize("batch_shape", [(), (2, 3)], ids=str)
 def test_matches_float64_reference(x64, rng, case, batch_shape):
   layer = case.nnx(param_dtype=jnp.float64)
   randomize(layer, rng)
   x = _x(rng, case, batch_shape)
-  y = layer(jnp.asarray(x))
+  y = nnx.jit(lambda m, v: m(v))(layer, jnp.asarray(x))
   chex.assert_shape(y, (*batch_shape, case.args[1]))
   flat = x.reshape(*batch_shape, case.in_features)
   ref = case.reference(nnx_params(layer), flat.reshape(-1, case.in_features))
