@@ -5,13 +5,16 @@ re-exported here; Flax layers live in ``kfc_jax.nnx`` (primary) and
 ``kfc_jax.linen``.
 """
 
+from kfc_jax.decompose import KronConvShape as KronConvShape
 from kfc_jax.decompose import KroneckerDecomposition as KroneckerDecomposition
 from kfc_jax.decompose import KroneckerSumDecomposition as KroneckerSumDecomposition
 from kfc_jax.decompose import KroneckerSumTerm as KroneckerSumTerm
+from kfc_jax.decompose import gkpd as gkpd
 from kfc_jax.decompose import low_rank as low_rank
 from kfc_jax.decompose import nearest_kronecker as nearest_kronecker
 from kfc_jax.decompose import nearest_kronecker_sum as nearest_kronecker_sum
 from kfc_jax.decompose import nearest_kronecker_tensor as nearest_kronecker_tensor
+from kfc_jax.decompose import suggest_conv_factors as suggest_conv_factors
 from kfc_jax.ops import CostModel as CostModel
 from kfc_jax.ops import KronConvPlan as KronConvPlan
 from kfc_jax.ops import KronMatmulPlan as KronMatmulPlan
@@ -54,6 +57,7 @@ __all__ = [
     "Formulation",
     "KFCTerm",
     "KronConvPlan",
+    "KronConvShape",
     "KronMatmulPlan",
     "KroneckerDecomposition",
     "KroneckerShape",
@@ -68,6 +72,7 @@ __all__ = [
     "factorize",
     "formulations",
     "get_formulation",
+    "gkpd",
     "kron",
     "kron_conv",
     "kron_conv_plan",
@@ -84,6 +89,7 @@ __all__ = [
     "padded_kron_matmul",
     "padded_size",
     "resolve_terms",
+    "suggest_conv_factors",
     "suggest_factors",
     "summarize",
     "summarize_linen",

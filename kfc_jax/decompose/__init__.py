@@ -1,5 +1,8 @@
 """Decompositions of trained weights into Kronecker (and low-rank) factors."""
 
+from kfc_jax.decompose._gkpd import KronConvShape as KronConvShape
+from kfc_jax.decompose._gkpd import gkpd as gkpd
+from kfc_jax.decompose._gkpd import suggest_conv_factors as suggest_conv_factors
 from kfc_jax.decompose._nkp import KroneckerDecomposition as KroneckerDecomposition
 from kfc_jax.decompose._nkp import low_rank as low_rank
 from kfc_jax.decompose._nkp import nearest_kronecker as nearest_kronecker
