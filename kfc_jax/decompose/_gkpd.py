@@ -199,7 +199,7 @@ def suggest_conv_factors(
     ...                                     np.random.randn(1, 1, 8, 8))))
     >>> s = kfc_jax.suggest_conv_factors(k.shape, compression=5, kernel=k)
     >>> dec = kfc_jax.gkpd(k, s.a_shape, s.b_shape, s.rank)
-    >>> s.compression >= 5, dec.relative_error < 1e-10
+    >>> s.compression >= 5, dec.relative_error < 1e-6   # float32 kernel: exact
     (True, True)
   """
   shape = _checks.int_tuple(kernel_shape, "kernel_shape")
