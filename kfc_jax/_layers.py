@@ -299,9 +299,20 @@ def normal_init(stddev: float) -> Initializer:
   return init
 
 
-def fit_dense(layout: DenseLayout, w: Any, *, sweeps: int = 20
-              ) -> tuple[list[list[np.ndarray]], float]:
-  """Factors (float64 NumPy, ``[rank, m_f, n_f]``) nearest to ``w`` and the error."""
+def _with_bias(params: dict[str, np.ndarray], bias: Any, out_features: int,
+               use_bias: bool) -> dict[str, np.ndarray]:
+  if use_bias:
+    params["bias"] = np.zeros(out_features) if bias is None else np.asarray(bias)
+  return params
+
+
+def fit_dense(layout: DenseLayout, w: Any, bias: Any = None, *, use_bias: bool,
+              sweeps: int = 20) -> tuple[dict[str, np.ndarray], float]:
+  """Params nearest to a dense layer ``(w, bias)``, by name, and the error.
+
+  The names are the layers' (NNX and Linen alike); factors are float64 NumPy
+  ``[rank, m_f, n_f]``; the bias is copied (zeros if the dense layer had none).
+  """
   w = _checks.finite_matrix(w, "kernel")
   if w.shape != (layout.in_features, layout.out_features):
     raise ValueError(
@@ -316,9 +327,11 @@ def fit_dense(layout: DenseLayout, w: Any, *, sweeps: int = 20
       sum_terms.append(KroneckerSumTerm(
           t.in_factors, t.out_factors, tuple((f, k + f) for f in range(k)), t.rank))
   dec = nearest_kronecker_sum(w, sum_terms, sweeps=sweeps)
-  factors = [[f.reshape(shape) for f, shape in zip(fs, t.factor_shapes)]
-             for fs, t in zip(dec.factors, layout.terms)]
-  return factors, dec.relative_error
+  params = {factor_name(t, f): value.reshape(shape)
+            for t, (fs, term) in enumerate(zip(dec.factors, layout.terms))
+            for f, (value, shape) in enumerate(zip(fs, term.factor_shapes))}
+  return (_with_bias(params, bias, layout.out_features, use_bias),
+          dec.relative_error)
 
 
 def relative_error(w: Any, approx: Any) -> float:
@@ -365,9 +378,13 @@ def low_rank_stddevs(in_features: int, rank: int) -> tuple[float, float]:
   return 1 / math.sqrt(in_features), 1 / math.sqrt(rank)
 
 
-def fit_low_rank(w: Any, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
+def fit_low_rank(w: Any, bias: Any = None, *, rank: int, use_bias: bool
+                 ) -> tuple[dict[str, np.ndarray], float]:
+  """``u``, ``v`` (truncated SVD) and bias nearest to a dense layer, and the error."""
+  w = _checks.finite_matrix(w, "kernel")
   u, v = _low_rank(w, rank)
-  return u, v, relative_error(w, u @ v)
+  return (_with_bias({"u": u, "v": v}, bias, w.shape[1], use_bias),
+          relative_error(w, u @ v))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -82,11 +82,8 @@ def conversion_fields(params: Any, fields: dict[str, Any]) -> dict[str, Any]:
   return fields
 
 
-def output_bias(module: nn.Module, bias: np.ndarray | None, n: int) -> dict[str, Array]:
-  if not module.use_bias:
-    return {}
-  value = np.zeros(n) if bias is None else bias
-  return {"bias": jnp.asarray(value, module.param_dtype)}
+def cast_params(module: nn.Module, params: Mapping[str, Any]) -> dict[str, Array]:
+  return {k: jnp.asarray(v, module.param_dtype) for k, v in params.items()}
 
 
 class KroneckerDenseBase(nn.Module):
@@ -139,9 +136,6 @@ class KroneckerDenseBase(nn.Module):
 
   def _convert(self, params: Any, sweeps: int) -> DenseConversion:
     kernel, bias, _ = dense_params(params)
-    layout = self.layout()
-    factors, error = _layers.fit_dense(layout, kernel, sweeps=sweeps)
-    new = {_layers.factor_name(t, f): jnp.asarray(v, self.param_dtype)
-           for t, fs in enumerate(factors) for f, v in enumerate(fs)}
-    new.update(output_bias(self, bias, layout.out_features))
-    return DenseConversion(self, new, error)
+    new, error = _layers.fit_dense(self.layout(), kernel, bias,
+                                   use_bias=self.use_bias, sweeps=sweeps)
+    return DenseConversion(self, cast_params(self, new), error)

@@ -91,8 +91,6 @@ class LowRankLinear(nn.Module):
     fields = _common.conversion_fields(params, fields)
     module = cls(*kernel.shape, rank=rank, **fields)
     _, _, rank = _layers.low_rank_check(*kernel.shape, rank)
-    u, v, error = _layers.fit_low_rank(kernel, rank)
-    new = {"u": jnp.asarray(u, module.param_dtype),
-           "v": jnp.asarray(v, module.param_dtype)}
-    new.update(_common.output_bias(module, bias, kernel.shape[1]))
-    return _common.DenseConversion(module, new, error)
+    new, error = _layers.fit_low_rank(kernel, bias, rank=rank,
+                                      use_bias=module.use_bias)
+    return _common.DenseConversion(module, _common.cast_params(module, new), error)

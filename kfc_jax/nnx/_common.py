@@ -60,6 +60,12 @@ def set_param(param: nnx.Variable, value: Any) -> None:
   param.set_value(value)
 
 
+def load_params(module: nnx.Module, params: Mapping[str, Any]) -> None:
+  """Sets each named param of ``module`` (values cast to its dtype)."""
+  for name, value in params.items():
+    set_param(getattr(module, name), value)
+
+
 def linear_kernel(linear: Any) -> tuple[np.ndarray, Any, Any]:
   """The ``[in, out]`` kernel, bias (or None) and dtype of an ``nnx.Linear``."""
   kernel = getattr(linear, "kernel", None)
@@ -132,13 +138,9 @@ class KroneckerDenseBase(nnx.Module):
   def _load_dense(self, linear: Any, sweeps: int) -> None:
     """Fits the factors to ``linear``'s kernel and copies its bias."""
     kernel, bias, _ = linear_kernel(linear)
-    factors, self.relative_error = _layers.fit_dense(self.layout, kernel,
-                                                     sweeps=sweeps)
-    for t, fs in enumerate(factors):
-      for f, value in enumerate(fs):
-        set_param(getattr(self, _layers.factor_name(t, f)), value)
-    if self.bias is not None:
-      set_param(self.bias, np.zeros(self.out_features) if bias is None else bias)
+    params, self.relative_error = _layers.fit_dense(
+        self.layout, kernel, bias, use_bias=self.use_bias, sweeps=sweeps)
+    load_params(self, params)
 
 
 def from_linear_kwargs(linear: Any, kwargs: dict[str, Any]) -> dict[str, Any]:

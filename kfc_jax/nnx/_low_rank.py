@@ -130,9 +130,7 @@ class LowRankLinear(nnx.Module):
     kernel, bias, _ = _common.linear_kernel(linear)
     kwargs = _common.from_linear_kwargs(linear, kwargs)
     layer = cls(*kernel.shape, rank=rank, **kwargs)
-    u, v, layer.relative_error = _layers.fit_low_rank(kernel, layer.rank)
-    _common.set_param(layer.u, u)
-    _common.set_param(layer.v, v)
-    if layer.bias is not None:
-      _common.set_param(layer.bias, 0 * kernel[0] if bias is None else bias)
+    params, layer.relative_error = _layers.fit_low_rank(
+        kernel, bias, rank=layer.rank, use_bias=layer.use_bias)
+    _common.load_params(layer, params)
     return layer

@@ -386,3 +386,16 @@ def test_padding_is_invisible(rng):
   assert layer.materialize().shape == (13, 7)
   assert layer(jnp.ones((2, 13))).shape == (2, 7)
   assert set(nnx_params(layer)) == {"bias", "factor_0_0", "factor_0_1"}
+
+
+def test_factor_shapes_suggested_or_partly_given():
+  make = lambda **kw: nnx.eval_shape(
+      lambda: KroneckerLinear(288, 256, rngs=nnx.Rngs(0), **kw))
+  suggested = kfc_jax.suggest_factors(288, 256)
+  assert make().layout.terms[0].in_factors == suggested.in_factors
+  three = make(in_factors=(2, 12, 12)).layout.terms[0]
+  assert three.out_factors == kfc_jax.factorize(256, 3)
+  shaped = make(terms=[kfc_jax.KroneckerTerm((16, 18), None, 2),
+                       kfc_jax.KroneckerShape(288, 256, (18, 16), (16, 16))])
+  assert [(t.in_factors, t.out_factors, t.rank) for t in shaped.layout.terms] == [
+      ((16, 18), (16, 16), 2), ((18, 16), (16, 16), 1)]
