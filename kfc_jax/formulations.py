@@ -13,6 +13,23 @@ is stored as ``[rank, H*W, O2]`` with row ``h*W + w``). A term runs as: transpos
 the feature map so each factor's group is contiguous in factor order (skipped
 when that is the identity), flatten, and call :func:`kfc_jax.kron_matmul`.
 
+The formulations (``FORMULATIONS``; output ``O = O1*O2`` or ``O1*O2*O3``):
+
+=======  ================  ================  ===============  ==========================
+name     factor A          factor B          factor D         parameters (rank 1)
+=======  ================  ================  ===============  ==========================
+I        ``C -> O``        ``H*W -> 1``                       ``C*O + H*W``
+II       ``C -> O1``       ``H*W -> O2``                      ``C*O1 + H*W*O2``
+III      ``C*H -> O1``     ``W -> O2``                        ``C*H*O1 + W*O2``
+IV       ``C*W -> O1``     ``H -> O2``                        ``C*W*O1 + H*O2``
+CHW      ``C -> O1``       ``H -> O2``       ``W -> O3``      ``C*O1 + H*O2 + W*O3``
+=======  ================  ================  ===============  ==========================
+
+The paper's text for formulation I is garbled in the copy we hold; the row
+above is our reading, the only one consistent with the paper's parameter
+counts (KFC-I keeps more parameters than KFC-II). CHW is our extension (the
+paper lists I-IV only), named by its groups rather than as a fifth numeral.
+
 Because the grouping is explicit, every formulation has an optimal
 decomposition of a dense weight: :func:`kfc_jax.nearest_kronecker_tensor` over
 the named axis groups (exactly optimal for two factors).
