@@ -114,8 +114,11 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
     raise ValueError(
         f"{name} must be a positive int or a pair (height, width) of positive"
         f" ints, got {value!r}.")
+  if not isinstance(value, Sequence):
+    v = _checks.positive_int(value, name)
+    return (v, v)
   t = _checks.int_tuple(value, name)
-  return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
+  return (t[0], t[1])
 
 
 def _padding_choices() -> str:
@@ -506,9 +509,8 @@ def _prepare(x, terms, strides, padding, kernel_dilation, strategy):
   """Shared validation of kron_conv and kron_conv_sum."""
   if not hasattr(x, "ndim"):
     x = jnp.asarray(x)
+  # The factors are floating, so integer images promote to their dtype.
   dtype = jnp.result_type(x, *(f for t in terms for f in t))
-  if not jnp.issubdtype(dtype, jnp.inexact):
-    raise TypeError(f"x must have a floating dtype, got {x.dtype}.")
   strategy = _check_strategy(strategy)
   a0, b0 = (tuple(int(d) for d in f.shape) for f in terms[0])
   x4, strides, padding, pads, dil = _resolve(x.shape, a0, b0, strides, padding,
