@@ -1,0 +1,1 @@
+"""Configurations of the MNIST example: ``default`` (minutes) and ``paper``."""
