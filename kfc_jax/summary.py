@@ -10,6 +10,7 @@ totals cover the whole dense part of the model.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ import jax
 from flax import nnx
 
 from kfc_jax import _checks
+from kfc_jax._conv_layers import dense_conv_cost
 from kfc_jax._layers import LayerCost
 
 
@@ -100,12 +102,20 @@ def _dense_cost(kind: str, n_in: int, n_out: int, use_bias: bool, batch: int
   return LayerCost(kind, n_in, n_out, params, flops, params, flops)
 
 
+def _window(kernel_size: Any) -> tuple[int, ...]:
+  return (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
+
+
 def _path(parts: Sequence[Any]) -> str:
   return "/".join(str(p) for p in parts)
 
 
 def summarize(model: Any, *, batch: int = 1) -> ModelSummary:
   """Summarises the kfc_jax layers and dense layers of an NNX model.
+
+  An NNX model carries no input shapes, so convolutions (``KroneckerConv``,
+  ``nnx.Conv``) count FLOPs per ``batch`` output pixels;
+  :func:`summarize_linen` traces the model and counts whole images.
 
   Args:
     model: any NNX graph node (a module, or a list/dict of modules).
@@ -139,6 +149,9 @@ def summarize(model: Any, *, batch: int = 1) -> ModelSummary:
       rows.append(LayerSummary(_path(path), _dense_cost(
           "Linear", module.in_features, module.out_features,
           module.bias is not None, batch)))
+    elif isinstance(module, nnx.Conv):
+      rows.append(LayerSummary(_path(path), dense_conv_cost(
+          "Conv", module.kernel[...].shape, module.bias is not None, batch)))
   rows.sort(key=lambda r: r.path)
   return ModelSummary(tuple(rows), batch)
 
@@ -155,7 +168,7 @@ def summarize_linen(module: nn.Module, variables: Any, *args: Any, batch: int = 
     variables: its variables (e.g. ``{"params": ...}``), or ``None`` to trace
       ``init`` instead.
     *args: example inputs (arrays or ``jax.ShapeDtypeStruct``).
-    batch: rows per call, for FLOPs.
+    batch: rows (images, for convolutions) per call, for FLOPs.
     **kwargs: passed to ``module.apply``/``init``.
 
   Example usage::
@@ -171,14 +184,27 @@ def summarize_linen(module: nn.Module, variables: Any, *args: Any, batch: int = 
 
   def interceptor(next_fun, call_args, call_kwargs, context):
     m = context.module
+    out = next_fun(*call_args, **call_kwargs)
     if context.method_name == "__call__":
       path = _path(m.path)
       if _is_kfc_layer(m):
-        rows.setdefault(path, LayerSummary(path, m.cost(batch)))
+        if "input_size" in inspect.signature(m.cost).parameters:  # convolutions
+          cost = m.cost(batch, input_size=call_args[0].shape[-3:-1])
+        else:
+          cost = m.cost(batch)
+        rows.setdefault(path, LayerSummary(path, cost))
       elif isinstance(m, nn.Dense):
         rows.setdefault(path, LayerSummary(path, _dense_cost(
             "Dense", call_args[0].shape[-1], m.features, m.use_bias, batch)))
-    return next_fun(*call_args, **call_kwargs)
+      elif isinstance(m, nn.Conv) and len(_window(m.kernel_size)) == 2:
+        x = call_args[0]
+        kernel = (*_window(m.kernel_size), x.shape[-1] // m.feature_group_count,
+                  m.features)
+        pixels = batch * out.shape[-3] * out.shape[-2]  # output pixels per call
+        cost = dense_conv_cost("Conv", kernel, m.use_bias, pixels)
+        rows.setdefault(path, LayerSummary(path, dataclasses.replace(
+            cost, in_features=x.shape[-1], detail=f"@{x.shape[-3]}x{x.shape[-2]}")))
+    return out
 
   with nn.intercept_methods(interceptor):
     if variables is None:

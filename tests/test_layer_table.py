@@ -202,10 +202,11 @@ def test_linen_errors_at_first_call_not_construction(case):
 
 
 def test_every_layer_is_in_the_table():
-  covered = {c.nnx_cls for c in CASES}
+  # KroneckerConv (NHWC in, HWIO kernel) has its own table in test_conv_layers.py.
+  covered = {c.nnx_cls for c in CASES} | {kfc_jax.nnx.KroneckerConv}
   public = {getattr(kfc_jax.nnx, n) for n in kfc_jax.nnx.__all__}
   assert public - covered == {kfc_jax.nnx.KroneckerFactor}
-  assert {c.linen_cls for c in CASES} >= {getattr(kfc_jax.linen, n)
+  assert {c.linen_cls for c in CASES} | {kfc_jax.linen.KroneckerConv} >= {getattr(kfc_jax.linen, n)
                                           for n in kfc_jax.linen.__all__
                                           if isinstance(getattr(kfc_jax.linen, n), type)
                                           and issubclass(getattr(kfc_jax.linen, n), nn.Module)}

@@ -14,6 +14,7 @@ Example usage::
 """
 
 from kfc_jax.linen._common import DenseConversion as DenseConversion
+from kfc_jax.linen._conv import KroneckerConv as KroneckerConv
 from kfc_jax.linen._kdl import KDL as KDL
 from kfc_jax.linen._kfc import KFC as KFC
 from kfc_jax.linen._linear import KroneckerLinear as KroneckerLinear
@@ -23,6 +24,7 @@ __all__ = [
     "DenseConversion",
     "KDL",
     "KFC",
+    "KroneckerConv",
     "KroneckerLinear",
     "LowRankLinear",
 ]

@@ -11,6 +11,7 @@ Example usage::
 """
 
 from kfc_jax.nnx._common import KroneckerFactor as KroneckerFactor
+from kfc_jax.nnx._conv import KroneckerConv as KroneckerConv
 from kfc_jax.nnx._kdl import KDL as KDL
 from kfc_jax.nnx._kfc import KFC as KFC
 from kfc_jax.nnx._linear import KroneckerLinear as KroneckerLinear
@@ -19,6 +20,7 @@ from kfc_jax.nnx._low_rank import LowRankLinear as LowRankLinear
 __all__ = [
     "KDL",
     "KFC",
+    "KroneckerConv",
     "KroneckerFactor",
     "KroneckerLinear",
     "LowRankLinear",

@@ -1,0 +1,156 @@
+"""Linen twin of :class:`kfc_jax.nnx.KroneckerConv`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kfc_jax import _conv_layers, _layers
+from kfc_jax.linen import _common
+from kfc_jax.ops import _conv
+
+Array = jax.Array
+
+
+def conv_params(params: Any) -> tuple[np.ndarray, np.ndarray | None, Any]:
+  """Kernel (float64), bias and kernel dtype of a Linen ``Conv`` param dict."""
+  if isinstance(params, Mapping) and "params" in params and "kernel" not in params:
+    params = params["params"]
+  params = nn.unbox(params) if isinstance(params, Mapping) else params
+  if not isinstance(params, Mapping) or "kernel" not in params:
+    raise TypeError(
+        "params must be a Linen Conv param dict {'kernel': [kh, kw, in_features,"
+        f" out_features], 'bias': [out_features]}}, got {type(params).__name__}"
+        f" with keys {sorted(params) if isinstance(params, Mapping) else '-'}.")
+  kernel = params["kernel"]
+  if getattr(kernel, "ndim", 0) != 4:
+    raise ValueError(
+        f"params['kernel'] must be 4-D [kh, kw, in_features, out_features] (a"
+        f" 2-D conv), got shape {tuple(np.shape(kernel))}.")
+  bias = params.get("bias")
+  return (np.asarray(kernel, np.float64),
+          None if bias is None else np.asarray(bias), kernel.dtype)
+
+
+class KroneckerConv(nn.Module):
+  """2-D conv with kernel ``K = sum_r A[r] ⊗ B[r]`` (Linen).
+
+  Same arguments (minus ``rngs``) and parameter names (``factor_{t}_0``,
+  ``factor_{t}_1``, ``bias``) as :class:`kfc_jax.nnx.KroneckerConv`; bad
+  arguments raise at the first ``init``/``apply``.
+
+  Example usage::
+
+    >>> import jax, jax.numpy as jnp, kfc_jax
+    >>> layer = kfc_jax.linen.KroneckerConv(64, 64, (3, 3), a_shape=(3, 3, 16, 16),
+    ...                                     b_shape=(1, 1, 4, 4), rank=3)
+    >>> params = layer.init(jax.random.key(0), jnp.ones((1, 8, 8, 64)))["params"]
+    >>> jax.tree.map(jnp.shape, params)
+    {'bias': (64,), 'factor_0_0': (3, 3, 3, 16, 16), 'factor_0_1': (3, 1, 1, 4, 4)}
+  """
+
+  in_features: int
+  out_features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: Any = "SAME"
+  kernel_dilation: int | Sequence[int] = 1
+  a_shape: Sequence[int] | None = None
+  b_shape: Sequence[int] | None = None
+  rank: int = 1
+  terms: Sequence[Any] | None = None
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  preferred_element_type: Any = None
+  factor_init: Any = None
+  bias_init: Any = _common.default_bias_init
+  factor_metadata: Any = None
+  bias_metadata: Mapping[str, Any] | None = None
+  strategy: Any = "auto"
+
+  def layout(self) -> _conv_layers.ConvLayout:
+    return _conv_layers.conv_layout(
+        self.in_features, self.out_features, self.kernel_size, self.strides,
+        padding=self.padding, kernel_dilation=self.kernel_dilation,
+        a_shape=self.a_shape, b_shape=self.b_shape, rank=self.rank,
+        terms=self.terms)
+
+  def setup(self):
+    layout = self.layout()
+    _conv._check_strategy(self.strategy)
+    metadata = _layers.pair_metadata(self.factor_metadata)
+    stds = _conv_layers.conv_stddevs(layout)
+    factors = []
+    for t, term in enumerate(layout.terms):
+      pair = []
+      for f, shape in enumerate(term.factor_shapes):
+        init = _common.boxed_init(self.factor_init or _layers.normal_init(stds[t][f]),
+                                  metadata[f], "factor_metadata")
+        pair.append(self.param(_layers.factor_name(t, f), init, shape,
+                               self.param_dtype))
+      factors.append(tuple(pair))
+    self.factors = factors
+    self.bias = (self.param("bias", _common.boxed_init(
+        self.bias_init, self.bias_metadata, "bias_metadata"),
+                            (layout.out_features,), self.param_dtype)
+                 if self.use_bias else None)
+    self._conv_layout = layout
+
+  def __call__(self, x: Array) -> Array:
+    """Applies the conv to ``x: [*batch, H, W, in_features]``."""
+    return _conv_layers.conv_apply(
+        self._conv_layout, x, self.factors, self.bias, dtype=self.dtype,
+        precision=self.precision, preferred_element_type=self.preferred_element_type,
+        strategy=self.strategy)
+
+  def materialize(self) -> Array:
+    """The effective kernel ``[kh, kw, in_features, out_features]`` (HWIO).
+
+    Use as ``module.apply(variables, method="materialize")``.
+    """
+    return _conv_layers.conv_materialize(self.factors, precision=self.precision)
+
+  def cost(self, batch: int = 1, input_size: Sequence[int] | None = None
+           ) -> _layers.LayerCost:
+    """Parameters and FLOPs against the dense conv (see the NNX ``cost``)."""
+    return _conv_layers.conv_cost(
+        type(self).__name__, self.layout(), use_bias=self.use_bias, batch=batch,
+        input_size=input_size, strategy=self.strategy, dtype=self.param_dtype)
+
+  @classmethod
+  def from_conv_params(cls, params: Any, *, strides: Any = 1, padding: Any = "SAME",
+                       kernel_dilation: Any = 1, a_shape: Any = None,
+                       b_shape: Any = None, rank: int = 1, terms: Any = None,
+                       compression: float | None = None, sweeps: int = 20,
+                       **fields: Any) -> _common.DenseConversion:
+    """The twin nearest to a Linen ``Conv``'s params (see the NNX ``from_conv``).
+
+    A param dict carries no strides or padding: pass the ``nn.Conv``'s.
+
+    Example usage::
+
+      >>> import jax, jax.numpy as jnp, flax.linen as nn, kfc_jax
+      >>> conv = nn.Conv(32, (3, 3)).init(jax.random.key(0), jnp.ones((1, 8, 8, 16)))
+      >>> new = kfc_jax.linen.KroneckerConv.from_conv_params(conv, compression=4)
+      >>> new.module.apply({"params": new.params}, jnp.ones((2, 8, 8, 16))).shape
+      (2, 8, 8, 32)
+    """
+    kernel, bias, dtype = conv_params(params)
+    fields.setdefault("use_bias", bias is not None)
+    fields.setdefault("param_dtype", dtype)
+    terms = _conv_layers.compression_terms(kernel, compression, a_shape, b_shape,
+                                           rank, terms)
+    kh, kw, c, o = kernel.shape
+    module = cls(c, o, (kh, kw), strides, padding=padding,
+                 kernel_dilation=kernel_dilation, a_shape=a_shape, b_shape=b_shape,
+                 rank=rank, terms=terms, **fields)
+    new, error = _conv_layers.fit_conv(module.layout(), kernel, bias,
+                                       use_bias=module.use_bias, sweeps=sweeps)
+    return _common.DenseConversion(module, _common.cast_params(module, new), error)

@@ -1,0 +1,383 @@
+"""KroneckerConv (NNX and Linen): the cross-cutting checks over a table of convs.
+
+References are float64 NumPy: the kernel from ``np.kron`` of the layer's own
+params, convolved by the NumPy reference of ``test_conv`` (itself checked
+against ``lax.conv_general_dilated``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.test_util import check_grads
+
+import kfc_jax
+from layer_cases import FAST_INIT, nnx_params, randomize
+from test_conv import np_kernel, reference
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvCase:
+  id: str
+  args: tuple                 # (in_features, out_features, kernel_size[, strides])
+  kwargs: dict
+  hw: tuple[int, int] = (7, 8)
+
+  @property
+  def in_features(self) -> int:
+    return self.args[0]
+
+  @property
+  def out_features(self) -> int:
+    return self.args[1]
+
+  def conv_kwargs(self) -> dict:
+    """strides/padding/kernel_dilation as the reference conv takes them."""
+    return dict(strides=self.args[3] if len(self.args) > 3 else 1,
+                padding=self.kwargs.get("padding", "SAME"),
+                dilation=self.kwargs.get("kernel_dilation", 1))
+
+  def nnx(self, rngs=None, **overrides):
+    kw = {**FAST_INIT, **self.kwargs, **overrides}
+    return kfc_jax.nnx.KroneckerConv(*self.args, **kw, rngs=rngs or nnx.Rngs(0))
+
+  def linen(self, **overrides):
+    return kfc_jax.linen.KroneckerConv(*self.args, **{**FAST_INIT, **self.kwargs,
+                                                      **overrides})
+
+
+CASES = [
+    ConvCase("3x3(x)1x1-r2", (8, 6, 3),
+             dict(a_shape=(3, 3, 4, 3), b_shape=(1, 1, 2, 2), rank=2)),
+    ConvCase("2x2(x)2x2-stride2-valid", (6, 4, 4, 2),
+             dict(a_shape=(2, 2, 2, 2), b_shape=(2, 2, 3, 2), padding="VALID"), (9, 10)),
+    ConvCase("terms-dilated", (4, 8, (3, 3)),
+             dict(terms=[((3, 1, 2, 2), (1, 3, 2, 4), 2), ((3, 3, 4, 2), None)],
+                  kernel_dilation=2)),
+    ConvCase("default-split-no-bias-explicit-pad", (8, 8, (2, 3), 2),
+             dict(use_bias=False, padding=((1, 0), (2, 1)))),
+]
+cases = pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+
+
+def np_forward(case, params, x):
+  """float64 reference from the params alone."""
+  n_terms = len([k for k in params if k.endswith("_0")])
+  kernel = sum(np_kernel(params[f"factor_{t}_0"], params[f"factor_{t}_1"])
+               for t in range(n_terms))
+  y = reference(x, kernel, **case.conv_kwargs())
+  return y + params["bias"] if "bias" in params else y
+
+
+def _x(rng, case, batch_shape=(2,), dtype=np.float64):
+  return rng.standard_normal((*batch_shape, *case.hw, case.in_features)).astype(dtype)
+
+
+def _params64(layer):
+  return {k: np.asarray(v, np.float64) for k, v in nnx_params(layer).items()}
+
+
+@cases
+@pytest.mark.parametrize("batch_shape", [(), (2, 1)], ids=str)
+def test_matches_float64_reference(x64, rng, case, batch_shape):
+  layer = case.nnx(param_dtype=jnp.float64)
+  randomize(layer, rng)
+  x = _x(rng, case, batch_shape)
+  y = nnx.jit(lambda m, v: m(v))(layer, jnp.asarray(x))
+  flat = x.reshape(-1, *x.shape[-3:])
+  ref = np_forward(case, _params64(layer), flat)
+  chex.assert_shape(y, (*batch_shape, *ref.shape[1:]))
+  np.testing.assert_allclose(np.asarray(y).reshape(ref.shape), ref, rtol=1e-10,
+                             atol=1e-10)
+
+
+@cases
+def test_materialize_is_the_effective_kernel(x64, rng, case):
+  layer = case.nnx(param_dtype=jnp.float64)
+  randomize(layer, rng)
+  params = _params64(layer)
+  kernel = np.asarray(layer.materialize())
+  n_terms = len(layer.layout.terms)
+  np.testing.assert_allclose(kernel, sum(np_kernel(params[f"factor_{t}_0"],
+                                                   params[f"factor_{t}_1"])
+                                         for t in range(n_terms)), rtol=1e-12)
+  chex.assert_shape(kernel, (*layer.kernel_size, case.in_features, case.out_features))
+
+
+@pytest.mark.parametrize("dtype,param_dtype,tol", [
+    (None, jnp.float32, 2e-6), (jnp.bfloat16, jnp.bfloat16, 3e-2),
+    (jnp.float16, jnp.float32, 4e-3), (None, jnp.bfloat16, 3e-2)], ids=str)
+def test_dtypes(rng, dtype, param_dtype, tol):
+  case = CASES[0]
+  layer = case.nnx(dtype=dtype, param_dtype=param_dtype)
+  randomize(layer, rng)
+  x = _x(rng, case, (2,), np.float32)
+  y = nnx.jit(lambda m, v: m(v))(layer, jnp.asarray(x))
+  compute = jnp.dtype(dtype or jnp.float32)
+  assert y.dtype == compute
+  assert all(v.dtype == jnp.dtype(param_dtype) for v in nnx_params(layer).values())
+  seen = lambda v: np.asarray(jnp.asarray(v, compute), np.float64)
+  ref = np_forward(case, {k: seen(v) for k, v in nnx_params(layer).items()}, seen(x))
+  assert np.linalg.norm(np.asarray(y, np.float64) - ref) / np.linalg.norm(ref) < tol
+
+
+@cases
+def test_gradients(x64, rng, case):
+  layer = case.nnx(param_dtype=jnp.float64)
+  randomize(layer, rng)
+  graphdef, state = nnx.split(layer)
+  x = jnp.asarray(_x(rng, case, (1,)))
+
+  @jax.jit
+  def f(state, x):
+    return nnx.merge(graphdef, state)(x)
+
+  check_grads(f, (state, x), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+
+
+def test_jit_without_retracing(rng):
+  chex.clear_trace_counter()
+  case = CASES[1]
+  layer = case.nnx()
+
+  @nnx.jit
+  @chex.assert_max_traces(n=1)
+  def apply(layer, x):
+    return layer(x)
+
+  for _ in range(3):
+    x = jnp.asarray(_x(rng, case, (2,), np.float32))
+    np.testing.assert_allclose(apply(layer, x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+@cases
+def test_linen_twin_matches_nnx(rng, case):
+  layer = case.nnx()
+  randomize(layer, rng)
+  x = jnp.asarray(_x(rng, case, (2,), np.float32))
+  twin = case.linen()
+  variables = twin.init(jax.random.key(0), x)
+  assert (jax.tree.map(jnp.shape, variables["params"])
+          == {k: v.shape for k, v in nnx_params(layer).items()})
+  copied = {"params": {k: jnp.asarray(v) for k, v in nnx_params(layer).items()}}
+  np.testing.assert_array_equal(twin.apply(copied, x), layer(x))
+  np.testing.assert_array_equal(twin.apply(copied, method="materialize"),
+                                layer.materialize())
+  assert twin.cost(4, input_size=case.hw) == layer.cost(4, input_size=case.hw)
+
+
+@cases
+def test_metadata_filter_and_param_count(case):
+  layer = case.nnx(factor_metadata=({"tag": "A"}, {"tag": "B"}),
+                   bias_metadata={"tag": "bias"})
+  factors = nnx.to_flat_state(nnx.state(layer, kfc_jax.nnx.KroneckerFactor))
+  assert {path[0]: var.get_metadata()["tag"] for path, var in factors} == {
+      f"factor_{t}_{f}": "AB"[f] for t in range(len(layer.layout.terms))
+      for f in range(2)}
+  params = nnx_params(layer)
+  count = sum(v.size for v in params.values())
+  cost = layer.cost()
+  assert cost.params == count
+  bias = case.out_features if layer.use_bias else 0
+  kernel = math.prod(layer.kernel_size) * case.in_features * case.out_features
+  assert cost.dense_params == kernel + bias
+  assert cost.dense_flops == 2 * kernel
+  twin = case.linen().init(jax.random.key(0), jnp.ones((1, *case.hw, case.in_features)))
+  assert sum(v.size for v in jax.tree.leaves(twin["params"])) == count
+
+
+def test_cost_at_an_input_size_is_the_plan():
+  layer = kfc_jax.nnx.KroneckerConv(64, 64, 3, a_shape=(3, 3, 16, 16),
+                                    b_shape=(1, 1, 4, 4), rank=3, strategy="factored",
+                                    rngs=nnx.Rngs(0))
+  plan = kfc_jax.kron_conv_plan((8, 32, 32, 64), [(3, 3, 3, 16, 16), (3, 1, 1, 4, 4)],
+                                strategy="factored")
+  cost = layer.cost(8, input_size=(32, 32))
+  assert (cost.flops, cost.dense_flops) == (plan.chosen.flops, plan.dense_flops)
+  assert cost.params == 3 * (9 * 256 + 16) + 64
+
+
+def test_default_init_scale_is_lecun():
+  layer = kfc_jax.nnx.KroneckerConv(64, 64, 3, rank=4, rngs=nnx.Rngs(0))
+  k = np.asarray(layer.materialize())
+  np.testing.assert_allclose(k.var(), 1 / (9 * 64), rtol=0.3)
+
+
+def test_default_split():
+  layer = kfc_jax.nnx.KroneckerConv(32, 16, (3, 5), rngs=nnx.Rngs(0))
+  (term,) = layer.layout.terms
+  assert (term.a_shape, term.b_shape, term.rank) == ((3, 5, 8, 4), (1, 1, 4, 4), 1)
+  layer = kfc_jax.nnx.KroneckerConv(32, 16, 3, b_shape=(3, 1, 2, 4), rngs=nnx.Rngs(0))
+  assert layer.layout.terms[0].a_shape == (1, 3, 16, 4)
+
+
+class TestFromConv:
+
+  def _conv_with_kernel(self, kernel, **kwargs):
+    conv = nnx.Conv(kernel.shape[2], kernel.shape[3], kernel.shape[:2],
+                    param_dtype=jnp.float64, rngs=nnx.Rngs(0), **kwargs)
+    conv.kernel.set_value(jnp.asarray(kernel))
+    conv.bias.set_value(jnp.arange(kernel.shape[3], dtype=jnp.float64))
+    return conv
+
+  def test_recovers_a_kronecker_kernel(self, x64, rng):
+    a, b = rng.standard_normal((2, 2, 3, 2, 4)), rng.standard_normal((2, 2, 1, 3, 2))
+    conv = self._conv_with_kernel(np_kernel(a, b), strides=2, padding="VALID")
+    layer = kfc_jax.nnx.KroneckerConv.from_conv(conv, a_shape=(2, 3, 2, 4), rank=2)
+    assert layer.relative_error < 1e-12
+    assert layer.strides == (2, 2) and layer.padding == "VALID"
+    assert layer.param_dtype == jnp.float64 and layer.use_bias
+    x = jnp.asarray(rng.standard_normal((2, 9, 10, 6)))
+    np.testing.assert_allclose(layer(x), conv(x), rtol=1e-10, atol=1e-10)
+
+  def test_error_is_gkpd_and_more_terms_help(self, x64, rng):
+    kernel = rng.standard_normal((3, 3, 8, 8))
+    conv = self._conv_with_kernel(kernel)
+    one = kfc_jax.nnx.KroneckerConv.from_conv(conv, a_shape=(3, 3, 4, 4), rank=2)
+    dec = kfc_jax.gkpd(kernel, (3, 3, 4, 4), (1, 1, 2, 2), 2)
+    np.testing.assert_allclose(one.relative_error, dec.relative_error, rtol=1e-10)
+    two = kfc_jax.nnx.KroneckerConv.from_conv(
+        conv, terms=[((3, 3, 4, 4), None, 2), ((3, 1, 2, 8), None, 2)], sweeps=10)
+    actual = (np.linalg.norm(np.asarray(two.materialize()) - kernel)
+              / np.linalg.norm(kernel))
+    np.testing.assert_allclose(two.relative_error, actual, rtol=1e-6)
+    assert two.relative_error < one.relative_error
+
+  def test_compression(self, rng):
+    conv = nnx.Conv(16, 32, (3, 3), rngs=nnx.Rngs(0))
+    layer = kfc_jax.nnx.KroneckerConv.from_conv(conv, compression=4)
+    cost = layer.cost()
+    assert (cost.dense_params - 32) / (cost.params - 32) >= 4
+    assert 0 < layer.relative_error < 1
+
+  def test_linen_from_conv_params_matches_nnx(self, rng):
+    kernel = rng.standard_normal((3, 3, 8, 4)).astype(np.float32)
+    params = {"params": {"kernel": jnp.asarray(kernel), "bias": jnp.ones(4)}}
+    new = kfc_jax.linen.KroneckerConv.from_conv_params(
+        params, strides=2, a_shape=(3, 3, 4, 2), rank=2)
+    conv = nnx.Conv(8, 4, (3, 3), strides=2, rngs=nnx.Rngs(0))
+    conv.kernel.set_value(jnp.asarray(kernel))
+    conv.bias.set_value(jnp.ones(4))
+    layer = kfc_jax.nnx.KroneckerConv.from_conv(conv, a_shape=(3, 3, 4, 2), rank=2)
+    assert new.relative_error == pytest.approx(layer.relative_error)
+    x = jnp.asarray(rng.standard_normal((2, 8, 8, 8)), jnp.float32)
+    np.testing.assert_allclose(new.module.apply({"params": new.params}, x), layer(x),
+                               rtol=1e-5, atol=1e-5)
+
+  def test_errors(self):
+    with pytest.raises(TypeError, match=r"conv must be an nnx.Conv.*got Linear"):
+      kfc_jax.nnx.KroneckerConv.from_conv(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
+    grouped = nnx.Conv(4, 4, (3, 3), feature_group_count=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"conv.feature_group_count must be 1.*got 2"):
+      kfc_jax.nnx.KroneckerConv.from_conv(grouped)
+    conv = nnx.Conv(4, 4, (3, 3), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="pass either compression or a_shape"):
+      kfc_jax.nnx.KroneckerConv.from_conv(conv, compression=4, rank=2)
+    with pytest.raises(ValueError, match=r"params\['kernel'\] must be 4-D"):
+      kfc_jax.linen.KroneckerConv.from_conv_params({"kernel": jnp.ones((3, 3))})
+    with pytest.raises(TypeError, match="params must be a Linen Conv param dict"):
+      kfc_jax.linen.KroneckerConv.from_conv_params({"w": jnp.ones((3, 3))})
+
+
+class TestSummary:
+
+  def test_nnx_rows(self):
+    class Net(nnx.Module):
+      def __init__(self, rngs):
+        self.stem = nnx.Conv(3, 16, (3, 3), rngs=rngs)
+        self.body = kfc_jax.nnx.KroneckerConv(16, 16, 3, rank=2, rngs=rngs)
+
+    s = kfc_jax.summarize(Net(nnx.Rngs(0)), batch=10)
+    rows = {r.path: r.cost for r in s.rows}
+    assert rows["stem"].params == 3 * 3 * 3 * 16 + 16
+    assert rows["stem"].flops == 10 * 2 * 9 * 3 * 16
+    assert rows["body"].kind == "KroneckerConv"
+    assert rows["body"].dense_params == 9 * 16 * 16 + 16
+    assert rows["body"].dense_flops == 10 * 2 * 9 * 16 * 16
+    assert "KroneckerConv" in str(s)
+
+  def test_linen_rows_use_the_traced_input_size(self):
+    class Net(nn.Module):
+      @nn.compact
+      def __call__(self, x):
+        x = nn.Conv(16, (3, 3), strides=2)(x)
+        return kfc_jax.linen.KroneckerConv(16, 16, 3, rank=2, strategy="factored")(x)
+
+    s = kfc_jax.summarize_linen(Net(), None, jnp.ones((1, 16, 16, 3)), batch=2)
+    rows = {r.path: r.cost for r in s.rows}
+    assert rows["Conv_0"].flops == 2 * 8 * 8 * 2 * 9 * 3 * 16  # 8x8 outputs
+    plan = kfc_jax.kron_conv_plan((2, 8, 8, 16), [(2, 3, 3, 4, 4), (2, 1, 1, 4, 4)],
+                                  strategy="factored")
+    assert rows["KroneckerConv_0"].flops == plan.chosen.flops
+    assert rows["KroneckerConv_0"].dense_flops == plan.dense_flops
+
+
+class TestErrors:
+
+  def test_split_does_not_multiply(self):
+    with pytest.raises(ValueError, match=r"a_shape \(3, 3, 4, 4\) and b_shape \(1, 1, 2, 3\)"
+                       r" must multiply to the kernel shape \(3, 3, 8, 8\).*on"
+                       r" out_features 4 \* 3 = 12 != 8"):
+      kfc_jax.nnx.KroneckerConv(8, 8, 3, a_shape=(3, 3, 4, 4), b_shape=(1, 1, 2, 3),
+                                rngs=nnx.Rngs(0))
+
+  def test_half_split_must_divide(self):
+    with pytest.raises(ValueError, match=r"a_shape \(3, 3, 3, 4\) must divide the kernel"
+                       r" shape \(3, 3, 8, 8\).*in_features 8 is not a multiple of 3;"
+                       r" choose from \[1, 2, 4, 8\]"):
+      kfc_jax.nnx.KroneckerConv(8, 8, 3, a_shape=(3, 3, 3, 4), rngs=nnx.Rngs(0))
+
+  def test_split_length(self):
+    with pytest.raises(ValueError, match=r"b_shape must be \(h, w, in, out\), 4 positive"
+                       r" ints, got \(1, 2, 2\)"):
+      kfc_jax.nnx.KroneckerConv(8, 8, 3, b_shape=(1, 2, 2), rngs=nnx.Rngs(0))
+
+  def test_rank_too_high(self):
+    with pytest.raises(ValueError, match=r"rank must be at most min\(prod\(a_shape\),"
+                       r" prod\(b_shape\)\) = 4 .* got rank=5"):
+      kfc_jax.nnx.KroneckerConv(4, 4, 3, a_shape=(3, 3, 2, 2), rank=5, rngs=nnx.Rngs(0))
+
+  def test_terms_and_shapes(self):
+    with pytest.raises(ValueError, match="pass either terms or a_shape/b_shape/rank"):
+      kfc_jax.nnx.KroneckerConv(4, 4, 3, terms=[(None, None)], rank=2, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="terms must be a non-empty list"):
+      kfc_jax.nnx.KroneckerConv(4, 4, 3, terms=[], rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match=r"terms\[1\] must be \(a_shape, b_shape\)"):
+      kfc_jax.nnx.KroneckerConv(4, 4, 3, terms=[(None, None), (3, 3, 2, 2)],
+                                rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"terms\[0\] rank must be a positive integer"):
+      kfc_jax.nnx.KroneckerConv(4, 4, 3, terms=[(None, None, 0)], rngs=nnx.Rngs(0))
+
+  @pytest.mark.parametrize("kwargs,match", [
+      (dict(strides=0), r"strides must be a positive integer \(>= 1\), got 0"),
+      (dict(kernel_dilation=(1, 2, 3)), r"kernel_dilation must be a positive int or a pair"),
+      (dict(padding="FULL"), r"padding must be one of \('SAME', 'VALID'"),
+      (dict(strategy="fast"), r"strategy must be one of \('auto', 'factored'"),
+      (dict(factor_metadata=[{}, {}, {}]), r"factor_metadata must be a mapping"),
+  ], ids=str)
+  def test_conv_arguments(self, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+      kfc_jax.nnx.KroneckerConv(4, 4, 3, rngs=nnx.Rngs(0), **kwargs)
+
+  def test_kernel_size(self):
+    with pytest.raises(ValueError, match=r"kernel_size must be a positive int or a pair"):
+      kfc_jax.nnx.KroneckerConv(4, 4, (3, 3, 3), rngs=nnx.Rngs(0))
+
+  def test_input_channels(self):
+    layer = kfc_jax.nnx.KroneckerConv(4, 4, 3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"x must have shape \[\*batch, height, width, 4\]"
+                       r" \(NHWC, in_features channels\), got shape \(1, 5, 5, 3\)"):
+      layer(jnp.ones((1, 5, 5, 3)))
+
+  def test_linen_errors_at_first_call_not_construction(self):
+    bad = kfc_jax.linen.KroneckerConv(4, 4, 3, rank=0)
+    with pytest.raises(ValueError, match="rank must be a positive integer"):
+      bad.init(jax.random.key(0), jnp.ones((1, 5, 5, 4)))
