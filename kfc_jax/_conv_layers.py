@@ -27,32 +27,10 @@ from kfc_jax.ops import _conv
 Array = jax.Array
 
 
-@dataclasses.dataclass(frozen=True)
-class ConvTerm:
-  """One term: ``A: [rank, *a_shape]`` (x) ``B: [rank, *b_shape]`` (HWIO)."""
-
-  a_shape: tuple[int, int, int, int]
-  b_shape: tuple[int, int, int, int]
-  rank: int
-
-  @property
-  def factor_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    return (self.rank, *self.a_shape), (self.rank, *self.b_shape)
-
-  @property
-  def params(self) -> int:
-    return self.rank * (math.prod(self.a_shape) + math.prod(self.b_shape))
-
-  @property
-  def label(self) -> str:
-    a, b = self.a_shape, self.b_shape
-    rank = f" r={self.rank}" if self.rank != 1 else ""
-    return (f"{a[0]}x{a[1]}x{a[2]}x{a[3]}(x){b[0]}x{b[1]}x{b[2]}x{b[3]}{rank}")
-
-  def flops_per_pixel(self) -> int:
-    """Factored FLOPs per output pixel at stride 1 (both convs, SAME)."""
-    return KronConvShape(tuple(p * q for p, q in zip(self.a_shape, self.b_shape)),
-                         self.a_shape, self.b_shape, self.rank).flops_per_pixel
+def term_label(t: KronConvShape) -> str:
+  """``"ahxawxaixao(x)bhxbwxbixbo r=R"``, for summaries."""
+  a, b = ("x".join(map(str, s)) for s in (t.a_shape, t.b_shape))
+  return f"{a}(x){b}" + (f" r={t.rank}" if t.rank != 1 else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +43,7 @@ class ConvLayout:
   strides: tuple[int, int]
   padding: Any                # as kron_conv takes it (validated)
   kernel_dilation: tuple[int, int]
-  terms: tuple[ConvTerm, ...]
+  terms: tuple[KronConvShape, ...]
 
   @property
   def kernel_shape(self) -> tuple[int, int, int, int]:
@@ -113,7 +91,7 @@ def _complete(given: tuple[int, ...], kernel_shape, name: str, other: str):
   return tuple(out)
 
 
-def _resolve_term(term: Any, where: str, kernel_shape) -> ConvTerm:
+def _resolve_term(term: Any, where: str, kernel_shape) -> KronConvShape:
   if isinstance(term, KronConvShape):
     term = (term.a_shape, term.b_shape, term.rank)
   if (not isinstance(term, Sequence) or isinstance(term, str)
@@ -151,7 +129,7 @@ def _resolve_term(term: Any, where: str, kernel_shape) -> ConvTerm:
         f"{where}rank must be at most min(prod(a_shape), prod(b_shape)) ="
         f" {limit} for a_shape {tuple(a)} and b_shape {tuple(b)} (a higher rank"
         f" only repeats terms), got rank={rank}.")
-  return ConvTerm(tuple(a), tuple(b), rank)
+  return KronConvShape(tuple(kernel_shape), tuple(a), tuple(b), rank)
 
 
 def conv_layout(in_features: Any, out_features: Any, kernel_size: Any,
@@ -286,9 +264,9 @@ def conv_cost(kind: str, layout: ConvLayout, *, use_bias: bool, batch: int,
   """
   bias = layout.out_features if use_bias else 0
   dense_params = math.prod(layout.kernel_shape) + bias
-  labels = " + ".join(t.label for t in layout.terms)
+  labels = " + ".join(term_label(t) for t in layout.terms)
   if input_size is None:
-    flops = batch * sum(t.flops_per_pixel() for t in layout.terms)
+    flops = batch * sum(t.flops_per_pixel for t in layout.terms)
     dense_flops = batch * 2 * math.prod(layout.kernel_shape)
     detail = f"{labels}, per output pixel"
   else:

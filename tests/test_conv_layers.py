@@ -217,6 +217,9 @@ def test_default_split():
   assert (term.a_shape, term.b_shape, term.rank) == ((3, 5, 8, 4), (1, 1, 4, 4), 1)
   layer = kfc_jax.nnx.KroneckerConv(32, 16, 3, b_shape=(3, 1, 2, 4), rngs=nnx.Rngs(0))
   assert layer.layout.terms[0].a_shape == (1, 3, 16, 4)
+  shape = kfc_jax.suggest_conv_factors((3, 3, 32, 16), compression=4)
+  layer = kfc_jax.nnx.KroneckerConv(32, 16, 3, terms=[shape], rngs=nnx.Rngs(0))
+  assert layer.layout.terms == (shape,)
 
 
 class TestFromConv:
