@@ -1,0 +1,1 @@
+"""Configurations of the KDL MNIST example: ``default`` (minutes) and ``paper``."""

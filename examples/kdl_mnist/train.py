@@ -1,0 +1,226 @@
+"""Training and evaluation of the KDL paper's MNIST MLPs.
+
+The steps and loops are the MNIST example's (``examples/mnist/train.py``):
+the same ``nnx.jit`` train and eval steps (batch sharded over the local
+devices, state replicated), the same prefetching epoch loop and masked
+evaluation; only the model, the configuration and the report differ. Each
+run keeps the parameters of its best-validation epoch and reports their test
+accuracy; ``results.json`` and ``table.md`` go into the work directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from examples._common import pipeline
+from examples._common import reporting
+from examples.kdl_mnist import models
+from examples.kdl_mnist import reference
+from examples.kdl_mnist.configs import default
+from examples.mnist import input_pipeline
+from examples.mnist import train as mnist_train
+
+logger = logging.getLogger(__name__)
+
+Config = default.Config
+
+# Reused as they are: the steps only need `model(images, train=...)`.
+train_step = mnist_train.train_step
+eval_step = mnist_train.eval_step
+evaluate = mnist_train.evaluate
+train_epoch = mnist_train.train_epoch
+create_optimizer = mnist_train.create_optimizer
+replicate = mnist_train.replicate
+
+
+def create_model(variant: str, *, seed: int = 0) -> models.MLP:
+  """The MLP of ``variant`` (``"Dense"`` or ``"KDL-Rank-<r>"``)."""
+  return models.MLP(variant, rngs=nnx.Rngs(params=seed))
+
+
+def param_count(variant: str) -> int:
+  """The model's parameters, computed abstractly."""
+  return models.count_params(nnx.eval_shape(lambda: create_model(variant)))
+
+
+def check_config(config: Config, mesh: Mesh | None = None) -> dict[str, int]:
+  """Validates ``config`` before any data is loaded.
+
+  Returns:
+    variant -> its parameter count.
+
+  Raises:
+    ValueError: empty variants/seeds, ``epochs < 1``, an unknown variant or
+      schedule, or a batch size the devices cannot split evenly.
+  """
+  if not config.variants or not config.seeds:
+    raise ValueError("config.variants and config.seeds must be non-empty; got "
+                     f"{config.variants!r} and {config.seeds!r}.")
+  if config.epochs < 1:
+    raise ValueError(f"config.epochs must be >= 1; got {config.epochs}.")
+  if config.lr_schedule not in mnist_train.LR_SCHEDULES:
+    raise ValueError(f"config.lr_schedule must be one of "
+                     f"{mnist_train.LR_SCHEDULES}; got {config.lr_schedule!r}.")
+  mesh = mesh if mesh is not None else pipeline.make_data_mesh()
+  pipeline.check_batch_size(config.batch_size, mesh, "batch_size")
+  pipeline.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  return {v: param_count(v) for v in config.variants}
+
+
+def train_one(variant: str, seed: int, data: input_pipeline.MnistSplits, *,
+              config: Config, mesh: Mesh) -> dict[str, Any]:
+  """Trains one variant with one seed; tests its best-validation parameters.
+
+  Returns:
+    The run's record for ``results.json``.
+  """
+  model = create_model(variant, seed=seed)
+  steps_per_epoch = pipeline.num_batches(len(data.train[0]), config.batch_size,
+                                         True)
+  optimizer = create_optimizer(model, config, config.epochs * steps_per_epoch)
+  replicate((model, optimizer), mesh)
+  rng = np.random.default_rng(seed)
+  eval_kw = {"batch_size": config.eval_batch_size, "mesh": mesh,
+             "prefetch": config.prefetch}
+  history = []
+  best_state, best_epoch, best_val = None, 0, float("inf")
+  start = time.perf_counter()
+  for epoch in range(1, config.epochs + 1):
+    train = train_epoch(model, optimizer, *data.train, config=config,
+                        mesh=mesh, rng=rng,
+                        desc=f"{variant} seed {seed} epoch {epoch}")
+    val = evaluate(model, *data.validation, **eval_kw)
+    history.append({"epoch": epoch, "train_loss": train["loss"],
+                    "train_error": train["error"], "val_loss": val["loss"],
+                    "val_error": val["error"], "seconds": train["seconds"]})
+    if val["error"] < best_val:
+      best_val, best_epoch = val["error"], epoch
+      best_state = jax.device_get(nnx.state(model, nnx.Param))
+    logger.info("%s seed %d epoch %d/%d: train loss %.4f | val error %.2f%% "
+                "| %.1f s", variant, seed, epoch, config.epochs,
+                train["loss"], val["error"], train["seconds"])
+  final_test = evaluate(model, *data.test, **eval_kw)
+  nnx.update(model, jax.device_put(best_state,
+                                   pipeline.replicated_sharding(mesh)))
+  test = evaluate(model, *data.test, **eval_kw)
+  wall = time.perf_counter() - start
+  logger.info("%s seed %d: best epoch %d, test accuracy %.2f%% (last epoch "
+              "%.2f%%), %.0f s", variant, seed, best_epoch,
+              100 - test["error"], 100 - final_test["error"], wall)
+  return {
+      "variant": variant,
+      "seed": seed,
+      "model_params": param_count(variant),
+      "epochs": config.epochs,
+      "best_epoch": best_epoch,
+      "best_val_error": best_val,
+      "test_accuracy": 100.0 - test["error"],
+      "test_loss": test["loss"],
+      "last_epoch_test_accuracy": 100.0 - final_test["error"],
+      "wall_time_s": wall,
+      "train_time_per_epoch_s": float(np.median(
+          [h["seconds"] for h in history[1:]] or [history[0]["seconds"]])),
+      "history": history,
+  }
+
+
+def summarise_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """One row per variant: test accuracy mean and spread over seeds."""
+  by_variant: dict[str, list[dict[str, Any]]] = {}
+  for r in runs:
+    by_variant.setdefault(r["variant"], []).append(r)
+  rows = []
+  for variant, rs in by_variant.items():
+    accs = [r["test_accuracy"] for r in rs]
+    mean, std = reporting.mean_std(accs)
+    rows.append({"variant": variant, "seeds": [r["seed"] for r in rs],
+                 "model_params": rs[0]["model_params"],
+                 "epochs": rs[0]["epochs"], "test_accuracies": accs,
+                 "test_accuracy_mean": mean, "test_accuracy_std": std,
+                 "wall_time_s": float(sum(r["wall_time_s"] for r in rs)),
+                 "train_time_per_epoch_s": float(np.mean(
+                     [r["train_time_per_epoch_s"] for r in rs]))})
+  return rows
+
+
+def table(summary: list[dict[str, Any]]) -> str:
+  """Our numbers beside the paper's, as a Markdown table."""
+  headers = ["Variant", "Params", "Epochs", "Test acc. % (mean ± std)",
+             "Seeds", "Train s/epoch", "Wall s", "Paper: params",
+             "Paper: test acc. % (20 epochs)"]
+  rows = []
+  for s in summary:
+    paper = reference.PAPER.get(s["variant"], {})
+    acc = f"{s['test_accuracy_mean']:.2f}"
+    if len(s["seeds"]) > 1:
+      acc += f" ± {s['test_accuracy_std']:.2f}"
+    rows.append([
+        s["variant"], f"{s['model_params']:,}", str(s["epochs"]), acc,
+        str(len(s["seeds"])), f"{s['train_time_per_epoch_s']:.1f}",
+        f"{s['wall_time_s']:.0f}",
+        reporting.format_count(paper.get("model_params")),
+        f"{paper['test_accuracy']:.2f}" if paper else "—"])
+  return reporting.format_table(headers, rows)
+
+
+def write_reports(workdir: Path, config: Config,
+                  runs: list[dict[str, Any]]) -> dict[str, Any]:
+  """Writes ``results.json`` and ``table.md``; returns the results."""
+  summary = summarise_runs(runs)
+  results = {"config": dataclasses.asdict(config),
+             "environment": mnist_train.environment(),
+             "paper": reference.PAPER, "summary": summary, "runs": runs}
+  workdir.mkdir(parents=True, exist_ok=True)
+  tmp = workdir / "results.json.tmp"
+  tmp.write_text(json.dumps(results, indent=2))
+  tmp.replace(workdir / "results.json")  # Never a half-written file.
+  (workdir / "table.md").write_text(table(summary) + "\n")
+  return results
+
+
+def train_and_evaluate(config: Config, workdir: str | os.PathLike[str], *,
+                       data: input_pipeline.MnistSplits | None = None
+                       ) -> dict[str, Any]:
+  """Trains every variant and seed of ``config``; writes and prints the report.
+
+  Args:
+    config: the configuration.
+    workdir: output directory (``results.json``, ``table.md``).
+    data: preloaded splits (tests); ``None`` loads MNIST through TFDS.
+
+  Returns:
+    The contents of ``results.json``.
+
+  Raises:
+    ValueError: see :func:`check_config`.
+    tfds_data.DatasetUnavailableError: MNIST cannot be loaded.
+  """
+  workdir = Path(workdir)
+  mesh = pipeline.make_data_mesh()
+  counts = check_config(config, mesh)
+  if data is None:
+    data = input_pipeline.load_mnist(
+        data_dir=config.data_dir, manual_dir=config.manual_dir,
+        download=config.download, num_validation=config.num_validation)
+  logger.info("MNIST: %d train, %d validation, %d test images; parameters: %s",
+              len(data.train[0]), len(data.validation[0]), len(data.test[0]),
+              counts)
+  runs = []
+  for variant in config.variants:
+    for seed in config.seeds:
+      runs.append(train_one(variant, seed, data, config=config, mesh=mesh))
+      results = write_reports(workdir, config, runs)
+  print(table(results["summary"]))
+  print(f"\nWrote {workdir / 'results.json'} and {workdir / 'table.md'}.")
+  return results
