@@ -48,10 +48,22 @@ from kfc_jax.summary import ModelSummary as ModelSummary
 from kfc_jax.summary import summarize as summarize
 from kfc_jax.summary import summarize_linen as summarize_linen
 from kfc_jax import nnx as nnx
+# Whole-model compression uses the layers of both APIs.
+from kfc_jax.compress import CompressedLinen as CompressedLinen
+from kfc_jax.compress import CompressionPolicy as CompressionPolicy
+from kfc_jax.compress import CompressionReport as CompressionReport
+from kfc_jax.compress import LayerReport as LayerReport
+from kfc_jax.compress import LayerRule as LayerRule
+from kfc_jax.compress import compress as compress
+from kfc_jax.compress import compress_linen_params as compress_linen_params
+from kfc_jax.compress import distillation_loss as distillation_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CompressedLinen",
+    "CompressionPolicy",
+    "CompressionReport",
     "CostModel",
     "FORMULATIONS",
     "Formulation",
@@ -65,10 +77,15 @@ __all__ = [
     "KroneckerSumTerm",
     "KroneckerTerm",
     "LayerCost",
+    "LayerReport",
+    "LayerRule",
     "LayerSummary",
     "ModelSummary",
     "PlanCost",
+    "compress",
+    "compress_linen_params",
     "default_cost_model",
+    "distillation_loss",
     "factorize",
     "formulations",
     "get_formulation",
