@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from examples._common import best_epoch
 from examples._common import pipeline
 from examples._common import reporting
 from examples.kdl_mnist import models
@@ -90,49 +90,15 @@ def train_one(variant: str, seed: int, data: input_pipeline.MnistSplits, *,
                                          True)
   optimizer = create_optimizer(model, config, config.epochs * steps_per_epoch)
   replicate((model, optimizer), mesh)
-  rng = np.random.default_rng(seed)
-  eval_kw = {"batch_size": config.eval_batch_size, "mesh": mesh,
-             "prefetch": config.prefetch}
-  history = []
-  best_state, best_epoch, best_val = None, 0, float("inf")
-  start = time.perf_counter()
-  for epoch in range(1, config.epochs + 1):
-    train = train_epoch(model, optimizer, *data.train, config=config,
-                        mesh=mesh, rng=rng,
-                        desc=f"{variant} seed {seed} epoch {epoch}")
-    val = evaluate(model, *data.validation, **eval_kw)
-    history.append({"epoch": epoch, "train_loss": train["loss"],
-                    "train_error": train["error"], "val_loss": val["loss"],
-                    "val_error": val["error"], "seconds": train["seconds"]})
-    if val["error"] < best_val:
-      best_val, best_epoch = val["error"], epoch
-      best_state = jax.device_get(nnx.state(model, nnx.Param))
-    logger.info("%s seed %d epoch %d/%d: train loss %.4f | val error %.2f%% "
-                "| %.1f s", variant, seed, epoch, config.epochs,
-                train["loss"], val["error"], train["seconds"])
-  final_test = evaluate(model, *data.test, **eval_kw)
-  nnx.update(model, jax.device_put(best_state,
-                                   pipeline.replicated_sharding(mesh)))
-  test = evaluate(model, *data.test, **eval_kw)
-  wall = time.perf_counter() - start
-  logger.info("%s seed %d: best epoch %d, test accuracy %.2f%% (last epoch "
-              "%.2f%%), %.0f s", variant, seed, best_epoch,
-              100 - test["error"], 100 - final_test["error"], wall)
-  return {
-      "variant": variant,
-      "seed": seed,
-      "model_params": param_count(variant),
-      "epochs": config.epochs,
-      "best_epoch": best_epoch,
-      "best_val_error": best_val,
-      "test_accuracy": 100.0 - test["error"],
-      "test_loss": test["loss"],
-      "last_epoch_test_accuracy": 100.0 - final_test["error"],
-      "wall_time_s": wall,
-      "train_time_per_epoch_s": float(np.median(
-          [h["seconds"] for h in history[1:]] or [history[0]["seconds"]])),
-      "history": history,
-  }
+  run = best_epoch.fit(model, optimizer, train=data.train,
+                       validation=data.validation, test=data.test,
+                       config=config, mesh=mesh, seed=seed,
+                       name=f"{variant} seed {seed}")
+  return {"variant": variant, "seed": seed,
+          "model_params": param_count(variant), "epochs": config.epochs,
+          "test_accuracy": 100.0 - run["test_error"],
+          "last_epoch_test_accuracy": 100.0 - run["last_epoch_test_error"],
+          **run}
 
 
 def summarise_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
