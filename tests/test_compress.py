@@ -62,6 +62,14 @@ class LinenMLP(nn.Module):
     return nn.Dense(10, param_dtype=self.dtype, kernel_init=_init)(h)
 
 
+class LinenCNN(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.relu(nn.Conv(8, (3, 3), strides=2, param_dtype=F64, kernel_init=_init)(x))
+    return nn.Dense(10, param_dtype=F64, kernel_init=_init)(h.reshape(h.shape[0], -1))
+
+
 def _inputs(rng, *shape, dtype=np.float64):
   return jnp.asarray(rng.standard_normal(shape).astype(dtype))
 
@@ -215,6 +223,21 @@ def test_linen_full_rank_is_exact_and_params_untouched(x64, rng):
   assert report.rows[1].params_after == 10 * (32 + 10) + 10
   assert report.model_params_before - report.model_params_after == (
       report.params_before - report.params_after)
+
+
+def test_linen_cnn_full_rank_is_exact(x64, rng):
+  module = LinenCNN()
+  x = _inputs(rng, 2, 8, 8, 4)
+  variables = module.init(jax.random.key(0), x)
+  policy = CompressionPolicy([
+      LayerRule("Conv_0", a_shape=(3, 3, 2, 4), b_shape=(1, 1, 2, 2), rank=4),
+      # the Dense reads the 4x4x8 map: II's A is 8 x 2, B is 16 x 5, full rank 16.
+      LayerRule("Dense_0", method="kfc", in_shape=(4, 4, 8), terms=[("II", (2, 5), 16)])])
+  compressed, new_vars, report = compress_linen_params(module, variables, policy, x)
+  assert compressed.twins["Conv_0"].strides == 2
+  assert max(r.relative_error for r in report.rows) < 1e-12
+  np.testing.assert_allclose(compressed.apply(new_vars, x), module.apply(variables, x),
+                             rtol=1e-10, atol=1e-12)
 
 
 def test_linen_errors_leave_nothing_half_done():
