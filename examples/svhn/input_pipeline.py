@@ -15,7 +15,6 @@ them where there is a network. Without either, :func:`load_svhn` raises
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 

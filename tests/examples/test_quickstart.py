@@ -7,7 +7,6 @@ user-wide kernelspec is installed).
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +53,4 @@ def test_quickstart_runs_on_tiny_settings(tmp_path, monkeypatch):
   assert len(errors) == 3 and all(0 < e < 1 for e in errors)
   assert errors[1] < errors[0]  # Rank 8 is closer than rank 1.
   assert re.search(r"compressed \d+\.\d%", out)
+  assert re.search(r"fine-tuned compressed model: accuracy \d+\.\d%", out)
