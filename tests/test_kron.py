@@ -264,3 +264,17 @@ class TestErrors:
       kfc_jax.kron_matmul_plan((3, 4), [(2, -2), (2, 2)])
     with pytest.raises(TypeError, match="positive integer"):
       kfc_jax.kron_matmul_plan((3, 4), [(2, 2.5), (2, 2)])
+
+
+@pytest.mark.parametrize("batch", [7, 12, 1])
+def test_chunked_plan_matches_reference(x64, rng, batch):
+  # A tiny chunk budget forces the row-block path, including a ragged last block.
+  model = kfc_jax.CostModel(1e9, 1e9, 0.0, chunk_bytes=256, cache_bytes_per_second=4e9)
+  factors = [jnp.asarray(f) for f in random_factors(rng, (2, 3, 2), (3, 2, 2), 2)]
+  x = jnp.asarray(rng.standard_normal((batch, 12)))
+  plan = kfc_jax.kron_matmul_plan(x.shape, [f.shape for f in factors],
+                                  dtype=jnp.float64, strategy="factored", cost_model=model)
+  assert (plan.chosen.chunk_rows is not None) == (batch > 1)
+  f = lambda x, fs: kfc_jax.kron_matmul(x, fs, strategy="factored", cost_model=model)
+  np.testing.assert_allclose(f(x, factors), np.asarray(x) @ np_kron(factors), rtol=1e-10)
+  check_grads(f, (x, factors), order=1, modes=["rev"])

@@ -84,27 +84,37 @@ def factor_shapes(factors: Sequence[Any]) -> tuple[tuple[int, int, int], ...]:
 class CostModel:
   """A roofline model of one device: predicted seconds of a plan.
 
-  Each step costs ``max(flops / (flops_per_second * eff), bytes / bytes_per_second)
+  Each step costs ``max(flops / (flops_per_second * eff), bytes / bandwidth)
   + overhead_seconds``, where ``eff = min(1, K / full_speed_dim)`` penalises
   matrix products with a short contraction dimension ``K`` (they cannot keep the
-  matrix units busy). The defaults per platform were fitted to the measurements
-  in ``benchmarks/results/`` (see ``benchmarks/kron_matmul.py``).
+  matrix units busy). When ``chunk_bytes`` is set (CPU), a factored plan whose
+  intermediates exceed it runs over row blocks of ``x`` sized so that each
+  block's intermediates fit in ``chunk_bytes`` (they then stay in cache); its
+  intermediate traffic moves at ``cache_bytes_per_second``. The defaults per
+  platform were set from the measurements in ``benchmarks/results/`` (see
+  ``benchmarks/kron_matmul.py``, which reports the model's picks against the
+  measured best).
   """
 
   flops_per_second: float
   bytes_per_second: float
   overhead_seconds: float
   full_speed_dim: int = 64
+  chunk_bytes: int | None = None
+  cache_bytes_per_second: float | None = None
 
-  def step_seconds(self, flops: float, bytes_: float, contraction_dim: int) -> float:
+  def step_seconds(self, flops: float, bytes_: float, contraction_dim: int,
+                   bytes_per_second: float | None = None) -> float:
     eff = min(1.0, contraction_dim / self.full_speed_dim)
     compute = flops / (self.flops_per_second * eff)
-    return max(compute, bytes_ / self.bytes_per_second) + self.overhead_seconds
+    memory = bytes_ / (bytes_per_second or self.bytes_per_second)
+    return max(compute, memory) + self.overhead_seconds
 
 
 _DEFAULT_COST_MODELS = {
     "cpu": CostModel(flops_per_second=150e9, bytes_per_second=20e9,
-                     overhead_seconds=5e-6, full_speed_dim=64),
+                     overhead_seconds=5e-6, full_speed_dim=128,
+                     chunk_bytes=8 * 2**20, cache_bytes_per_second=40e9),
     "gpu": CostModel(flops_per_second=50e12, bytes_per_second=2.5e12,
                      overhead_seconds=5e-6, full_speed_dim=64),
     "tpu": CostModel(flops_per_second=150e12, bytes_per_second=1.2e12,
@@ -128,6 +138,7 @@ class PlanCost:
   bytes: int                   # predicted memory traffic
   temp_bytes: int              # largest temporary buffer (W for "materialize")
   seconds: float               # cost-model prediction
+  chunk_rows: int | None = None  # rows of x per block ("factored", chunked)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,26 +172,41 @@ class KronMatmulPlan:
 def _factored_cost(batch, ms, ns, r, order, itemsize, model) -> PlanCost:
   dims = list(ms)
   base = batch * math.prod(ms)  # elements of the intermediate, per rank term
-  flops = bytes_ = peak = 0
-  seconds = 0.0
+  steps = []
   for step, t in enumerate(order):
     first, last = step == 0, step == len(order) - 1
     out_base = base // dims[t] * ns[t]
     in_size = base * (1 if first else r)
     out_size = out_base * (1 if last else r)
-    step_flops = 2 * base * ns[t] * r
+    contraction = dims[t] * (r if last and not first else 1)
+    steps.append((2 * base * ns[t] * r, in_size, out_size, contraction))
+    dims[t] = ns[t]
+    base = out_base
+  peak = max(max(s[1], s[2]) for s in steps)
+  chunk_rows = None
+  if model.chunk_bytes and batch > 1 and itemsize * peak > model.chunk_bytes:
+    chunk_rows = max(1, batch * model.chunk_bytes // (itemsize * peak))
+  flops = bytes_ = 0
+  seconds = 0.0
+  for step, (step_flops, in_size, out_size, contraction) in enumerate(steps):
     # The GEMM reads its input and writes its output; the axis shuffle before
     # the next step reads and writes the output once more.
     step_bytes = itemsize * (in_size + 3 * out_size)
-    contraction = dims[t] * (r if last and not first else 1)
-    seconds += model.step_seconds(step_flops, step_bytes, contraction)
+    if chunk_rows:  # only x and y travel to and from memory
+      dram = itemsize * ((in_size if step == 0 else 0)
+                         + (3 * out_size if step == len(steps) - 1 else 0))
+      memory_seconds = (dram / model.bytes_per_second
+                        + (step_bytes - dram) / model.cache_bytes_per_second)
+      bandwidth = step_bytes / memory_seconds
+    else:
+      bandwidth = model.bytes_per_second
+    seconds += model.step_seconds(step_flops, step_bytes, contraction, bandwidth)
     flops += step_flops
     bytes_ += step_bytes
-    peak = max(peak, out_size)
-    dims[t] = ns[t]
-    base = out_base
+  if chunk_rows:
+    peak = peak * chunk_rows // batch
   return PlanCost("factored", tuple(order), int(flops), int(bytes_),
-                  int(itemsize * peak), float(seconds))
+                  int(itemsize * peak), float(seconds), chunk_rows)
 
 
 def _materialize_cost(batch, ms, ns, r, itemsize, model) -> PlanCost:
@@ -411,6 +437,7 @@ def kron_matmul(
     precision: PrecisionLike = None,
     preferred_element_type: Any = None,
     strategy: Strategy = "auto",
+    cost_model: CostModel | None = None,
 ) -> Array:
   """Computes ``x @ sum_r kron(F_1[r], ..., F_k[r])`` without forming the product.
 
@@ -429,6 +456,8 @@ def kron_matmul(
     preferred_element_type: accumulation/result dtype of every contraction.
     strategy: ``"auto"``, ``"factored"``, ``"materialize"`` or a permutation of
       factor indices; see :func:`kron_matmul_plan`.
+    cost_model: device model for the plan; defaults to
+      :func:`default_cost_model`.
 
   Returns:
     ``[*batch, prod(n_t)]``, of dtype ``preferred_element_type`` or the
@@ -461,10 +490,23 @@ def kron_matmul(
   batch_shape = x.shape[:-1]
   x2 = x.reshape(-1, m)
   plan = kron_matmul_plan(x2.shape, [f.shape for f in fs], dtype=dtype,
-                          strategy=_check_strategy(strategy, len(fs)))
+                          strategy=_check_strategy(strategy, len(fs)),
+                          cost_model=cost_model)
   if plan.strategy == "materialize":
     w = kron(fs, precision=precision)
     y = _dot(x2, w, (((1,), (0,)), ((), ())), precision, preferred_element_type)
+  elif plan.chosen.chunk_rows:
+    y = _chunked(functools.partial(_factored, factors=fs, order=plan.order,
+                                   precision=precision, pet=preferred_element_type),
+                 x2, plan.chosen.chunk_rows)
   else:
     y = _factored(x2, fs, plan.order, precision, preferred_element_type)
   return y.reshape(*batch_shape, math.prod(ns))
+
+
+def _chunked(fn, x, rows):
+  """Applies ``fn`` to blocks of ``rows`` rows (keeps intermediates in cache)."""
+  blocks, rest = divmod(x.shape[0], rows)
+  head = lax.map(fn, x[:blocks * rows].reshape(blocks, rows, x.shape[1]))
+  head = head.reshape(blocks * rows, -1)
+  return jnp.concatenate([head, fn(x[blocks * rows:])]) if rest else head

@@ -1,0 +1,30 @@
+"""The kron_matmul benchmark runs (--quick) and writes its JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
+
+
+@pytest.mark.slow
+def test_quick_run_writes_results(tmp_path, monkeypatch):
+  monkeypatch.syspath_prepend(BENCHMARKS)
+  import kron_matmul  # noqa: PLC0415 - the script, imported from benchmarks/
+
+  assert kron_matmul.main(["--quick", "--repeats", "1", "--out", str(tmp_path)]) == 0
+  stem = tmp_path / "kron_matmul_cpu_float32_quick"
+  payload = json.loads(stem.with_suffix(".json").read_text())
+  assert payload["environment"]["dtype"] == "float32"
+  row = payload["rows"][0]
+  assert set(row["results"]) == {"fwd", "fwd+bwd"}
+  fwd = row["results"]["fwd"]
+  assert {"dense", "materialized", "auto", "materialize"} <= set(fwd)
+  assert any(label.startswith("order") for label in fwd)
+  assert all(v["ms"] > 0 for v in fwd.values())
+  assert row["plan"]["predicted_ms"] > 0
+  markdown = stem.with_suffix(".md").read_text()
+  assert "| case | batch | mode |" in markdown and "Checks:" in markdown
