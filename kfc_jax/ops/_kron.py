@@ -112,9 +112,12 @@ class CostModel:
 
 
 _DEFAULT_COST_MODELS = {
+    # CPU: blocks of 1 MiB (about one core's L2) measured fastest for the
+    # chunked factored plan on 64x64 (x) 64x64 at ranks 1, 4 and 16 (2.5x less
+    # time than 8 MiB blocks at rank 16); see benchmarks/results/.
     "cpu": CostModel(flops_per_second=150e9, bytes_per_second=20e9,
                      overhead_seconds=5e-6, full_speed_dim=128,
-                     chunk_bytes=8 * 2**20, cache_bytes_per_second=40e9),
+                     chunk_bytes=2**20, cache_bytes_per_second=40e9),
     "gpu": CostModel(flops_per_second=50e12, bytes_per_second=2.5e12,
                      overhead_seconds=5e-6, full_speed_dim=64),
     "tpu": CostModel(flops_per_second=150e12, bytes_per_second=1.2e12,
