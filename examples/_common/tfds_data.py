@@ -45,7 +45,8 @@ def import_tfds() -> ModuleType:
   (tensorflow/datasets#11212), so preparing a dataset fails on a clean
   install. The standard library's ``importlib.resources`` provides what TFDS
   uses from it (``abc.Traversable``), so it stands in when the backport is
-  absent. With the backport installed this does nothing.
+  absent. The ``examples`` extra installs the backport, so this only matters
+  for TFDS installed without it.
 
   Returns:
     The ``tensorflow_datasets`` module.
