@@ -498,12 +498,12 @@ def compress(model: Any, policy: Any, *, inplace: bool = False, batch: int = 1
     True
     >>> new, report = kfc_jax.compress(model, kfc_jax.LayerRule("layers/0", compression=8))
     >>> print(report)  # doctest: +NORMALIZE_WHITESPACE
-    path      before  after                                 shape     params     ->  saved  FLOPs     ->  speedup  rel. error
-    -------------------------------------------------------------------------------------------------------------------------
-    layers/0  Linear  KroneckerLinear (64, 1)->(1, 64) r=4  64 -> 64   4,160    576   7.2x  8,192  1,024     8.0x       0.885
-    -------------------------------------------------------------------------------------------------------------------------
-    total                                                              4,160    576   7.2x  8,192  1,024     8.0x
-    model                                                              4,810  1,226   3.9x
+    path      before  after                               shape     params     ->  saved  FLOPs     ->  speedup  rel. error
+    -----------------------------------------------------------------------------------------------------------------------
+    layers/0  Linear  KroneckerLinear (8, 8)->(8, 8) r=4  64 -> 64   4,160    576   7.2x  8,192  8,192     1.0x       0.891
+    -----------------------------------------------------------------------------------------------------------------------
+    total                                                            4,160    576   7.2x  8,192  8,192     1.0x
+    model                                                            4,810  1,226   3.9x
   """
   if not isinstance(model, nnx.Module):
     raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}.")

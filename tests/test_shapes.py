@@ -56,15 +56,27 @@ def test_suggest_without_budget_is_balanced():
 def test_suggest_with_budget_is_best_that_fits(in_features, out_features, budget):
   s = kfc_jax.suggest_factors(in_features, out_features, max_params=budget)
   assert s.params <= budget
-  best = 0
+  best = {True: 0, False: 0}  # by whether every factor is at least 2 x 2
   for ms in _all_factorizations(in_features, 2):
     for ns in _all_factorizations(out_features, 2):
       per_rank = ms[0] * ns[0] + ms[1] * ns[1]
       max_rank = min(ms[0] * ns[0], ms[1] * ns[1])
       r = min(budget // per_rank, max_rank)
+      proper = min(ms + ns) > 1
       if r >= 1:
-        best = max(best, r * per_rank)
-  assert s.params == best
+        best[proper] = max(best[proper], r * per_rank)
+  assert s.params == (best[True] or best[False])
+
+
+def test_suggest_avoids_outer_product_factors():
+  # (256, 1) (x) (1, 256) at rank 8 has the same 4,096 parameters as
+  # (16, 16) (x) (16, 16) at rank 8, but it is a rank-8 matrix: low rank.
+  s = kfc_jax.suggest_factors(256, 256, compression=16)
+  assert min(s.in_factors + s.out_factors) > 1
+  assert (s.in_factors, s.out_factors, s.params) == ((16, 16), (16, 16), 4096)
+  # When only a degenerate shape fits the budget, it is still returned.
+  s = kfc_jax.suggest_factors(2, 64, max_params=40)
+  assert s.params <= 40 and min(s.in_factors + s.out_factors) == 1
 
 
 def test_suggest_compression_and_rank():

@@ -163,7 +163,10 @@ def suggest_factors(
   default), which has the fewest parameters. With a budget (``max_params``, or
   ``compression`` = dense / Kronecker parameters) the suggestion is the
   factorisation and rank with the most parameters within the budget (the most
-  expressive layer that fits), preferring balanced shapes on ties.
+  expressive layer that fits), preferring balanced shapes on ties. Shapes with
+  a ``1 x n`` or ``m x 1`` factor are taken only when no other shape fits:
+  ``(m, 1) (x) (1, n)`` is an outer product, so such a "Kronecker" layer is a
+  low-rank one in disguise.
 
   Args:
     in_features: input size.
@@ -224,7 +227,9 @@ def suggest_factors(
       for r in ranks:
         if r < 1 or r * per_rank > max_params:
           continue
-        key = (r * per_rank, -imbalance(ms, ns), ms, ns)
+        proper = all(a > 1 and b > 1 for a, b in zip(ms, ns))
+        key = (proper, r * per_rank, -imbalance(ms, ns),
+               -max(ms) - max(ns), ms, ns)
         if best is None or key > best[0]:
           best = (key, ms, ns, r)
   if best is None:
