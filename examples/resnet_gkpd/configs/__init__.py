@@ -1,0 +1,1 @@
+"""Configurations of the ResNet/GKPD example: ``default`` (minutes)."""

@@ -1,0 +1,475 @@
+"""Train a ResNet, compress its convs by GKPD, fine-tune: the library side.
+
+``main.py`` is the command line. The pieces:
+
+* :func:`create_model`, :func:`make_tx` -- the CIFAR ResNet of ``models.py``
+  and SGD with Nesterov momentum, coupled L2 weight decay and a warm-up +
+  cosine schedule (He et al.'s recipe, shortened);
+* :func:`train_step`, :func:`eval_step` -- ``nnx.jit`` steps (BatchNorm
+  statistics are updated in place by the training step); batches are sharded
+  over the local devices and the state replicated (``_common/pipeline.py``);
+* :func:`compression_policy`, :func:`compress` -- the ``kfc_jax.compress``
+  policy that turns every block's 3x3 conv into a ``KroneckerConv`` at
+  ``config.compression`` (GKPD, Hameed et al. 2022), and its application;
+* :func:`train_and_evaluate` -- dense training, compression, fine-tuning,
+  with test accuracy, parameter counts and wall times after each phase,
+  written to ``results.json`` and ``report.md`` in the work directory.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+from flax import nnx
+from jax.sharding import Mesh
+
+import kfc_jax
+from examples._common import pipeline
+from examples.resnet_gkpd import input_pipeline
+from examples.resnet_gkpd import models
+from examples.resnet_gkpd.configs import default
+
+logger = logging.getLogger(__name__)
+
+Config = default.Config
+Metrics = dict[str, jax.Array]
+
+SPLITS = ("suggest", "blocks")
+# The GKPD paper's ResNet-32 on CIFAR-10 (Hameed et al. 2022, Table 3).
+PAPER = {"model": "ResNet-32", "dataset": "CIFAR-10", "dense_accuracy": 92.55,
+         "compression": 5.0, "compressed_accuracy": 91.52}
+
+_MAX_IN_FLIGHT = 2
+_BLOCK = 4  # channel block of split="blocks"
+
+
+# ----------------------------------------------------------------------------
+# Model and optimizer.
+# ----------------------------------------------------------------------------
+
+
+def create_model(depth: int = 20, *, in_channels: int = 3,
+                 seed: int = 0) -> models.ResNet:
+  """ResNet-``depth`` for ``[B, 32, 32, in_channels]`` images."""
+  return models.ResNet(depth, in_channels=in_channels, rngs=nnx.Rngs(seed))
+
+
+@functools.cache
+def make_tx(learning_rate: float, total_steps: int, *, warmup_steps: int = 0,
+            momentum: float = 0.9, weight_decay: float = 1e-4
+            ) -> optax.GradientTransformation:
+  """SGD (Nesterov) with coupled L2 decay, linear warm-up, cosine to zero.
+
+  Cached: ``nnx.jit`` keys its cache on the optimizer's static structure,
+  which includes the transformation, so equal settings reuse compiled steps.
+  """
+  warmup = min(warmup_steps, total_steps // 2)
+  if warmup:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, learning_rate, warmup, max(total_steps, warmup + 1))
+  else:
+    schedule = optax.cosine_decay_schedule(learning_rate, max(total_steps, 1))
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.sgd(schedule, momentum=momentum, nesterov=True))
+
+
+def create_optimizer(model: nnx.Module, config: Config, total_steps: int, *,
+                     finetune: bool = False) -> nnx.Optimizer:
+  """An ``nnx.Optimizer`` over every ``nnx.Param`` of ``model``."""
+  lr = config.finetune_learning_rate if finetune else config.learning_rate
+  tx = make_tx(lr, total_steps, warmup_steps=config.warmup_steps,
+               momentum=config.momentum, weight_decay=config.weight_decay)
+  return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+# ----------------------------------------------------------------------------
+# Compression.
+# ----------------------------------------------------------------------------
+
+
+def _block_rule(path: str, kernel_shape: tuple[int, ...],
+                compression: float) -> kfc_jax.LayerRule:
+  kh, kw, c_in, c_out = kernel_shape
+  if c_in % _BLOCK or c_out % _BLOCK:
+    raise ValueError(f"split='blocks' needs channels divisible by {_BLOCK}; "
+                     f"layer {path!r} has {c_in} -> {c_out}.")
+  a = (kh, kw, c_in // _BLOCK, c_out // _BLOCK)
+  b = (1, 1, _BLOCK, _BLOCK)
+  per_rank = int(np.prod(a)) + int(np.prod(b))
+  rank = max(1, round(np.prod(kernel_shape) / compression / per_rank))
+  return kfc_jax.LayerRule(f"{path}", a_shape=a, b_shape=b, rank=int(rank))
+
+
+def compression_policy(model: models.ResNet, *, compression: float = 5.0,
+                       split: str = "suggest") -> kfc_jax.CompressionPolicy:
+  """The policy that turns every block conv of ``model`` into a KroneckerConv.
+
+  The stem conv (``3 -> 16`` or ``1 -> 16``: 432 or 144 weights) and the
+  classifier stay dense; so do the BatchNorms.
+
+  Args:
+    model: the (trained) ResNet.
+    compression: dense / Kronecker parameters of each block conv.
+    split: ``"suggest"`` (per-layer search by GKPD error) or ``"blocks"``
+      (4x4 channel blocks, see ``configs/default.py``).
+
+  Returns:
+    A ``kfc_jax.CompressionPolicy``.
+
+  Raises:
+    ValueError: an unknown ``split`` or ``compression < 1``.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}; got {split!r}.")
+  if not compression >= 1:
+    raise ValueError(f"compression must be >= 1; got {compression!r}.")
+  if split == "suggest":
+    return kfc_jax.CompressionPolicy(
+        [kfc_jax.LayerRule(r"blocks/\d+/conv[12]", compression=compression)])
+  rules = []
+  for path in models.block_conv_paths(model):
+    block, name = path.split("/")[1:]
+    conv = getattr(model.blocks[int(block)], name)
+    rules.append(_block_rule(path, conv.kernel.shape, compression))
+  return kfc_jax.CompressionPolicy(rules)
+
+
+def compress(model: models.ResNet, config: Config
+             ) -> tuple[models.ResNet, kfc_jax.CompressionReport]:
+  """A compressed copy of ``model`` (``model`` itself is left as it was)."""
+  policy = compression_policy(model, compression=config.compression,
+                              split=config.split)
+  return kfc_jax.compress(model, policy)
+
+
+def conv_params(model: models.ResNet) -> int:
+  """Parameters of the block convs (dense kernels or Kronecker factors)."""
+  return sum(models.count_params(getattr(b, n))
+             for b in model.blocks for n in ("conv1", "conv2"))
+
+
+# ----------------------------------------------------------------------------
+# Steps.
+# ----------------------------------------------------------------------------
+
+
+def preprocess(images: jax.Array) -> jax.Array:
+  """``uint8`` images to ``float32`` in [-1, 1] (on device: 4x less to copy)."""
+  return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+@nnx.jit
+def train_step(model: models.ResNet, optimizer: nnx.Optimizer,
+               batch: Mapping[str, jax.Array]) -> Metrics:
+  """One SGD step; updates ``model`` (parameters, BatchNorm statistics) and
+  ``optimizer`` in place.
+
+  Args:
+    model: the network.
+    optimizer: its ``nnx.Optimizer``.
+    batch: ``image`` uint8 ``[B, 32, 32, C]`` and ``label`` int ``[B]``.
+
+  Returns:
+    Sums over the batch: ``loss`` (cross-entropy), ``correct`` and ``count``.
+  """
+  images = preprocess(batch["image"])
+  labels = batch["label"]
+
+  def loss_fn(model):
+    logits = model(images, train=True)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return losses.mean(), (losses, logits)
+
+  (_, (losses, logits)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(
+      model)
+  optimizer.update(model, grads)
+  return {"loss": losses.sum(),
+          "correct": (logits.argmax(-1) == labels).sum().astype(jnp.float32),
+          "count": jnp.asarray(labels.shape[0], jnp.float32)}
+
+
+@nnx.jit
+def eval_step(model: models.ResNet, batch: Mapping[str, jax.Array]) -> Metrics:
+  """Sums of loss, correct predictions and examples over a masked batch."""
+  logits = model(preprocess(batch["image"]), train=False)
+  labels, mask = batch["label"], batch["mask"]
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  correct = (logits.argmax(-1) == labels).astype(jnp.float32)
+  return {"loss": (losses * mask).sum(), "correct": (correct * mask).sum(),
+          "count": mask.sum()}
+
+
+# ----------------------------------------------------------------------------
+# Loops.
+# ----------------------------------------------------------------------------
+
+
+def replicate(tree: Any, mesh: Mesh) -> None:
+  """Puts the state of NNX objects (model, optimizer) on every mesh device."""
+  state = nnx.state(tree)
+  nnx.update(tree, jax.device_put(state, pipeline.replicated_sharding(mesh)))
+
+
+def _summarise(sums: Mapping[str, Any]) -> dict[str, float]:
+  count = float(sums["count"])
+  return {"loss": float(sums["loss"]) / count,
+          "accuracy": 100.0 * float(sums["correct"]) / count, "count": count}
+
+
+def evaluate(model: models.ResNet, images: np.ndarray, labels: np.ndarray, *,
+             batch_size: int, mesh: Mesh, prefetch: int = 2
+             ) -> dict[str, float]:
+  """Mean loss, accuracy (%) and wall seconds of ``model`` on every example."""
+  start = time.perf_counter()
+  stream = pipeline.batches({"image": images, "label": labels}, batch_size,
+                            drop_remainder=False)
+  totals = None
+  for batch in pipeline.prefetch_to_mesh(
+      stream, pipeline.batch_sharding(mesh), prefetch):
+    sums = eval_step(model, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  result = _summarise(jax.device_get(totals))
+  return {**result, "seconds": time.perf_counter() - start}
+
+
+def _augmented(stream: Iterator[dict[str, np.ndarray]], rng: np.random.Generator,
+               flip: bool) -> Iterator[dict[str, np.ndarray]]:
+  for batch in stream:
+    yield {**batch, "image": input_pipeline.augment(batch["image"], rng,
+                                                    flip=flip)}
+
+
+def train_epoch(model: models.ResNet, optimizer: nnx.Optimizer,
+                images: np.ndarray, labels: np.ndarray, *, config: Config,
+                mesh: Mesh, rng: np.random.Generator, desc: str = "",
+                max_steps: int | None = None) -> dict[str, float]:
+  """One shuffled pass over the training images (last short batch dropped).
+
+  Returns:
+    ``loss`` and ``accuracy`` (%) averaged over the epoch's steps,
+    ``count``, ``steps`` and ``seconds`` (wall time, compilation included on
+    the first call).
+  """
+  steps = pipeline.num_batches(len(images), config.batch_size, True)
+  if not steps:
+    raise ValueError(f"the training set ({len(images)} examples) is smaller "
+                     f"than one batch ({config.batch_size}).")
+  if max_steps is not None:
+    steps = min(steps, max_steps)
+  stream = pipeline.batches({"image": images, "label": labels},
+                            config.batch_size, rng=rng)
+  if config.augment:
+    stream = _augmented(stream, rng, flip=config.dataset == "cifar10")
+  stream = pipeline.prefetch_to_mesh(stream, pipeline.batch_sharding(mesh),
+                                     config.prefetch)
+  totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+  in_flight = collections.deque()
+
+  def collect(sums):
+    for k, v in jax.device_get(sums).items():
+      totals[k] += float(v)
+
+  start = time.perf_counter()
+  with tqdm.tqdm(total=steps, desc=desc, disable=not config.progress,
+                 leave=False, dynamic_ncols=True) as bar:
+    for step, batch in enumerate(stream, 1):
+      in_flight.append(train_step(model, optimizer, batch))
+      while len(in_flight) > _MAX_IN_FLIGHT:
+        collect(in_flight.popleft())
+      if step % config.log_every == 0 and totals["count"]:
+        running = _summarise(totals)
+        bar.set_postfix(loss=f"{running['loss']:.4f}",
+                        acc=f"{running['accuracy']:.2f}%")
+      bar.update(1)
+      if step == steps:
+        break
+    while in_flight:
+      collect(in_flight.popleft())
+  seconds = time.perf_counter() - start
+  return {**_summarise(totals), "steps": steps, "seconds": seconds}
+
+
+def fit(model: models.ResNet, data: input_pipeline.Splits, *, config: Config,
+        mesh: Mesh, epochs: int, finetune: bool, rng: np.random.Generator,
+        name: str) -> list[dict[str, float]]:
+  """``epochs`` of SGD on the training images; returns per-epoch records."""
+  steps = pipeline.num_batches(len(data.train[0]), config.batch_size, True)
+  optimizer = create_optimizer(model, config, epochs * steps,
+                               finetune=finetune)
+  replicate((model, optimizer), mesh)
+  history = []
+  for epoch in range(1, epochs + 1):
+    record = train_epoch(model, optimizer, *data.train, config=config,
+                         mesh=mesh, rng=rng, desc=f"{name} epoch {epoch}")
+    history.append({"epoch": epoch, **record})
+    logger.info("%s epoch %d/%d: train loss %.4f accuracy %.2f%% | %.1f s",
+                name, epoch, epochs, record["loss"], record["accuracy"],
+                record["seconds"])
+  return history
+
+
+# ----------------------------------------------------------------------------
+# The experiment.
+# ----------------------------------------------------------------------------
+
+
+def check_config(config: Config, mesh: Mesh | None = None) -> None:
+  """Validates ``config`` before any data is loaded or step compiled.
+
+  Raises:
+    ValueError: naming the bad field.
+  """
+  if config.dataset not in input_pipeline.DATASETS:
+    raise ValueError(f"dataset must be one of {input_pipeline.DATASETS}; got "
+                     f"{config.dataset!r}.")
+  models.blocks_per_stage(config.depth)
+  if config.num_train is not None and (not isinstance(config.num_train, int)
+                                       or config.num_train < 1):
+    raise ValueError(f"num_train must be a positive int or None; got "
+                     f"{config.num_train!r}.")
+  if config.epochs < 1:
+    raise ValueError(f"epochs must be >= 1; got {config.epochs!r}.")
+  if config.finetune_epochs < 0:
+    raise ValueError(f"finetune_epochs must be >= 0; got "
+                     f"{config.finetune_epochs!r}.")
+  if config.split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}; got {config.split!r}.")
+  if not config.compression >= 1:
+    raise ValueError(f"compression must be >= 1; got {config.compression!r}.")
+  for name in ("learning_rate", "finetune_learning_rate"):
+    if not getattr(config, name) > 0:
+      raise ValueError(f"{name} must be > 0; got {getattr(config, name)!r}.")
+  mesh = mesh if mesh is not None else pipeline.make_data_mesh()
+  pipeline.check_batch_size(config.batch_size, mesh, "batch_size")
+  pipeline.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+
+
+def _phase(name: str, model: models.ResNet, test: dict[str, float],
+           seconds: float) -> dict[str, Any]:
+  return {"phase": name, "test_accuracy": test["accuracy"],
+          "test_loss": test["loss"], "params": models.count_params(model),
+          "conv_params": conv_params(model), "seconds": seconds,
+          "eval_seconds": test["seconds"]}
+
+
+def report_markdown(results: Mapping[str, Any]) -> str:
+  """The phases as a Markdown table, the GKPD paper's numbers below."""
+  lines = ["| phase | test accuracy % | params | block-conv params | "
+           "train (or compress) s | test eval s |",
+           "|---|---|---|---|---|---|"]
+  dense = results["phases"][0]
+  for p in results["phases"]:
+    ratio = dense["conv_params"] / p["conv_params"]
+    lines.append(f"| {p['phase']} | {p['test_accuracy']:.2f} | "
+                 f"{p['params']:,} | {p['conv_params']:,} ({ratio:.2f}x) | "
+                 f"{p['seconds']:.1f} | {p['eval_seconds']:.1f} |")
+  paper = results["paper"]
+  lines += ["", f"GKPD paper ({paper['model']}, {paper['dataset']}): "
+            f"{paper['dense_accuracy']}% dense, {paper['compressed_accuracy']}%"
+            f" at {paper['compression']:g}x after fine-tuning."]
+  return "\n".join(lines) + "\n"
+
+
+def train_and_evaluate(config: Config, workdir: str | os.PathLike[str] | None,
+                       *, data: input_pipeline.Splits | None = None
+                       ) -> dict[str, Any]:
+  """Trains, compresses and fine-tunes; returns (and writes) the results.
+
+  Args:
+    config: the configuration (``configs/default.py``).
+    workdir: where ``results.json``, ``report.md`` and ``compression.txt``
+      go (``None``: nowhere).
+    data: the splits (default: loaded as ``config`` says).
+
+  Returns:
+    ``config``, ``environment``, ``phases`` (dense, compressed, fine-tuned:
+    test accuracy, parameters, block-conv parameters, wall seconds of the
+    training or the compression, and of the test evaluation), the
+    per-layer ``compression`` report and the training ``history``.
+  """
+  check_config(config)
+  mesh = pipeline.make_data_mesh()
+  start = time.perf_counter()
+  if data is None:
+    data = input_pipeline.load(config.dataset, num_train=config.num_train,
+                               data_dir=config.data_dir,
+                               manual_dir=config.manual_dir,
+                               download=config.download)
+  load_seconds = time.perf_counter() - start
+  logger.info("%s: %d training and %d test images (%.1f s to load)",
+              config.dataset, len(data.train[0]), len(data.test[0]),
+              load_seconds)
+  eval_kw = {"batch_size": config.eval_batch_size, "mesh": mesh,
+             "prefetch": config.prefetch}
+  rng = np.random.default_rng(config.seed)
+
+  model = create_model(config.depth, in_channels=data.channels,
+                       seed=config.seed)
+  start = time.perf_counter()
+  dense_history = fit(model, data, config=config, mesh=mesh,
+                      epochs=config.epochs, finetune=False, rng=rng,
+                      name=f"ResNet-{config.depth}")
+  seconds = time.perf_counter() - start
+  phases = [_phase("dense", model, evaluate(model, *data.test, **eval_kw),
+                   seconds)]
+
+  start = time.perf_counter()
+  small, report = compress(model, config)
+  compress_seconds = time.perf_counter() - start
+  logger.info("compressed in %.1f s:\n%s", compress_seconds, report)
+  phases.append(_phase("compressed (no fine-tune)", small,
+                       evaluate(small, *data.test, **eval_kw),
+                       compress_seconds))
+
+  finetune_history = []
+  if config.finetune_epochs:
+    start = time.perf_counter()
+    finetune_history = fit(small, data, config=config, mesh=mesh,
+                           epochs=config.finetune_epochs, finetune=True,
+                           rng=rng, name="fine-tune")
+    seconds = time.perf_counter() - start
+    phases.append(_phase("fine-tuned", small,
+                         evaluate(small, *data.test, **eval_kw), seconds))
+  for p in phases:
+    logger.info("%-26s test accuracy %.2f%%  params %s  block convs %s  "
+                "%.1f s", p["phase"], p["test_accuracy"], f"{p['params']:,}",
+                f"{p['conv_params']:,}", p["seconds"])
+
+  results = {
+      "config": dataclasses.asdict(config),
+      "environment": {
+          "device": str(jax.devices()[0].device_kind),
+          "platform": jax.default_backend(), "cpu_count": os.cpu_count(),
+          "machine": platform.machine(), "jax": jax.__version__,
+          "python": platform.python_version()},
+      "num_train": len(data.train[0]), "num_test": len(data.test[0]),
+      "load_seconds": load_seconds,
+      "phases": phases,
+      "compression": [dataclasses.asdict(r) for r in report.rows],
+      "compression_table": report.table(),
+      "history": {"dense": dense_history, "finetune": finetune_history},
+      "paper": PAPER,
+  }
+  if workdir is not None:
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    (workdir / "report.md").write_text(report_markdown(results))
+    (workdir / "compression.txt").write_text(report.table() + "\n")
+  print(report_markdown(results))
+  return results
