@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import platform
+import re
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -112,7 +113,8 @@ def _block_rule(path: str, kernel_shape: tuple[int, ...],
   b = (1, 1, _BLOCK, _BLOCK)
   per_rank = int(np.prod(a)) + int(np.prod(b))
   rank = max(1, round(np.prod(kernel_shape) / compression / per_rank))
-  return kfc_jax.LayerRule(f"{path}", a_shape=a, b_shape=b, rank=int(rank))
+  return kfc_jax.LayerRule(re.escape(path), a_shape=a, b_shape=b,
+                           rank=int(rank))
 
 
 def compression_policy(model: models.ResNet, *, compression: float = 5.0,
@@ -256,8 +258,8 @@ def _augmented(stream: Iterator[dict[str, np.ndarray]], rng: np.random.Generator
 
 def train_epoch(model: models.ResNet, optimizer: nnx.Optimizer,
                 images: np.ndarray, labels: np.ndarray, *, config: Config,
-                mesh: Mesh, rng: np.random.Generator, desc: str = "",
-                max_steps: int | None = None) -> dict[str, float]:
+                mesh: Mesh, rng: np.random.Generator, desc: str = ""
+                ) -> dict[str, float]:
   """One shuffled pass over the training images (last short batch dropped).
 
   Returns:
@@ -269,8 +271,6 @@ def train_epoch(model: models.ResNet, optimizer: nnx.Optimizer,
   if not steps:
     raise ValueError(f"the training set ({len(images)} examples) is smaller "
                      f"than one batch ({config.batch_size}).")
-  if max_steps is not None:
-    steps = min(steps, max_steps)
   stream = pipeline.batches({"image": images, "label": labels},
                             config.batch_size, rng=rng)
   if config.augment:
@@ -296,8 +296,6 @@ def train_epoch(model: models.ResNet, optimizer: nnx.Optimizer,
         bar.set_postfix(loss=f"{running['loss']:.4f}",
                         acc=f"{running['accuracy']:.2f}%")
       bar.update(1)
-      if step == steps:
-        break
     while in_flight:
       collect(in_flight.popleft())
   seconds = time.perf_counter() - start
