@@ -6,7 +6,6 @@ received and what it needed. ``assert`` is kept for internal invariants only.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -36,10 +35,6 @@ def int_tuple(value: Any, name: str) -> tuple[int, ...]:
         f" {value!r}."
     )
   return tuple(positive_int(v, f"{name}[{i}]") for i, v in enumerate(value))
-
-
-def prod(values: Sequence[int]) -> int:
-  return math.prod(values)
 
 
 def finite_matrix(w: Any, name: str, ndim: int = 2) -> np.ndarray:

@@ -443,7 +443,7 @@ def kdl_apply(layout: KDLLayout, x: Any, left: Any, right: Any, left_bias: Any,
               right_bias: Any, activation: Callable[[Array], Array] | None, *,
               dtype: Any = None, precision: Any = None,
               preferred_element_type: Any = None) -> Array:
-  """Right layer then left layer per branch, branches summed (DESIGN.md §7)."""
+  """Right layer then left layer per branch, branches summed (docs/DESIGN.md §7)."""
   x, left, right, left_bias, right_bias = promote(
       [x, left, right, left_bias, right_bias], dtype)
   m1, m2 = layout.in_factors

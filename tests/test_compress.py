@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 import kfc_jax
+from conftest import np_kron
 from kfc_jax import CompressionPolicy, LayerRule, compress, compress_linen_params
 
 F64 = jnp.float64
@@ -329,7 +330,7 @@ def test_merge_back_to_dense(x64, rng):
   new, _ = compress(model, LayerRule("fc1", in_factors=(8, 8), out_factors=(4, 8), rank=3))
   layer = new.fc1
   kernel = layer.materialize()
-  np.testing.assert_allclose(kernel, kfc_jax.kron([f[...] for f in (
+  np.testing.assert_allclose(kernel, np_kron([np.asarray(f[...]) for f in (
       layer.factor_0_0, layer.factor_0_1)]), rtol=1e-12)
   dense = _linear(64, 32, nnx.Rngs(5), F64)
   dense.kernel.set_value(kernel)

@@ -135,6 +135,22 @@ def test_kernel_dilation(x64, rng, split, strides):
     assert_close(y, expected)
 
 
+@pytest.mark.parametrize("split", ["3x3=3x1(x)1x3", "3x3=1x1(x)3x3",
+                                   "3x3=3x3(x)1x1", "6x3=2x3(x)3x1"])
+@pytest.mark.parametrize("strides", [3, 4, (4, 1)], ids=str)
+@pytest.mark.parametrize("strategy", ["factored", "auto"])
+def test_strides_beyond_a_factor(x64, rng, split, strides, strategy):
+  # A stride larger than B's span on an axis where A has size 1 once gave A a
+  # dilation of 0.
+  a_shape, b_shape = SPLITS[split]
+  a, b = random_term(rng, a_shape, b_shape, 2)
+  x = rng.standard_normal((1, 13, 14, a_shape[2] * b_shape[2]))
+  for padding in ("SAME", "VALID"):
+    expected = reference(x, np_kernel(a, b), strides, padding)
+    y = jitted(strides=strides, padding=padding, strategy=strategy)(x, (a, b))
+    assert_close(y, expected)
+
+
 def test_circular_padding(x64, rng):
   a, b = random_term(rng, (2, 3, 2, 2), (2, 1, 2, 3), 2)   # K: 4x3
   x = rng.standard_normal((2, 7, 8, 4))
@@ -199,13 +215,18 @@ def test_dtypes(rng, dtype, strategy):
   assert_close(y, expected, TOLERANCES[dtype])
 
 
-def test_preferred_element_type_and_promotion(rng):
+@pytest.mark.parametrize("strategy", ["factored", "materialize", "auto"])
+def test_preferred_element_type_and_promotion(rng, strategy):
   a, b = (jnp.asarray(f, jnp.bfloat16)
           for f in random_term(rng, (2, 2, 4, 4), (2, 2, 2, 2), 2))
   x = jnp.asarray(rng.standard_normal((2, 8, 8, 8)), jnp.bfloat16)
   y = kfc_jax.kron_conv(x, (a, b), preferred_element_type=jnp.float32,
-                        strategy="factored")
+                        strategy=strategy)
   assert y.dtype == jnp.float32
+  # Against float64 maths on the same (bf16-rounded) inputs: the bf16 kernel
+  # or intermediate costs one bf16 rounding, no more.
+  f64 = lambda t: np.asarray(t, np.float64)
+  assert_close(y, reference(f64(x), np_kernel(f64(a), f64(b))), 1e-2)
   assert kfc_jax.kron_conv(x.astype(jnp.float32), (a, b)).dtype == jnp.float32
 
 

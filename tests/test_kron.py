@@ -88,12 +88,13 @@ def test_dtypes(rng, dtype, strategy, precision):
   assert err < TOLERANCES[dtype], err
 
 
-def test_preferred_element_type_accumulates_wider(rng):
+@pytest.mark.parametrize("strategy", ["factored", "materialize", "auto"])
+def test_preferred_element_type_accumulates_wider(rng, strategy):
   factors = [jnp.asarray(f, jnp.bfloat16) for f in random_factors(rng, (8, 8), (8, 8), 4)]
   x = jnp.asarray(rng.standard_normal((32, 64)), jnp.bfloat16)
   expected = np.asarray(x, np.float64) @ np_kron(factors)
   y = kfc_jax.kron_matmul(x, factors, preferred_element_type=jnp.float32,
-                          strategy="factored")
+                          strategy=strategy)
   assert y.dtype == jnp.float32
   err = np.abs(np.asarray(y) - expected).max() / np.abs(expected).max()
   assert err < 1e-5, err  # only the inputs were rounded, not the sums

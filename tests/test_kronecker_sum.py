@@ -67,3 +67,10 @@ def test_zero_weight(rng):
 def test_errors(terms, error, match):
   with pytest.raises(error, match=match):
     kfc_jax.nearest_kronecker_sum(np.ones((4, 4)), terms)
+
+
+@pytest.mark.parametrize("sweeps,error", [(2.5, TypeError), (True, TypeError),
+                                          (-1, ValueError)])
+def test_sweeps_must_be_a_nonnegative_integer(sweeps, error):
+  with pytest.raises(error, match=r"sweeps must be an integer >= 0"):
+    kfc_jax.nearest_kronecker_sum(np.ones((4, 4)), [_cut((2, 2), (2, 2))], sweeps=sweeps)

@@ -119,6 +119,16 @@ class TestErrors:
     with pytest.raises(ValueError, match=r"fits max_params=10; the smallest has 128"):
       kfc_jax.suggest_factors(64, 64, max_params=10)
 
+  def test_suggest_compression_beyond_the_layer(self):
+    with pytest.raises(ValueError, match=r"compression=1000000.0 leaves less than one"
+                       r" parameter of the 64x64 layer; use at most 4096"):
+      kfc_jax.suggest_factors(64, 64, compression=1e6)
+
+  def test_shape_stores_tuples(self):
+    s = kfc_jax.KroneckerShape(8, 8, [2, 4], [4, 2])
+    assert s.in_factors == (2, 4) and s == kfc_jax.KroneckerShape(8, 8, (2, 4), (4, 2))
+    assert hash(s) == hash(kfc_jax.KroneckerShape(8, 8, (2, 4), (4, 2)))
+
   def test_suggest_both_budgets(self):
     with pytest.raises(ValueError, match="at most one of max_params and compression"):
       kfc_jax.suggest_factors(64, 64, max_params=100, compression=4)

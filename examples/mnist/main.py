@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       overrides["progress"] = False
     config = dataclasses.replace(config, **overrides)
     train.check_config(config)  # Bad names and sizes fail before any work.
-  except (ValueError, models.MissingLayerError) as e:
+  except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   try:

@@ -34,7 +34,6 @@ The FC layer is picked from :data:`VARIANTS` by name (``Baseline``,
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import re
 from collections.abc import Callable
@@ -42,6 +41,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+import kfc_jax
 
 IMAGE_SHAPE = (28, 28, 1)
 FEATURE_SHAPE = (3, 3, 32)  # H, W, C of the map the FC layer sees.
@@ -91,30 +92,6 @@ class FcVariant:
   build: Callable[[nnx.Rngs], nnx.Module]
 
 
-class MissingLayerError(RuntimeError):
-  """A variant needs a ``kfc_jax.nnx`` layer this build does not have."""
-
-
-def _library_layer(name: str):
-  """``kfc_jax.nnx.<name>``, or a clear error while it is not there yet."""
-  try:
-    module = importlib.import_module("kfc_jax.nnx")
-    return getattr(module, name)
-  except (ImportError, AttributeError) as e:
-    raise MissingLayerError(
-        f"this variant needs kfc_jax.nnx.{name}, which this kfc_jax build "
-        f"does not provide ({e}).") from e
-
-
-def library_has(name: str) -> bool:
-  """Whether ``kfc_jax.nnx.<name>`` exists in this build."""
-  try:
-    _library_layer(name)
-  except MissingLayerError:
-    return False
-  return True
-
-
 def _dense(name: str, features: int) -> FcVariant:
   in_features = FEATURE_SHAPE[0] * FEATURE_SHAPE[1] * FEATURE_SHAPE[2]
   return FcVariant(
@@ -127,21 +104,21 @@ def _low_rank(name: str, rank: int) -> FcVariant:
   in_features = FEATURE_SHAPE[0] * FEATURE_SHAPE[1] * FEATURE_SHAPE[2]
   return FcVariant(
       name, FC_FEATURES, True,
-      lambda rngs: _library_layer("LowRankLinear")(
+      lambda rngs: kfc_jax.nnx.LowRankLinear(
           in_features, FC_FEATURES, rank=rank, rngs=rngs))
 
 
 def _kfc(name: str, terms) -> FcVariant:
   return FcVariant(
       name, FC_FEATURES, False,
-      lambda rngs: _library_layer("KFC")(
+      lambda rngs: kfc_jax.nnx.KFC(
           FEATURE_SHAPE, FC_FEATURES, terms=terms, use_bias=True, rngs=rngs))
 
 
 # The one table of variants: name -> factory. A ``<k>``/``<r>`` in a name is a
 # positive integer argument of the factory (``Cut-96``, ``KFC-Rank-10``).
 # KFC terms are (formulation, (O1, O2)[, rank]) with O1 * O2 = 256; see
-# DESIGN.md section 4 for how these reproduce the paper's parameter counts.
+# docs/DESIGN.md section 4 for how these reproduce the paper's parameter counts.
 VARIANTS: dict[str, Callable[..., FcVariant]] = {
     "Baseline": lambda: _dense("Baseline", FC_FEATURES),
     "Cut-<k>": lambda k: _dense(f"Cut-{k}", k),

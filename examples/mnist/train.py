@@ -484,7 +484,6 @@ def check_config(config: Config, mesh: Mesh | None = None
     ValueError: empty variants/seeds, ``epochs < 1``, an unknown variant or
       learning-rate schedule, or a batch size the devices cannot split
       evenly.
-    models.MissingLayerError: a variant needs a layer this ``kfc_jax`` lacks.
   """
   if not config.variants or not config.seeds:
     raise ValueError("config.variants and config.seeds must be non-empty; got "
@@ -516,7 +515,6 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike[str], *,
 
   Raises:
     ValueError: see :func:`check_config`.
-    models.MissingLayerError: a variant needs a layer this ``kfc_jax`` lacks.
     tfds_data.DatasetUnavailableError: MNIST cannot be loaded (see its
       message).
   """

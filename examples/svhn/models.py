@@ -1,6 +1,6 @@
 """The KFC paper's SVHN network: a CNN, then an FC/KFC layer, then softmax.
 
-Zhou & Wu (arXiv 1507.05775, Section 4; DESIGN.md §4) use for SVHN "a larger
+Zhou & Wu (arXiv 1507.05775, Section 4; docs/DESIGN.md §4) use for SVHN "a larger
 network of the same shape" as for MNIST: its conv stack ends in a 5x5x256 map,
 the FC layer maps it to 256 (1.64M parameters) and the whole baseline has
 2.20M. Our stack (NHWC, 32x32x3 input, ReLU after each conv and the FC layer)
@@ -27,7 +27,7 @@ with depth, as in the MNIST net, and land the total on the paper's.
 
 Variants (:data:`VARIANTS`): ``Baseline``, ``Cut-<k>`` (the FC layer with k
 outputs), ``LowRank-<k>`` (6400 -> k -> 256), ``KFC-I`` ... ``KFC-IV``,
-``KFC-Combined`` and ``KFC-Rank-<r>``, with the factor shapes of DESIGN.md
+``KFC-Combined`` and ``KFC-Rank-<r>``, with the factor shapes of docs/DESIGN.md
 §4 (KFC-II: 16,484 factor entries, 99.0% fewer than the FC layer's
 1,638,400; KFC-Combined 344,184, 79.0%; KFC-Rank-10 164,840, 89.9%).
 """
@@ -76,7 +76,7 @@ def _kfc(name: str, terms) -> FcVariant:
 
 
 # name -> factory; ``<k>``/``<r>`` is a positive integer argument. KFC terms
-# are (formulation, (O1, O2)[, rank]) with O1 * O2 = 256 (DESIGN.md §4).
+# are (formulation, (O1, O2)[, rank]) with O1 * O2 = 256 (docs/DESIGN.md §4).
 _COMBINED = [("II", (64, 4)), ("III", (128, 2)), ("IV", (128, 2))]
 VARIANTS: dict[str, Callable[..., FcVariant]] = {
     "Baseline": lambda: _dense("Baseline", FC_FEATURES),

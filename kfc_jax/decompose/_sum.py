@@ -15,6 +15,7 @@ EM step for missing entries), which keeps the descent monotone.
 from __future__ import annotations
 
 import math
+import numbers
 import string
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -121,9 +122,11 @@ def nearest_kronecker_sum(
   if isinstance(terms, (str, bytes)) or not isinstance(terms, Sequence) or not terms:
     raise TypeError(f"terms must be a non-empty sequence of terms, got {terms!r}.")
   terms = [_check_term(t, i, m, n) for i, t in enumerate(terms)]
-  sweeps = int(sweeps)
+  if isinstance(sweeps, bool) or not isinstance(sweeps, numbers.Integral):
+    raise TypeError(f"sweeps must be an integer >= 0, got {sweeps!r}.")
   if sweeps < 0:
-    raise ValueError(f"sweeps must be >= 0, got {sweeps}.")
+    raise ValueError(f"sweeps must be an integer >= 0, got {sweeps}.")
+  sweeps = int(sweeps)
   norm = np.linalg.norm(w)
 
   full_shapes = [(math.prod(t.in_shape), math.prod(t.out_shape)) for t in terms]

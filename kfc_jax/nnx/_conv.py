@@ -22,8 +22,8 @@ def conv_kernel(conv: Any) -> tuple[np.ndarray, Any, Any]:
   kernel = getattr(conv, "kernel", None)
   if kernel is None or getattr(kernel[...], "ndim", 0) != 4:
     raise TypeError(
-        "conv must be an nnx.Conv with a 2-D kernel [kh, kw, in_features,"
-        f" out_features], got {type(conv).__name__}"
+        "conv must be a 2-D nnx.Conv (a 4-D HWIO kernel [kh, kw, in_features,"
+        f" out_features]), got {type(conv).__name__}"
         f"{'' if kernel is None else f' with kernel shape {tuple(kernel[...].shape)}'}.")
   for name in ("input_dilation", "feature_group_count"):
     value = getattr(conv, name, 1)

@@ -1,6 +1,6 @@
 """2-D convolution by a sum of generalised Kronecker products of kernels.
 
-Conventions (DESIGN.md §2, §6): images are NHWC, kernels HWIO. A term is a
+Conventions (docs/DESIGN.md §2, §6): images are NHWC, kernels HWIO. A term is a
 pair of factors ``A: [r, ah, aw, ai, ao]`` and ``B: [r, bh, bw, bi, bo]`` (a
 4-D factor means ``r = 1``) and stands for the kernel
 ``K: [ah*bh, aw*bw, ai*bi, ao*bo]``,
@@ -490,7 +490,10 @@ def _factored(x, a, b, strides, pads, dil, precision, pet):
     z = z.transpose(0, 5, 2, 3, 1, 4)
     a_strides = tuple(s // gi for s, gi in zip(strides, g))
     a_pads = ((0, 0), (0, 0))
-    a_dil = tuple(bk * d // gi for bk, d, gi in zip((bh, bw), dil, g))
+    # A factor of size 1 on an axis has no taps to space out (and then g may
+    # exceed B's span, so the formula would give 0).
+    a_dil = tuple(1 if ak == 1 else bk * d // gi
+                  for ak, bk, d, gi in zip((ah, aw), (bh, bw), dil, g))
   # The intermediate is stored in the compute dtype, like a layer's output.
   _, _, h1, w1, _, _ = z.shape
   z = z.astype(x.dtype).reshape(n * bo, h1, w1, ai * r)

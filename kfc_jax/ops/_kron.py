@@ -1,6 +1,6 @@
 """Multiplication by a sum of Kronecker products, without forming the product.
 
-Conventions (DESIGN.md §2): row-vector layout ``y = x @ W``; Kronecker order of
+Conventions (docs/DESIGN.md §2): row-vector layout ``y = x @ W``; Kronecker order of
 ``jnp.kron``; each factor carries a leading rank axis, ``F_t: [r, m_t, n_t]``,
 and ``W = sum_r F_1[r] ⊗ ... ⊗ F_k[r]`` has shape ``[prod(m_t), prod(n_t)]``.
 """
@@ -16,7 +16,6 @@ from typing import Any, Literal, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from kfc_jax import _checks
@@ -68,11 +67,6 @@ def _as_factor_list(factors: Any, name: str = "factors") -> list[Any]:
   if ranks[0] < 1:
     raise ValueError(f"{name} must have rank >= 1, got rank {ranks[0]}.")
   return out
-
-
-def factor_shapes(factors: Sequence[Any]) -> tuple[tuple[int, int, int], ...]:
-  """Returns ``((r, m_t, n_t), ...)`` for validated factors."""
-  return tuple(tuple(int(d) for d in f.shape) for f in _as_factor_list(factors))
 
 
 # ---------------------------------------------------------------------------
@@ -456,7 +450,8 @@ def kron_matmul(
     factors: ``k >= 1`` arrays, each ``[r, m_t, n_t]`` (or ``[m_t, n_t]``,
       meaning r = 1), all with the same ``r``.
     precision: ``lax.Precision`` for every contraction.
-    preferred_element_type: accumulation/result dtype of every contraction.
+    preferred_element_type: accumulation/result dtype of every contraction;
+      intermediates (a materialised ``W`` included) are held in it.
     strategy: ``"auto"``, ``"factored"``, ``"materialize"`` or a permutation of
       factor indices; see :func:`kron_matmul_plan`.
     cost_model: device model for the plan; defaults to
@@ -496,7 +491,9 @@ def kron_matmul(
                           strategy=_check_strategy(strategy, len(fs)),
                           cost_model=cost_model)
   if plan.strategy == "materialize":
-    w = kron(fs, precision=precision)
+    # W is an intermediate like any other: held in the accumulation dtype, so
+    # every plan rounds the same way.
+    w = kron(fs, precision=precision, preferred_element_type=preferred_element_type)
     y = _dot(x2, w, (((1,), (0,)), ((), ())), precision, preferred_element_type)
   elif plan.chosen.chunk_rows:
     y = _chunked(functools.partial(_factored, factors=fs, order=plan.order,

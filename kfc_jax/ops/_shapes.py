@@ -94,6 +94,9 @@ class KroneckerShape:
     _checks.positive_int(self.out_features, "out_features")
     ms = _checks.int_tuple(self.in_factors, "in_factors")
     ns = _checks.int_tuple(self.out_factors, "out_factors")
+    # Frozen: store the validated tuples (hashable, equal to the tuple form).
+    object.__setattr__(self, "in_factors", ms)
+    object.__setattr__(self, "out_factors", ns)
     _checks.positive_int(self.rank, "rank")
     if len(ms) != len(ns):
       raise ValueError(
@@ -203,6 +206,11 @@ def suggest_factors(
     if not compression >= 1:
       raise ValueError(f"compression must be >= 1, got {compression}.")
     max_params = int(in_features * out_features / compression)
+    if max_params < 1:
+      raise ValueError(
+          f"compression={compression} leaves less than one parameter of the"
+          f" {in_features}x{out_features} layer; use at most"
+          f" {in_features * out_features}.")
   if max_params is not None:
     max_params = _checks.positive_int(max_params, "max_params")
   m = padded_size(in_features, k, max_imbalance=max_imbalance)

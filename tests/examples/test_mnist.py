@@ -45,13 +45,10 @@ from examples.mnist.configs import paper
 # that the last test checks; see `real_mnist_job`.
 pytestmark = pytest.mark.usefixtures("real_mnist_job")
 
-# Which kfc_jax.nnx layer each library-backed variant needs; the tests of a
-# variant are skipped (saying why) while the library lacks its layer.
-_NEEDS = {"LowRank": "LowRankLinear", "KFC": "KFC"}
 
 # (layer params, layer params without bias, model params). The conv stack has
 # 23,008 parameters; the classifier 256 * 10 + 10 (Cut-96: 96 * 10 + 10).
-# KFC factor counts follow DESIGN.md section 4 for a 3x3x32 map, O = 256.
+# KFC factor counts follow docs/DESIGN.md section 4 for a 3x3x32 map, O = 256.
 EXPECTED_PARAMS = {
     "Baseline": (288 * 256 + 256, 288 * 256, 99_562),
     "Cut-96": (288 * 96 + 96, 288 * 96, 23_008 + 27_744 + 970),
@@ -64,12 +61,6 @@ EXPECTED_PARAMS = {
     "KFC-Combined": (26_672 + 256, 26_672, 23_008 + 26_928 + 2_570),
     "KFC-Rank-10": (10 * 2_084 + 256, 20_840, 23_008 + 21_096 + 2_570),
 }
-
-
-def _skip_without_library(variant: str):
-  for prefix, layer in _NEEDS.items():
-    if variant.startswith(prefix) and not models.library_has(layer):
-      pytest.skip(f"kfc_jax.nnx.{layer} is not in this build yet")
 
 
 def _images(rng, n):
@@ -108,7 +99,6 @@ def _count_compilations():
 
 @pytest.mark.parametrize("variant", list(EXPECTED_PARAMS))
 def test_param_counts(variant):
-  _skip_without_library(variant)
   counts = train.param_counts(variant)
   assert (counts["layer"], counts["layer_weights"],
           counts["model"]) == EXPECTED_PARAMS[variant]
@@ -121,7 +111,6 @@ def test_baseline_matches_the_paper_and_kfc_reaches_its_reductions():
   conv = base["model"] - base["layer"] - 2_570
   assert conv == 23_008  # Paper: "about 23K".
   for variant, paper_pct in (("KFC-II", 97.2), ("KFC-Combined", 63.5)):
-    _skip_without_library(variant)
     weights = train.param_counts(variant)["layer_weights"]
     # The paper's percentages come from its rounded counts (e.g. 2.1K/74.0K).
     assert abs(100 * (1 - weights / base["layer_weights"]) - paper_pct) < 0.5
@@ -132,7 +121,6 @@ def test_baseline_matches_the_paper_and_kfc_reaches_its_reductions():
 @pytest.mark.parametrize("variant", ["Baseline", "Cut-96", "LowRank-96",
                                      "KFC-Combined", "KFC-Rank-2"])
 def test_forward_shapes_and_dropout(variant):
-  _skip_without_library(variant)
   model = train.create_model(variant, seed=0)
   x = train.preprocess(_images(np.random.default_rng(0), 4)["image"])
   chex.assert_shape(model.features(x), (4, 3, 3, 32))
@@ -200,7 +188,6 @@ def test_optimizer_is_adam_with_coupled_weight_decay():
 
 @pytest.mark.parametrize("variant", ["KFC-Combined"])
 def test_train_step_updates_and_fits_a_batch(variant):
-  _skip_without_library(variant)
   config = _config(batch_size=32, learning_rate=3e-3)
   mesh = pipeline.make_data_mesh()
   # No dropout, so that a few steps visibly fit the batch (dropout has its own

@@ -18,7 +18,7 @@ KFC = kfc_jax.nnx.KFC
 KroneckerLinear = kfc_jax.nnx.KroneckerLinear
 
 # ---------------------------------------------------------------------------
-# DESIGN.md §4: the paper's configurations, factor parameters (bias on top).
+# docs/DESIGN.md §4: the paper's configurations, factor parameters (bias on top).
 # ---------------------------------------------------------------------------
 
 COMBINED = [("II", (64, 4)), ("III", (128, 2)), ("IV", (128, 2))]
@@ -268,10 +268,13 @@ def test_kdl_without_activation_or_bias_is_kronecker_linear(x64, rng):
 def test_kdl_activation_applies_to_both_layers(x64):
   kdl = kfc_jax.nnx.KDL(4, 4, in_factors=(2, 2), out_factors=(2, 2), use_bias=False,
                         param_dtype=jnp.float64, rngs=nnx.Rngs(0))
-  for p in (kdl.left, kdl.right):
-    p.set_value(-jnp.ones_like(p[...]))
-  # Right layer: X R < 0 for x > 0, so relu zeroes it and the output is 0.
+  kdl.right.set_value(jnp.ones_like(kdl.right[...]))
+  kdl.left.set_value(-jnp.ones_like(kdl.left[...]))
+  # The right layer's output is positive (relu keeps it); the left layer's is
+  # negative, so only a relu after the left layer makes the output 0.
   np.testing.assert_array_equal(kdl(jnp.ones((4,))), np.zeros(4))
+  kdl.left.set_value(jnp.ones_like(kdl.left[...]))
+  assert (np.asarray(kdl(jnp.ones((4,)))) > 0).all()
 
 
 # ---------------------------------------------------------------------------
