@@ -276,7 +276,8 @@ class TestFromConv:
                                rtol=1e-5, atol=1e-5)
 
   def test_errors(self):
-    with pytest.raises(TypeError, match=r"conv must be an nnx.Conv.*got Linear"):
+    with pytest.raises(TypeError, match=r"conv must be a 2-D nnx.Conv \(a 4-D HWIO"
+                       r" kernel.*got Linear with kernel shape \(2, 2\)"):
       kfc_jax.nnx.KroneckerConv.from_conv(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
     grouped = nnx.Conv(4, 4, (3, 3), feature_group_count=2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"conv.feature_group_count must be 1.*got 2"):
