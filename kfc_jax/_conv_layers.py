@@ -271,15 +271,20 @@ def conv_cost(kind: str, layout: ConvLayout, *, use_bias: bool, batch: int,
     detail = f"{labels}, per output pixel"
   else:
     h, w = _conv._pair(input_size, "input_size")
-    flops = dense_flops = 0
-    for t in layout.terms:
-      plan = kron_conv_plan((batch, h, w, layout.in_features), t.factor_shapes,
+    plans = [kron_conv_plan((batch, h, w, layout.in_features), t.factor_shapes,
                             strides=layout.strides, padding=layout.padding,
                             kernel_dilation=layout.kernel_dilation,
-                            dtype=dtype or np.float32,
-                            strategy=strategy)
-      flops += plan.chosen.flops
-      dense_flops = plan.dense_flops
+                            dtype=dtype or np.float32, strategy=strategy)
+             for t in layout.terms]
+    # What kron_conv_sum runs: one dense conv by the summed kernel, or every
+    # term factored.
+    def flops_of(plan, how):
+      return next(c for c in plan.candidates if c.strategy == how).flops
+    if _conv.sum_strategy(plans, strategy) == "materialize":
+      flops = flops_of(plans[0], "materialize")
+    else:
+      flops = sum(flops_of(p, "factored") for p in plans)
+    dense_flops = plans[0].dense_flops
     detail = f"{labels} @{h}x{w}"
   return LayerCost(kind, layout.in_features, layout.out_features,
                    layout.params + bias, flops, dense_params, dense_flops, detail)

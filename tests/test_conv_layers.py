@@ -205,6 +205,20 @@ def test_cost_at_an_input_size_is_the_plan():
   assert cost.params == 3 * (9 * 256 + 16) + 64
 
 
+def test_cost_of_several_terms_is_what_kron_conv_sum_runs():
+  def layer(terms):
+    return kfc_jax.nnx.KroneckerConv(64, 64, 3, terms=terms, rngs=nnx.Rngs(0))
+  # 60x fewer parameters: every term runs factored, at the factored count
+  # (SAME, stride 1: per output pixel times the pixels).
+  cheap = layer([((3, 3, 8, 8), (1, 1, 8, 8), 1), ((1, 1, 8, 8), (3, 3, 8, 8), 1)])
+  assert cheap.cost(8, input_size=(32, 32)).flops == cheap.cost(8 * 32 * 32).flops
+  # 5x: one dense conv by the summed kernel (plus forming it), not one per term.
+  dear = layer([((3, 3, 16, 16), (1, 1, 4, 4), 3), ((1, 1, 4, 4), (3, 3, 16, 16), 3)])
+  cost = dear.cost(8, input_size=(32, 32))
+  assert cost.dense_flops == 2 * 8 * 32 * 32 * 9 * 64 * 64
+  assert cost.dense_flops <= cost.flops < 1.01 * cost.dense_flops
+
+
 def test_default_init_scale_is_lecun():
   layer = kfc_jax.nnx.KroneckerConv(64, 64, 3, rank=4, rngs=nnx.Rngs(0))
   k = np.asarray(layer.materialize())

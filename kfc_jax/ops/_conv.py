@@ -594,6 +594,22 @@ def kron_conv(
   return y.reshape(*batch_shape, *y.shape[1:])
 
 
+def sum_strategy(plans: Sequence[KronConvPlan], strategy: Any) -> str:
+  """How :func:`kron_conv_sum` runs terms with these plans: all in one dense
+  conv (``"materialize"``) or each factored (``"factored"``).
+
+  Forming the kernels costs next to nothing, so under ``"auto"`` one dense
+  conv by their sum beats any mix as soon as it beats running every term
+  factored.
+  """
+  if strategy != "auto":
+    return "materialize" if strategy == "materialize" else "factored"
+  cost = [{c.strategy: c.seconds for c in p.candidates} for p in plans]
+  if cost[0]["materialize"] < sum(c["factored"] for c in cost):
+    return "materialize"
+  return "factored"
+
+
 def kron_conv_sum(
     x: Any,
     terms: Sequence[Sequence[Any]],
@@ -649,14 +665,7 @@ def kron_conv_sum(
           f" (A {tuple(terms[i][0].shape)}, B {tuple(terms[i][1].shape)}).")
   x, terms, plans, batch_shape, strides, pads, dil = _prepare(
       x, terms, strides, padding, kernel_dilation, strategy)
-  if strategy == "auto":
-    # Forming the kernels costs next to nothing, so one dense conv by their sum
-    # beats any mix as soon as it beats running every term factored.
-    cost = [{c.strategy: c.seconds for c in p.candidates} for p in plans]
-    materialize = cost[0]["materialize"] < sum(c["factored"] for c in cost)
-  else:
-    materialize = strategy == "materialize"
-  if materialize:
+  if sum_strategy(plans, strategy) == "materialize":
     k = sum(kron_kernel(t, precision=precision) for t in terms)
     y = _conv(x, k, strides, pads, dil, precision, preferred_element_type)
   else:
