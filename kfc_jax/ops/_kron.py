@@ -84,7 +84,8 @@ class CostModel:
   matrix units busy). When ``chunk_bytes`` is set (CPU), a factored plan whose
   intermediates exceed it runs over row blocks of ``x`` sized so that each
   block's intermediates fit in ``chunk_bytes`` (they then stay in cache); its
-  intermediate traffic moves at ``cache_bytes_per_second``. The defaults per
+  intermediate traffic moves at ``cache_bytes_per_second`` (default:
+  ``bytes_per_second``). The defaults per
   platform were set from the measurements in ``benchmarks/results/`` (see
   ``benchmarks/kron_matmul.py``, which reports the model's picks against the
   measured best).
@@ -107,7 +108,7 @@ class CostModel:
 
 _DEFAULT_COST_MODELS = {
     # CPU: blocks of 1 MiB (about one core's L2) measured fastest for the
-    # chunked factored plan on 64x64 (x) 64x64 at ranks 1, 4 and 16 (2.5x less
+    # chunked factored plan on 64x64 (x) 64x64 at ranks 1, 4 and 16 (2.4x less
     # time than 8 MiB blocks at rank 16); see benchmarks/results/.
     "cpu": CostModel(flops_per_second=150e9, bytes_per_second=20e9,
                      overhead_seconds=5e-6, full_speed_dim=128,
@@ -193,7 +194,8 @@ def _factored_cost(batch, ms, ns, r, order, itemsize, model) -> PlanCost:
       dram = itemsize * ((in_size if step == 0 else 0)
                          + (3 * out_size if step == len(steps) - 1 else 0))
       memory_seconds = (dram / model.bytes_per_second
-                        + (step_bytes - dram) / model.cache_bytes_per_second)
+                        + (step_bytes - dram) / (model.cache_bytes_per_second
+                                                 or model.bytes_per_second))
       bandwidth = step_bytes / memory_seconds
     else:
       bandwidth = model.bytes_per_second
