@@ -23,6 +23,7 @@ from kfc_jax import formulations as _formulations
 from kfc_jax.decompose import KroneckerSumTerm
 from kfc_jax.decompose import low_rank as _low_rank
 from kfc_jax.decompose import nearest_kronecker_sum
+from kfc_jax.decompose._nkp import relative_error
 from kfc_jax.ops import _kron
 from kfc_jax.ops import KroneckerShape
 from kfc_jax.ops import factorize
@@ -334,12 +335,6 @@ def fit_dense(layout: DenseLayout, w: Any, bias: Any = None, *, use_bias: bool,
           dec.relative_error)
 
 
-def relative_error(w: Any, approx: Any) -> float:
-  w, approx = np.asarray(w, np.float64), np.asarray(approx, np.float64)
-  norm = np.linalg.norm(w)
-  return float(np.linalg.norm(w - approx) / norm) if norm > 0 else 0.0
-
-
 # ---------------------------------------------------------------------------
 # Low rank and KDL
 # ---------------------------------------------------------------------------
@@ -423,7 +418,7 @@ class KDLLayout:
 def _two_factors(value: Any, name: str, size: int) -> tuple[int, int]:
   f = _checks.int_tuple(value, name)
   if len(f) != 2 or math.prod(f) != size:
-    pairs = _formulations._divisor_pairs(size)
+    pairs = _formulations._balanced_pairs(size)
     raise ValueError(
         f"{name} must be two positive integers multiplying to {size}, got"
         f" {f!r}; e.g. {', '.join(map(str, pairs))}.")

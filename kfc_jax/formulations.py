@@ -50,17 +50,16 @@ from kfc_jax.decompose import KroneckerDecomposition
 from kfc_jax.decompose import KroneckerSumTerm
 from kfc_jax.decompose import nearest_kronecker_tensor
 from kfc_jax.ops import factorize
+from kfc_jax.ops._shapes import divisor_pairs
 from kfc_jax.ops import kron
 from kfc_jax.ops import kron_matmul
 
 AXES = ("H", "W", "C")
 
 
-def _divisor_pairs(n: int, limit: int = 6) -> list[tuple[int, int]]:
+def _balanced_pairs(n: int, limit: int = 6) -> list[tuple[int, int]]:
   """Up to ``limit`` of the most balanced ``(a, b)`` with ``a * b == n``."""
-  pairs = [(d, n // d) for d in range(1, n + 1) if n % d == 0]
-  pairs.sort(key=lambda p: abs(math.log(p[0] / p[1])))
-  return pairs[:limit]
+  return sorted(divisor_pairs(n), key=lambda p: abs(math.log(p[0] / p[1])))[:limit]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,7 +293,7 @@ def _resolve_term(term: Any, i: int, out_features: int) -> KFCTerm:
   example = spec.default_out_factors(out_features)
   if len(out) != k or math.prod(out) != out_features:
     choices = (f"e.g. {example}" if k != 2 or spec.fixed_out else
-               "e.g. " + ", ".join(map(str, _divisor_pairs(out_features))))
+               "e.g. " + ", ".join(map(str, _balanced_pairs(out_features))))
     raise ValueError(
         f"{where} (formulation {spec.name}) out_factors must be {k} positive"
         f" integers multiplying to out_features={out_features}, got {out}"

@@ -23,12 +23,9 @@ import numpy as np
 
 from kfc_jax import _checks
 from kfc_jax.decompose._nkp import KroneckerDecomposition, nearest_kronecker_tensor
+from kfc_jax.ops._shapes import divisor_pairs
 
 _AXES = ("height", "width", "in_channels", "out_channels")
-
-
-def _divisor_pairs(n: int) -> list[tuple[int, int]]:
-  return [(d, n // d) for d in range(1, n + 1) if n % d == 0]
 
 
 def _check_split(kernel_shape, a_shape, b_shape):
@@ -44,7 +41,7 @@ def _check_split(kernel_shape, a_shape, b_shape):
           f"a_shape {a} and b_shape {b} must multiply to the kernel shape"
           f" {tuple(kernel_shape)} axis by axis, but on {axis}"
           f" {p} * {q} = {p * q} != {k}; valid (a, b) pairs for {k}:"
-          f" {_divisor_pairs(k)}.")
+          f" {divisor_pairs(k)}.")
   return a, b
 
 
@@ -229,7 +226,7 @@ def suggest_conv_factors(
       raise ValueError(f"compression must be > 1, got {compression}.")
     max_params = int(math.prod(shape) / compression)
   best, smallest = None, None
-  for pairs in itertools.product(*(_divisor_pairs(k) for k in shape)):
+  for pairs in itertools.product(*(divisor_pairs(k) for k in shape)):
     a = tuple(p for p, _ in pairs)
     b = tuple(q for _, q in pairs)
     per_rank = math.prod(a) + math.prod(b)

@@ -30,7 +30,9 @@ class KroneckerDecomposition(NamedTuple):
   singular_values: np.ndarray | None
 
 
-def _relative_error(t: np.ndarray, approx: np.ndarray) -> float:
+def relative_error(t: Any, approx: Any) -> float:
+  """``||t - approx|| / ||t||`` in float64 (0 for a zero ``t``)."""
+  t, approx = np.asarray(t, np.float64), np.asarray(approx, np.float64)
   norm = np.linalg.norm(t)
   return float(np.linalg.norm(t - approx) / norm) if norm > 0 else 0.0
 
@@ -90,7 +92,7 @@ def _cp_als(t: np.ndarray, rank: int, max_sweeps: int, tol: float):
       mode[:, j] = v
     residual = residual - _cp_reconstruct([m[:, j:j + 1] for m in modes], t.shape)
   unfolded = [_unfold(t, n) for n in range(k)]
-  prev = _relative_error(t, _cp_reconstruct(modes, t.shape))
+  prev = relative_error(t, _cp_reconstruct(modes, t.shape))
   for _ in range(max_sweeps):
     for n in range(k):
       others = [modes[i] for i in range(k) if i != n]
@@ -99,7 +101,7 @@ def _cp_als(t: np.ndarray, rank: int, max_sweeps: int, tol: float):
         gram *= m.T @ m
       modes[n] = np.linalg.lstsq(gram.T, (unfolded[n] @ _khatri_rao(others)).T,
                                  rcond=None)[0].T
-    err = _relative_error(t, _cp_reconstruct(modes, t.shape))
+    err = relative_error(t, _cp_reconstruct(modes, t.shape))
     if prev - err < tol:
       prev = min(prev, err)
       break
@@ -171,7 +173,7 @@ def nearest_kronecker_tensor(
     modes, _ = _cp_als(rearranged, rank, max_sweeps, tol)
     vectors = [m.T for m in modes]
     approx = _cp_reconstruct(modes, rearranged.shape)
-  error = _relative_error(rearranged, approx)
+  error = relative_error(rearranged, approx)
   if len(groups) == 1:
     error = 0.0
   vectors = _balance(vectors) if len(groups) > 1 else vectors

@@ -27,6 +27,11 @@ def _factorizations(n: int, k: int, largest: int) -> tuple[tuple[int, ...], ...]
   return tuple(out)
 
 
+def divisor_pairs(n: int) -> list[tuple[int, int]]:
+  """Every ``(a, b)`` with ``a * b == n``, by increasing ``a``."""
+  return [(d, n // d) for d in range(1, n + 1) if n % d == 0]
+
+
 def factorize(n: int, k: int = 2) -> tuple[int, ...]:
   """The most balanced ``k`` factors of ``n``, largest first (product is ``n``).
 
