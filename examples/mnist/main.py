@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
-import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 
 if __package__ in (None, ""):
   # Run as a script: make `examples.*` importable from the repository root.
@@ -33,33 +30,11 @@ if __package__ in (None, ""):
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from tqdm.contrib import logging as tqdm_logging
 
+from examples._common import configs
 from examples._common import tfds_data
 from examples.mnist import models
 from examples.mnist import train
 # pylint: enable=g-import-not-at-top,wrong-import-position
-
-_CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
-
-
-def _load_config_module(spec: str) -> ModuleType:
-  """``default``/``paper``, or a path to a config file (Flax-example style)."""
-  path = Path(spec)
-  if path.suffix != ".py":
-    if not (_CONFIGS_DIR / f"{spec}.py").is_file():
-      names = sorted(p.stem for p in _CONFIGS_DIR.glob("*.py")
-                     if not p.stem.startswith("_"))
-      raise ValueError(f"Unknown config {spec!r}; use one of {names} or a "
-                       "path to a .py file with get_config().")
-    return importlib.import_module(f"examples.mnist.configs.{spec}")
-  if not path.is_file() and (Path(__file__).resolve().parent / path).is_file():
-    path = Path(__file__).resolve().parent / path  # configs/paper.py
-  if not path.is_file():
-    raise ValueError(f"Config file {spec!r} does not exist.")
-  module_spec = importlib.util.spec_from_file_location(
-      f"_kfc_mnist_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module
 
 
 def _csv(kind):
@@ -108,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       datefmt="%H:%M:%S")
   logging.getLogger("examples").setLevel(logging.INFO)
   try:
-    config = _load_config_module(args.config).get_config()
+    config = configs.load_config_module(args.config, "mnist").get_config()
     overrides = {k: getattr(args, k) for k in (
         "data_dir", "manual_dir", "variants", "seeds", "epochs", "batch_size",
         "learning_rate", "lr_schedule") if getattr(args, k) is not None}

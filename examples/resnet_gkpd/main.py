@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
-import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 
 if __package__ in (None, ""):
   # Run as a script: make `examples.*` importable from the repository root.
@@ -33,31 +30,11 @@ if __package__ in (None, ""):
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from tqdm.contrib import logging as tqdm_logging
 
+from examples._common import configs
 from examples._common import tfds_data
 from examples.resnet_gkpd import input_pipeline
 from examples.resnet_gkpd import train
 # pylint: enable=g-import-not-at-top,wrong-import-position
-
-_CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
-
-
-def _load_config_module(spec: str) -> ModuleType:
-  """``default``, or a path to a config file (Flax-example style)."""
-  path = Path(spec)
-  if path.suffix != ".py":
-    if not (_CONFIGS_DIR / f"{spec}.py").is_file():
-      names = sorted(p.stem for p in _CONFIGS_DIR.glob("*.py")
-                     if not p.stem.startswith("_"))
-      raise ValueError(f"Unknown config {spec!r}; use one of {names} or a "
-                       "path to a .py file with get_config().")
-    return importlib.import_module(f"examples.resnet_gkpd.configs.{spec}")
-  if not path.is_file():
-    raise ValueError(f"Config file {spec!r} does not exist.")
-  module_spec = importlib.util.spec_from_file_location(
-      f"_resnet_gkpd_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -100,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       datefmt="%H:%M:%S")
   logging.getLogger("examples").setLevel(logging.INFO)
   try:
-    config = _load_config_module(args.config).get_config()
+    config = configs.load_config_module(args.config, "resnet_gkpd").get_config()
     overrides = {k: getattr(args, k) for k in (
         "dataset", "depth", "num_train", "epochs", "finetune_epochs",
         "batch_size", "learning_rate", "finetune_learning_rate",
