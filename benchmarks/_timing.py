@@ -8,6 +8,7 @@ and their ratios, measured in one run, stay meaningful.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -82,3 +83,13 @@ def write_results(path_stem: str, payload: dict[str, Any], markdown: str) -> Non
     json.dump(payload, f, indent=1)
   with open(path_stem + ".md", "w") as f:
     f.write(markdown)
+
+
+def parse_args(doc: str, argv=None) -> argparse.Namespace:
+  """The command line every benchmark shares (``doc``: its module docstring)."""
+  parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="tiny grid, few repeats")
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  parser.add_argument("--repeats", type=int, default=None)
+  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+  return parser.parse_args(argv)

@@ -35,7 +35,6 @@ Beside each time: the compiled program's temporary memory
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -182,12 +181,7 @@ def summarize(rows, env) -> tuple[str, list[str]]:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="tiny grid, few repeats")
-  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  parser.add_argument("--repeats", type=int, default=None)
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-  args = parser.parse_args(argv)
+  args = _timing.parse_args(__doc__, argv)
   grid = QUICK_GRID if args.quick else GRID
   # A 256-channel layer at 32x32 takes ~1 s forward on 2 CPU cores: 5 repeats
   # keep the full grid near 10 minutes.

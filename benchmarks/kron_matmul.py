@@ -15,7 +15,6 @@ and auto against the better of dense and materialised.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -169,12 +168,7 @@ def summarize(rows, env) -> tuple[str, list[str]]:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="tiny grid, few repeats")
-  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  parser.add_argument("--repeats", type=int, default=None)
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-  args = parser.parse_args(argv)
+  args = _timing.parse_args(__doc__, argv)
   grid = QUICK_GRID if args.quick else GRID
   repeats = args.repeats or (5 if args.quick else 11)
   dtype = jnp.dtype(args.dtype)

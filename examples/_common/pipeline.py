@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 Batch = dict[str, np.ndarray]
@@ -42,6 +43,12 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def replicated_sharding(mesh: Mesh) -> NamedSharding:
   """A full copy on every device of the mesh (parameters, optimizer state)."""
   return NamedSharding(mesh, PartitionSpec())
+
+
+def replicate(tree: Any, mesh: Mesh) -> None:
+  """Puts the state of NNX objects (model, optimizer) on every mesh device."""
+  state = nnx.state(tree)
+  nnx.update(tree, jax.device_put(state, replicated_sharding(mesh)))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size"):

@@ -202,10 +202,7 @@ def eval_step(model: models.MnistCNN,
 # ----------------------------------------------------------------------------
 
 
-def replicate(tree: Any, mesh: Mesh) -> None:
-  """Puts the state of NNX objects (model, optimizer) on every mesh device."""
-  state = nnx.state(tree)
-  nnx.update(tree, jax.device_put(state, pipeline.replicated_sharding(mesh)))
+replicate = pipeline.replicate  # Part of this module's train-loop API.
 
 
 def _summarise(sums: Mapping[str, Any]) -> dict[str, float]:
