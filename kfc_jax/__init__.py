@@ -5,7 +5,6 @@ re-exported here; Flax layers live in ``kfc_jax.nnx`` (primary) and
 ``kfc_jax.linen``.
 """
 
-from kfc_jax.decompose import KronConvShape as KronConvShape
 from kfc_jax.decompose import KroneckerDecomposition as KroneckerDecomposition
 from kfc_jax.decompose import KroneckerSumDecomposition as KroneckerSumDecomposition
 from kfc_jax.decompose import KroneckerSumTerm as KroneckerSumTerm
@@ -18,10 +17,8 @@ from kfc_jax.decompose import suggest_conv_factors as suggest_conv_factors
 from kfc_jax.ops import CostModel as CostModel
 from kfc_jax.ops import KronConvPlan as KronConvPlan
 from kfc_jax.ops import KronMatmulPlan as KronMatmulPlan
-from kfc_jax.ops import KroneckerShape as KroneckerShape
 from kfc_jax.ops import PlanCost as PlanCost
 from kfc_jax.ops import default_cost_model as default_cost_model
-from kfc_jax.ops import factorize as factorize
 from kfc_jax.ops import kron as kron
 from kfc_jax.ops import kron_conv as kron_conv
 from kfc_jax.ops import kron_conv_plan as kron_conv_plan
@@ -30,13 +27,16 @@ from kfc_jax.ops import kron_kernel as kron_kernel
 from kfc_jax.ops import kron_matmul as kron_matmul
 from kfc_jax.ops import kron_matmul_plan as kron_matmul_plan
 from kfc_jax.ops import padded_kron_matmul as padded_kron_matmul
-from kfc_jax.ops import padded_size as padded_size
-from kfc_jax.ops import suggest_factors as suggest_factors
+from kfc_jax.shapes import KronConvShape as KronConvShape
+from kfc_jax.shapes import KroneckerShape as KroneckerShape
+from kfc_jax.shapes import KroneckerTerm as KroneckerTerm
+from kfc_jax.shapes import factorize as factorize
+from kfc_jax.shapes import padded_size as padded_size
+from kfc_jax.shapes import suggest_factors as suggest_factors
 
 # Layers and their helpers import the core above.
 from kfc_jax import formulations as formulations
-from kfc_jax._layers import KroneckerTerm as KroneckerTerm
-from kfc_jax._layers import LayerCost as LayerCost
+from kfc_jax.layers import LayerCost as LayerCost
 from kfc_jax.formulations import FORMULATIONS as FORMULATIONS
 from kfc_jax.formulations import Formulation as Formulation
 from kfc_jax.formulations import KFCTerm as KFCTerm

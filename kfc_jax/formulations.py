@@ -49,17 +49,11 @@ from kfc_jax import _checks
 from kfc_jax.decompose import KroneckerDecomposition
 from kfc_jax.decompose import KroneckerSumTerm
 from kfc_jax.decompose import nearest_kronecker_tensor
-from kfc_jax.ops import factorize
-from kfc_jax.ops._shapes import divisor_pairs
 from kfc_jax.ops import kron
 from kfc_jax.ops import kron_matmul
+from kfc_jax.shapes import factorize
 
 AXES = ("H", "W", "C")
-
-
-def _balanced_pairs(n: int, limit: int = 6) -> list[tuple[int, int]]:
-  """Up to ``limit`` of the most balanced ``(a, b)`` with ``a * b == n``."""
-  return sorted(divisor_pairs(n), key=lambda p: abs(math.log(p[0] / p[1])))[:limit]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,7 +287,7 @@ def _resolve_term(term: Any, i: int, out_features: int) -> KFCTerm:
   example = spec.default_out_factors(out_features)
   if len(out) != k or math.prod(out) != out_features:
     choices = (f"e.g. {example}" if k != 2 or spec.fixed_out else
-               "e.g. " + ", ".join(map(str, _balanced_pairs(out_features))))
+               "e.g. " + ", ".join(map(str, _checks.balanced_pairs(out_features))))
     raise ValueError(
         f"{where} (formulation {spec.name}) out_factors must be {k} positive"
         f" integers multiplying to out_features={out_features}, got {out}"

@@ -1,6 +1,5 @@
 """Decompositions of trained weights into Kronecker (and low-rank) factors."""
 
-from kfc_jax.decompose._gkpd import KronConvShape as KronConvShape
 from kfc_jax.decompose._gkpd import gkpd as gkpd
 from kfc_jax.decompose._gkpd import suggest_conv_factors as suggest_conv_factors
 from kfc_jax.decompose._nkp import KroneckerDecomposition as KroneckerDecomposition
@@ -10,3 +9,5 @@ from kfc_jax.decompose._nkp import nearest_kronecker_tensor as nearest_kronecker
 from kfc_jax.decompose._sum import KroneckerSumDecomposition as KroneckerSumDecomposition
 from kfc_jax.decompose._sum import KroneckerSumTerm as KroneckerSumTerm
 from kfc_jax.decompose._sum import nearest_kronecker_sum as nearest_kronecker_sum
+# Moved to kfc_jax.shapes; still importable from here.
+from kfc_jax.shapes import KronConvShape as KronConvShape

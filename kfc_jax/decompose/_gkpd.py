@@ -13,7 +13,6 @@ SVD (:func:`~kfc_jax.nearest_kronecker_tensor`).
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -23,7 +22,8 @@ import numpy as np
 
 from kfc_jax import _checks
 from kfc_jax.decompose._nkp import KroneckerDecomposition, nearest_kronecker_tensor
-from kfc_jax.ops._shapes import divisor_pairs
+from kfc_jax._checks import divisor_pairs
+from kfc_jax.shapes import KronConvShape
 
 _AXES = ("height", "width", "in_channels", "out_channels")
 
@@ -103,51 +103,6 @@ def _gkpd_error(kernel: np.ndarray, a, b, rank: int) -> float:
   s2 = np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None)
   total = s2.sum()
   return float(np.sqrt(s2[rank:].sum() / total)) if total > 0 else 0.0
-
-
-@dataclasses.dataclass(frozen=True)
-class KronConvShape:
-  """A Kronecker split of a conv kernel: ``K ≈ sum_r A[r] ⊗ B[r]``.
-
-  Attributes:
-    kernel_shape: ``(kh, kw, C_in, C_out)``.
-    a_shape: ``(ah, aw, ai, ao)``.
-    b_shape: ``(bh, bw, bi, bo)``.
-    rank: number of terms.
-  """
-
-  kernel_shape: tuple[int, int, int, int]
-  a_shape: tuple[int, int, int, int]
-  b_shape: tuple[int, int, int, int]
-  rank: int = 1
-
-  @property
-  def factor_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """``((r, *a_shape), (r, *b_shape))``, as :func:`~kfc_jax.kron_conv` takes."""
-    return (self.rank, *self.a_shape), (self.rank, *self.b_shape)
-
-  @property
-  def params(self) -> int:
-    return self.rank * (math.prod(self.a_shape) + math.prod(self.b_shape))
-
-  @property
-  def dense_params(self) -> int:
-    return math.prod(self.kernel_shape)
-
-  @property
-  def compression(self) -> float:
-    """Dense parameters over Kronecker parameters."""
-    return self.dense_params / self.params
-
-  @property
-  def flops_per_pixel(self) -> int:
-    """FLOPs of the factored conv per output pixel (stride 1, SAME)."""
-    (ah, aw, ai, ao), (bh, bw, bi, bo), r = self.a_shape, self.b_shape, self.rank
-    return 2 * r * (ai * bh * bw * bi * bo + bo * ah * aw * ai * ao)
-
-  @property
-  def dense_flops_per_pixel(self) -> int:
-    return 2 * self.dense_params
 
 
 def suggest_conv_factors(

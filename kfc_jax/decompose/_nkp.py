@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from kfc_jax import _checks
+from kfc_jax._checks import relative_error
 
 
 class KroneckerDecomposition(NamedTuple):
@@ -28,13 +29,6 @@ class KroneckerDecomposition(NamedTuple):
   factors: tuple[np.ndarray, ...]
   relative_error: float
   singular_values: np.ndarray | None
-
-
-def relative_error(t: Any, approx: Any) -> float:
-  """``||t - approx|| / ||t||`` in float64 (0 for a zero ``t``)."""
-  t, approx = np.asarray(t, np.float64), np.asarray(approx, np.float64)
-  norm = np.linalg.norm(t)
-  return float(np.linalg.norm(t - approx) / norm) if norm > 0 else 0.0
 
 
 def _max_rank(mode_sizes: Sequence[int]) -> int:

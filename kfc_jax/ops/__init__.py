@@ -1,4 +1,8 @@
-"""Pure-functional Kronecker primitives (framework-free)."""
+"""Pure-functional Kronecker primitives (framework-free).
+
+Shapes and factorisation helpers (``KroneckerShape``, ``factorize``, ...) live
+in :mod:`kfc_jax.shapes`.
+"""
 
 from kfc_jax.ops._conv import KronConvPlan as KronConvPlan
 from kfc_jax.ops._conv import kron_conv as kron_conv
@@ -12,8 +16,20 @@ from kfc_jax.ops._kron import default_cost_model as default_cost_model
 from kfc_jax.ops._kron import kron as kron
 from kfc_jax.ops._kron import kron_matmul as kron_matmul
 from kfc_jax.ops._kron import kron_matmul_plan as kron_matmul_plan
-from kfc_jax.ops._shapes import KroneckerShape as KroneckerShape
-from kfc_jax.ops._shapes import factorize as factorize
-from kfc_jax.ops._shapes import padded_kron_matmul as padded_kron_matmul
-from kfc_jax.ops._shapes import padded_size as padded_size
-from kfc_jax.ops._shapes import suggest_factors as suggest_factors
+from kfc_jax.ops._padded import padded_kron_matmul as padded_kron_matmul
+
+__all__ = [
+    "CostModel",
+    "KronConvPlan",
+    "KronMatmulPlan",
+    "PlanCost",
+    "default_cost_model",
+    "kron",
+    "kron_conv",
+    "kron_conv_plan",
+    "kron_conv_sum",
+    "kron_kernel",
+    "kron_matmul",
+    "kron_matmul_plan",
+    "padded_kron_matmul",
+]

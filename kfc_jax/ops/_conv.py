@@ -36,8 +36,6 @@ ConvStrategy = Literal["auto", "factored", "materialize"]
 PaddingLike = str | int | Sequence[int] | Sequence[tuple[int, int]]
 PrecisionLike = Any
 
-_STRATEGY_NAMES = ("auto", "factored", "materialize")
-_PADDING_NAMES = ("SAME", "VALID", "SAME_LOWER", "CIRCULAR")
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 _ITEMSIZE_DTYPES = {1: jnp.int8, 2: jnp.bfloat16, 4: jnp.float32, 8: jnp.float64}
 
@@ -107,41 +105,6 @@ def _term_shapes(shapes: Any, name: str) -> tuple[tuple[int, ...], tuple[int, ..
     raise ValueError(
         f"{name} A and B must have the same rank, got {out[0]} and {out[1]}.")
   return out[0], out[1]
-
-
-def _pair(value: Any, name: str) -> tuple[int, int]:
-  if isinstance(value, Sequence) and not isinstance(value, str) and len(value) != 2:
-    raise ValueError(
-        f"{name} must be a positive int or a pair (height, width) of positive"
-        f" ints, got {value!r}.")
-  if not isinstance(value, Sequence):
-    v = _checks.positive_int(value, name)
-    return (v, v)
-  t = _checks.int_tuple(value, name)
-  return (t[0], t[1])
-
-
-def _padding_choices() -> str:
-  return (f"one of {_PADDING_NAMES}, an int p (p on every side), a pair (ph, pw),"
-          " or ((top, bottom), (left, right))")
-
-
-def _normalize_padding(padding: Any) -> str | tuple[tuple[int, int], ...]:
-  if isinstance(padding, str):
-    name = padding.upper()
-    if name not in _PADDING_NAMES:
-      raise ValueError(f"padding must be {_padding_choices()}; got {padding!r}.")
-    return name
-  if isinstance(padding, int) and not isinstance(padding, bool):
-    return ((padding, padding), (padding, padding))
-  if isinstance(padding, Sequence) and len(padding) == 2:
-    if all(isinstance(p, int) and not isinstance(p, bool) for p in padding):
-      return tuple((int(p), int(p)) for p in padding)
-    if all(isinstance(p, Sequence) and len(p) == 2
-           and all(isinstance(q, int) and not isinstance(q, bool) for q in p)
-           for p in padding):
-      return tuple((int(p[0]), int(p[1])) for p in padding)
-  raise ValueError(f"padding must be {_padding_choices()}; got {padding!r}.")
 
 
 def _explicit_pads(padding, in_hw, kernel_hw, strides, dilation):
@@ -318,12 +281,6 @@ def _plan_cached(x_shape, a, b, strides, pads, dil, itemsize, strategy,
                       chosen, tuple(candidates))
 
 
-def _check_strategy(strategy: Any) -> str:
-  if not isinstance(strategy, str) or strategy not in _STRATEGY_NAMES:
-    raise ValueError(f"strategy must be one of {_STRATEGY_NAMES}, got {strategy!r}.")
-  return strategy
-
-
 def _check_x_shape(x_shape, a, b, name="x"):
   c = a[3] * b[3]
   if len(x_shape) < 3 or x_shape[-1] != c:
@@ -336,9 +293,9 @@ def _check_x_shape(x_shape, a, b, name="x"):
 def _resolve(x_shape, a, b, strides, padding, kernel_dilation, name="x"):
   """Validated ``(x_shape [N,H,W,C], strides, padding, explicit pads, dilation)``."""
   _check_x_shape(x_shape, a, b, name)
-  strides = _pair(strides, "strides")
-  dil = _pair(kernel_dilation, "kernel_dilation")
-  padding = _normalize_padding(padding)
+  strides = _checks.pair(strides, "strides")
+  dil = _checks.pair(kernel_dilation, "kernel_dilation")
+  padding = _checks.normalize_padding(padding)
   hw = tuple(int(d) for d in x_shape[-3:-1])
   khw = (a[1] * b[1], a[2] * b[2])
   pads = _explicit_pads(padding, hw, khw, strides, dil)
@@ -398,7 +355,7 @@ def kron_conv_plan(
   """
   a, b = _term_shapes(factor_shapes, "factor_shapes")
   x_shape = tuple(int(d) for d in x_shape)
-  strategy = _check_strategy(strategy)
+  strategy = _checks.strategy(strategy)
   x4, strides, _, pads, dil = _resolve(x_shape, a, b, strides, padding,
                                        kernel_dilation, "x_shape")
   return _plan_cached(x4, a, b, strides, pads, dil, jnp.dtype(dtype).itemsize,
@@ -512,7 +469,7 @@ def _prepare(x, terms, strides, padding, kernel_dilation, strategy):
     x = jnp.asarray(x)
   # The factors are floating, so integer images promote to their dtype.
   dtype = jnp.result_type(x, *(f for t in terms for f in t))
-  strategy = _check_strategy(strategy)
+  strategy = _checks.strategy(strategy)
   a0, b0 = (tuple(int(d) for d in f.shape) for f in terms[0])
   x4, strides, padding, pads, dil = _resolve(x.shape, a0, b0, strides, padding,
                                              kernel_dilation)

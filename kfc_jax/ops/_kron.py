@@ -24,8 +24,6 @@ Array = jax.Array
 Strategy = Union[Literal["auto", "factored", "materialize"], tuple[int, ...]]
 PrecisionLike = Any
 
-_STRATEGY_NAMES = ("auto", "factored", "materialize")
-
 
 # ---------------------------------------------------------------------------
 # Factor validation
@@ -252,22 +250,6 @@ def _plan_cached(batch, ms, ns, r, itemsize, strategy, model) -> KronMatmulPlan:
   return KronMatmulPlan(batch, ms, ns, r, chosen, tuple(candidates))
 
 
-def _check_strategy(strategy: Any, k: int) -> Strategy:
-  if isinstance(strategy, str):
-    if strategy not in _STRATEGY_NAMES:
-      raise ValueError(
-          f"strategy must be one of {_STRATEGY_NAMES} or a permutation of the"
-          f" factor indices, got {strategy!r}."
-      )
-    return strategy
-  if isinstance(strategy, Sequence) and sorted(strategy) == list(range(k)):
-    return tuple(int(s) for s in strategy)
-  raise ValueError(
-      f"strategy must be one of {_STRATEGY_NAMES} or a permutation of"
-      f" {tuple(range(k))} (the factor contraction order), got {strategy!r}."
-  )
-
-
 def kron_matmul_plan(
     x_shape: Sequence[int],
     factor_shapes: Sequence[Sequence[int]],
@@ -321,7 +303,7 @@ def kron_matmul_plan(
         f"x_shape must end in prod(m_t) = {math.prod(ms)} (the factors' input"
         f" sizes {ms}), got x_shape {x_shape}."
     )
-  strategy = _check_strategy(strategy, len(shapes))
+  strategy = _checks.strategy(strategy, len(shapes))
   return _plan_cached(
       math.prod(x_shape[:-1]), ms, ns, shapes[0][0],
       jnp.dtype(dtype).itemsize, strategy, cost_model or default_cost_model())
@@ -490,7 +472,7 @@ def kron_matmul(
   batch_shape = x.shape[:-1]
   x2 = x.reshape(-1, m)
   plan = kron_matmul_plan(x2.shape, [f.shape for f in fs], dtype=dtype,
-                          strategy=_check_strategy(strategy, len(fs)),
+                          strategy=_checks.strategy(strategy, len(fs)),
                           cost_model=cost_model)
   if plan.strategy == "materialize":
     # W is an intermediate like any other: held in the accumulation dtype, so

@@ -1,4 +1,16 @@
-"""Factor shapes for any size: factorisation, padding, budgets and counting."""
+"""Shape and term types: one per concept, with factorisation helpers.
+
+- :class:`KroneckerShape`: a dense layer ``in_features -> out_features`` cut into
+  factors (padded when the factors multiply past the sizes), with its counts.
+- :class:`KroneckerTerm`: one term of a dense Kronecker layer: factor shapes,
+  rank and, for KFC layers, the formulation whose axis groups it uses.
+- :class:`KronConvShape`: a Kronecker split of a conv kernel (a conv term).
+- :func:`factorize`, :func:`padded_size`, :func:`suggest_factors`: factor shapes
+  for any size.
+
+Conventions are those of ``docs/DESIGN.md`` ("Conventions"): a term's factor
+``t`` has shape ``[rank, m_t, n_t]`` (dense) or ``[rank, h, w, in, out]`` (conv).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +18,15 @@ import dataclasses
 import functools
 import itertools
 import math
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 
 from kfc_jax import _checks
-from kfc_jax.ops import _kron
+from kfc_jax.ops import kron_matmul_plan
+
+if TYPE_CHECKING:  # formulations imports decompose, which imports this module.
+  from kfc_jax.formulations import Formulation
 
 
 @functools.lru_cache(maxsize=4096)
@@ -25,11 +39,6 @@ def _factorizations(n: int, k: int, largest: int) -> tuple[tuple[int, ...], ...]
     if n % d == 0 and d ** k >= n:
       out.extend((d, *rest) for rest in _factorizations(n // d, k - 1, d))
   return tuple(out)
-
-
-def divisor_pairs(n: int) -> list[tuple[int, int]]:
-  """Every ``(a, b)`` with ``a * b == n``, by increasing ``a``."""
-  return [(d, n // d) for d in range(1, n + 1) if n % d == 0]
 
 
 def factorize(n: int, k: int = 2) -> tuple[int, ...]:
@@ -84,7 +93,7 @@ class KroneckerShape:
 
   The factors map ``prod(in_factors) -> prod(out_factors)``; when those exceed
   ``in_features``/``out_features`` the layer pads its input with zeros and drops
-  the extra outputs (see :func:`padded_kron_matmul`), which computes exactly
+  the extra outputs (see :func:`~kfc_jax.padded_kron_matmul`), which computes exactly
   ``x @ kron(...)[:in_features, :out_features]``.
   """
 
@@ -142,7 +151,7 @@ class KroneckerShape:
 
   def flops(self, batch: int = 1, dtype: Any = jnp.float32) -> int:
     """FLOPs of ``kron_matmul``'s auto plan for ``batch`` rows."""
-    plan = _kron.kron_matmul_plan(
+    plan = kron_matmul_plan(
         (batch, math.prod(self.in_factors)), self.factor_shapes, dtype=dtype)
     return plan.chosen.flops
 
@@ -257,40 +266,112 @@ def suggest_factors(
   return KroneckerShape(in_features, out_features, ms, ns, r)
 
 
-def padded_kron_matmul(
-    x: Any,
-    factors: Sequence[Any],
-    out_features: int,
-    **kwargs: Any,
-) -> jnp.ndarray:
-  """``x @ kron(factors)[:x.shape[-1], :out_features]``, for padded shapes.
+@dataclasses.dataclass(frozen=True, repr=False)
+class KroneckerTerm:
+  """One term of a dense Kronecker layer: factor shapes, rank, formulation.
 
-  The KFC paper pads awkward (e.g. prime) sizes with dummy features. This pads
-  ``x`` with zero features up to ``prod(m_t)`` and drops the outputs past
-  ``out_features``, so the result is exactly the unpadded maths: the padded
-  rows of ``W`` only ever meet zeros.
+  As an argument of ``KroneckerLinear``, ``None`` factors are suggested
+  (balanced, padded when a size factors badly); give ``in_factors`` alone to
+  fix the number of factors. A layer's resolved terms have every factor set,
+  and KFC layers' terms carry the :class:`~kfc_jax.Formulation` that groups the
+  feature map's axes into ``in_factors``.
 
-  Args:
-    x: ``[*batch, in_features]`` with ``in_features <= prod(m_t)``.
-    factors: as for :func:`kron_matmul`.
-    out_features: ``<= prod(n_t)``.
-    **kwargs: passed to :func:`kron_matmul`.
+  Example usage::
+
+    >>> import kfc_jax
+    >>> term = kfc_jax.KroneckerTerm((16, 18), (16, 16), rank=2)
+    >>> term
+    KroneckerTerm(in_factors=(16, 18), out_factors=(16, 16), rank=2)
+    >>> term.factor_shapes, term.params
+    (((2, 16, 16), (2, 18, 16)), 1088)
   """
-  fs = _kron._as_factor_list(factors)
-  m = math.prod(f.shape[1] for f in fs)
-  n = math.prod(f.shape[2] for f in fs)
-  out_features = _checks.positive_int(out_features, "out_features")
-  if not hasattr(x, "ndim"):
-    x = jnp.asarray(x)
-  if x.ndim < 1 or x.shape[-1] > m:
-    raise ValueError(
-        f"x must have shape [*batch, in_features] with in_features <= {m} (the"
-        f" factors' padded input size), got x with shape {tuple(x.shape)}.")
-  if out_features > n:
-    raise ValueError(
-        f"out_features must be <= {n} (the factors' padded output size), got"
-        f" {out_features}.")
-  if x.shape[-1] < m:
-    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, m - x.shape[-1])])
-  y = _kron.kron_matmul(x, fs, **kwargs)
-  return y[..., :out_features] if out_features < n else y
+
+  in_factors: tuple[int, ...] | None = None
+  out_factors: tuple[int, ...] | None = None
+  rank: int = 1
+  formulation: Formulation | None = None
+
+  def __repr__(self) -> str:
+    formulation = ("" if self.formulation is None
+                   else f", formulation={self.formulation.name!r}")
+    return (f"KroneckerTerm(in_factors={self.in_factors}, out_factors="
+            f"{self.out_factors}, rank={self.rank}{formulation})")
+
+  def _resolved(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    if self.in_factors is None or self.out_factors is None:
+      raise ValueError(
+          f"{self!r} has unset factors; a layer resolves them (see"
+          " kfc_jax.suggest_factors) before they can be counted.")
+    return self.in_factors, self.out_factors
+
+  @property
+  def num_factors(self) -> int:
+    return len(self._resolved()[0])
+
+  @property
+  def factor_shapes(self) -> tuple[tuple[int, int, int], ...]:
+    """``(rank, m_t, n_t)`` of each factor."""
+    return tuple((self.rank, m, n) for m, n in zip(*self._resolved()))
+
+  @property
+  def params(self) -> int:
+    return sum(math.prod(s) for s in self.factor_shapes)
+
+  @property
+  def label(self) -> str:
+    """``"II(64, 4) r=2"`` (KFC) or ``"(18, 16)->(16, 16) r=2"``, for summaries."""
+    rank = f" r={self.rank}" if self.rank != 1 else ""
+    if self.formulation is not None:
+      return f"{self.formulation.name}{self.out_factors}{rank}"
+    return f"{self.in_factors}->{self.out_factors}{rank}"
+
+
+@dataclasses.dataclass(frozen=True)
+class KronConvShape:
+  """A Kronecker split of a conv kernel: ``K ≈ sum_r A[r] ⊗ B[r]``.
+
+  Attributes:
+    kernel_shape: ``(kh, kw, C_in, C_out)``.
+    a_shape: ``(ah, aw, ai, ao)``.
+    b_shape: ``(bh, bw, bi, bo)``.
+    rank: number of terms.
+  """
+
+  kernel_shape: tuple[int, int, int, int]
+  a_shape: tuple[int, int, int, int]
+  b_shape: tuple[int, int, int, int]
+  rank: int = 1
+
+  @property
+  def factor_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``((r, *a_shape), (r, *b_shape))``, as :func:`~kfc_jax.kron_conv` takes."""
+    return (self.rank, *self.a_shape), (self.rank, *self.b_shape)
+
+  @property
+  def params(self) -> int:
+    return self.rank * (math.prod(self.a_shape) + math.prod(self.b_shape))
+
+  @property
+  def dense_params(self) -> int:
+    return math.prod(self.kernel_shape)
+
+  @property
+  def compression(self) -> float:
+    """Dense parameters over Kronecker parameters."""
+    return self.dense_params / self.params
+
+  @property
+  def flops_per_pixel(self) -> int:
+    """FLOPs of the factored conv per output pixel (stride 1, SAME)."""
+    (ah, aw, ai, ao), (bh, bw, bi, bo), r = self.a_shape, self.b_shape, self.rank
+    return 2 * r * (ai * bh * bw * bi * bo + bo * ah * aw * ai * ao)
+
+  @property
+  def dense_flops_per_pixel(self) -> int:
+    return 2 * self.dense_params
+
+  @property
+  def label(self) -> str:
+    """``"ahxawxaixao(x)bhxbwxbixbo r=R"``, for summaries."""
+    a, b = ("x".join(map(str, s)) for s in (self.a_shape, self.b_shape))
+    return f"{a}(x){b}" + (f" r={self.rank}" if self.rank != 1 else "")
