@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from kfc_jax import _checks
+from kfc_jax.decompose import _covariance
 from kfc_jax.decompose._nkp import KroneckerDecomposition, nearest_kronecker_tensor
 from kfc_jax._checks import divisor_pairs
 from kfc_jax.shapes import KronConvShape
@@ -81,7 +82,7 @@ def gkpd(
     True
   """
   k = np.asarray(kernel)
-  k = _checks.finite_matrix(k, "kernel", ndim=4)
+  k = _covariance.real_array(k, "kernel", ndim=4)
   a, b = _check_split(k.shape, a_shape, b_shape)
   rank = _checks.positive_int(rank, "rank")
   max_rank = min(math.prod(a), math.prod(b))
@@ -159,7 +160,7 @@ def suggest_conv_factors(
     raise ValueError(
         f"kernel_shape must be (kh, kw, C_in, C_out), 4 positive ints, got {shape}.")
   if kernel is not None:
-    kernel = _checks.finite_matrix(kernel, "kernel", ndim=4)
+    kernel = _covariance.real_array(kernel, "kernel", ndim=4)
     if kernel.shape != shape:
       raise ValueError(
           f"kernel must have shape kernel_shape = {shape}, got {kernel.shape}.")

@@ -11,8 +11,11 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import scipy.linalg
 
 from kfc_jax import _checks
+from kfc_jax.decompose import _covariance
+from kfc_jax.decompose._covariance import DEFAULT_COV_REG
 from kfc_jax._checks import relative_error
 
 
@@ -23,12 +26,17 @@ class KroneckerDecomposition(NamedTuple):
     factors: one array per factor, each with a leading rank axis.
     relative_error: ``||W - W_hat||_F / ||W||_F`` reached (0 for ``W = 0``).
     singular_values: all singular values of the rearranged ``W`` (two factors
-      only, where the truncated SVD is optimal); ``None`` otherwise.
+      only, where the truncated SVD is optimal); ``None`` otherwise, and
+      ``None`` with ``input_cov``.
+    data_error: with ``input_cov=C``, the relative error of the layer's
+      outputs, ``||S (W - W_hat)||_F / ||S W||_F`` with ``S^T S = C`` (``C`` as
+      given, without the ridge); ``None`` without.
   """
 
   factors: tuple[np.ndarray, ...]
   relative_error: float
   singular_values: np.ndarray | None
+  data_error: float | None = None
 
 
 def _max_rank(mode_sizes: Sequence[int]) -> int:
@@ -136,7 +144,7 @@ def nearest_kronecker_tensor(
     ``[rank, *(t.shape[a] for a in factor_axes[f])]``.
   """
   arr = np.asarray(t)
-  arr = _checks.finite_matrix(arr, "t", ndim=arr.ndim)
+  arr = _covariance.real_array(arr, "t", ndim=arr.ndim)
   groups = [tuple(int(a) for a in g) for g in factor_axes]
   flat = sorted(a for g in groups for a in g)
   if flat != list(range(arr.ndim)) or any(not g for g in groups):
@@ -180,6 +188,9 @@ def nearest_kronecker(
     in_factors: Sequence[int],
     out_factors: Sequence[int],
     rank: int = 1,
+    *,
+    input_cov: Any = None,
+    cov_reg: float = DEFAULT_COV_REG,
     **als_options: Any,
 ) -> KroneckerDecomposition:
   """Nearest ``sum_r kron(F_1[r], ..., F_k[r])`` to a weight matrix.
@@ -192,16 +203,40 @@ def nearest_kronecker(
   quasi-optimal (greedy sequential SVD refined by ALS, see
   :func:`nearest_kronecker_tensor`) and the error reached is reported.
 
+  *Data-aware* (``input_cov=C``, the layer's input covariance ``E[x x^T]``;
+  see :func:`~kfc_jax.decompose.input_covariance`): minimises the error of the
+  outputs ``tr((W - W_hat)^T C (W - W_hat)) = ||S (W - W_hat)||_F^2``
+  (``S^T S = C``) instead. When ``C = C_1 ⊗ ... ⊗ C_k`` over the same split
+  (``C_t: [m_t, m_t]``), whitening is exact: ``S = ⊗ S_t`` and
+  ``S (⊗ F_t) = ⊗ (S_t F_t)``, so the nearest Kronecker sum to ``S W`` with
+  each factor un-whitened (``F_t = S_t^{-1} F~_t``) is optimal (two
+  factors). For a general ``C`` that closed form for the nearest factored
+  ``C_1 ⊗ ... ⊗ C_k`` starts alternating least squares on the true objective
+  (each step solves the normal equations of one factor exactly; the
+  objective never increases); the result is the better, on the data
+  objective, of that and the weight-only answer, so it is never worse than
+  the weight-only answer. ``C`` is regularised as
+  ``C + cov_reg * mean(diag C) * I`` (each Kronecker factor of it too);
+  ``C = c * I`` returns the weight-only answer.
+
   Args:
-    w: ``[prod(in_factors), prod(out_factors)]``, finite.
+    w: ``[prod(in_factors), prod(out_factors)]``, finite (any float dtype,
+      bfloat16 included; computed in float64).
     in_factors: ``(m_1, ..., m_k)``.
     out_factors: ``(n_1, ..., n_k)``, same length.
     rank: number of Kronecker terms.
-    **als_options: ``max_sweeps`` and ``tol`` for ``k > 2``.
+    input_cov: ``[in, in]`` symmetric PSD input covariance (or a
+      :class:`~kfc_jax.decompose.RunningCovariance`); ``None`` for the
+      weight error.
+    cov_reg: the ridge on ``input_cov``, relative to its mean variance.
+    **als_options: ``max_sweeps`` and ``tol`` for ``k > 2`` and for the
+      data-aware refinement.
 
   Returns:
     A :class:`KroneckerDecomposition` with factors ``[rank, m_t, n_t]`` (float64
-    NumPy; each term's factors scaled to equal norms).
+    NumPy; each term's factors scaled to equal norms); with ``input_cov``,
+    ``data_error`` is the relative output error and ``singular_values`` is
+    ``None``.
 
   Example usage::
 
@@ -211,7 +246,7 @@ def nearest_kronecker(
     >>> [f.shape for f in dec.factors], dec.relative_error < 1e-12
     ([(1, 3, 4), (1, 5, 2)], True)
   """
-  w = _checks.finite_matrix(w, "w")
+  w = _covariance.real_array(w, "w")
   ms = _checks.int_tuple(in_factors, "in_factors")
   ns = _checks.int_tuple(out_factors, "out_factors")
   if len(ms) != len(ns):
@@ -226,15 +261,95 @@ def nearest_kronecker(
         f" {ns}, got {list(w.shape)}."
     )
   k = len(ms)
-  return nearest_kronecker_tensor(
-      w.reshape(*ms, *ns), [(t, k + t) for t in range(k)], rank, **als_options)
+  t, axes = w.reshape(*ms, *ns), [(f, k + f) for f in range(k)]
+  dec = nearest_kronecker_tensor(t, axes, rank, **als_options)
+  if input_cov is None:
+    return dec
+  return _data_aware_decomposition(
+      t, axes, k, rank, dec, input_cov, cov_reg, "the weight's input dimension",
+      **als_options)
 
 
-def low_rank(w: Any, rank: int) -> tuple[np.ndarray, np.ndarray]:
+def _data_aware_decomposition(t: np.ndarray, factor_axes, n_in: int, rank: int,
+                              weight_only: KroneckerDecomposition, input_cov: Any,
+                              cov_reg: float, what: str, max_sweeps: int = 100,
+                              tol: float = 1e-10) -> KroneckerDecomposition:
+  """The data-aware refit of ``weight_only`` (see :mod:`._data_aware`)."""
+  from kfc_jax.decompose import _data_aware  # imports this module
+
+  m = math.prod(t.shape[:n_in])
+  cov = _covariance.check_input_cov(input_cov, m, cov_reg, what)
+  factors, data_error = _data_aware.fit(
+      t, factor_axes, n_in, rank, cov, cov_reg, weight_only.factors,
+      lambda tw, axes, r: nearest_kronecker_tensor(
+          tw, axes, r, max_sweeps=max_sweeps, tol=tol).factors,
+      max_sweeps, tol)
+  approx = _data_aware.reconstruct(factors, factor_axes, t.shape)
+  return KroneckerDecomposition(
+      tuple(_data_aware.balance(list(factors))), relative_error(t, approx), None,
+      data_error)
+
+
+class LowRankDecomposition(tuple):
+  """``(u, v)`` with ``w ≈ u @ v``; unpacks as the pair.
+
+  Attributes:
+    u: ``[m, rank]``.
+    v: ``[rank, n]``.
+    relative_error: ``||W - u v||_F / ||W||_F``.
+    data_error: with ``input_cov=C``, ``||S (W - u v)||_F / ||S W||_F``
+      (``S^T S = C``, ``C`` as given); ``None`` without.
+  """
+
+  relative_error: float
+  data_error: float | None
+
+  def __new__(cls, u: np.ndarray, v: np.ndarray, relative_error: float,
+              data_error: float | None = None):
+    self = super().__new__(cls, (u, v))
+    self.relative_error, self.data_error = relative_error, data_error
+    return self
+
+  @property
+  def u(self) -> np.ndarray:
+    return self[0]
+
+  @property
+  def v(self) -> np.ndarray:
+    return self[1]
+
+  def __repr__(self) -> str:
+    return (f"LowRankDecomposition(u: {self.u.shape}, v: {self.v.shape},"
+            f" relative_error={self.relative_error:.4g},"
+            f" data_error={self.data_error})")
+
+
+def low_rank(w: Any, rank: int, *, input_cov: Any = None,
+             cov_reg: float = DEFAULT_COV_REG) -> LowRankDecomposition:
   """Truncated-SVD factors ``(u [m, rank], v [rank, n])`` with ``w ≈ u @ v``.
 
   The KFC paper's low-rank baseline. Singular values are split evenly
   (``u = U sqrt(S)``, ``v = sqrt(S) V^T``) so both factors are well scaled.
+
+  *Data-aware* (``input_cov=C``, the input covariance ``E[x x^T]`` of the
+  layer ``y = x @ w``): minimises ``||S (W - u v)||_F`` with ``S^T S = C``,
+  the error of the outputs, in closed form by whitening (as ASVD/SVD-LLM):
+  with the Cholesky factor ``C = L L^T``, ``S = L^T``, the optimum is
+  ``L^{-T} SVD_rank(L^T W)``. ``C`` is regularised as
+  ``C + cov_reg * mean(diag C) * I`` first; ``C = c * I`` gives the
+  weight-only answer.
+
+  Args:
+    w: ``[m, n]``, finite (any float dtype, bfloat16 included).
+    rank: at most ``min(m, n)``.
+    input_cov: ``[m, m]`` symmetric PSD input covariance, or a
+      :class:`~kfc_jax.decompose.RunningCovariance`; ``None`` for the weight
+      error.
+    cov_reg: the ridge on ``input_cov``, relative to its mean variance.
+
+  Returns:
+    A :class:`LowRankDecomposition`: the pair ``(u, v)`` (float64 NumPy) with
+    ``relative_error`` and ``data_error``.
 
   Example usage::
 
@@ -243,13 +358,27 @@ def low_rank(w: Any, rank: int) -> tuple[np.ndarray, np.ndarray]:
     >>> u.shape, v.shape
     ((6, 2), (2, 4))
   """
-  w = _checks.finite_matrix(w, "w")
+  w = _covariance.real_array(w, "w")
   rank = _checks.positive_int(rank, "rank")
   if rank > min(w.shape):
     raise ValueError(
         f"rank must be at most min(w.shape) = {min(w.shape)} for w of shape"
         f" {w.shape}, got rank={rank}."
     )
-  u, s, vt = np.linalg.svd(w, full_matrices=False)
+  cov = None
+  if input_cov is not None:
+    cov = _covariance.check_input_cov(input_cov, w.shape[0], cov_reg,
+                                      "w's first dimension")
+  if cov is None or _covariance.is_scaled_identity(cov.raw):
+    root = lower = None
+    target = w
+  else:
+    lower = np.linalg.cholesky(cov.reg)
+    target = lower.T @ w  # S W with S = L^T
+  u, s, vt = np.linalg.svd(target, full_matrices=False)
   root = np.sqrt(s[:rank])
-  return u[:, :rank] * root, root[:, None] * vt[:rank]
+  u, v = u[:, :rank] * root, root[:, None] * vt[:rank]
+  if lower is not None:
+    u = scipy.linalg.solve_triangular(lower.T, u, lower=False)
+  data_error = None if cov is None else _covariance.data_error(w, u @ v, cov.raw)
+  return LowRankDecomposition(u, v, relative_error(w, u @ v), data_error)

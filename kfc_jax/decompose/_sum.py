@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from kfc_jax import _checks
+from kfc_jax.decompose import _covariance
 from kfc_jax.decompose._nkp import nearest_kronecker_tensor
 
 
@@ -117,7 +118,7 @@ def nearest_kronecker_sum(
     >>> [f.shape for f in dec.factors[0]], dec.relative_error < 1e-6
     ([(1, 2, 3), (1, 3, 2)], True)
   """
-  w = _checks.finite_matrix(w, "w")
+  w = _covariance.real_array(w, "w")
   m, n = w.shape
   if isinstance(terms, (str, bytes)) or not isinstance(terms, Sequence) or not terms:
     raise TypeError(f"terms must be a non-empty sequence of terms, got {terms!r}.")
