@@ -22,7 +22,9 @@ import numpy as np
 
 from kfc_jax import _checks
 from kfc_jax.decompose import _covariance
-from kfc_jax.decompose._nkp import KroneckerDecomposition, nearest_kronecker_tensor
+from kfc_jax.decompose._covariance import DEFAULT_COV_REG
+from kfc_jax.decompose._nkp import (KroneckerDecomposition, data_aware_decomposition,
+                                    nearest_kronecker_tensor)
 from kfc_jax._checks import divisor_pairs
 from kfc_jax.shapes import KronConvShape
 
@@ -51,8 +53,27 @@ def gkpd(
     a_shape: Sequence[int],
     b_shape: Sequence[int],
     rank: int = 1,
+    *,
+    input_cov: Any = None,
+    cov_reg: float = DEFAULT_COV_REG,
+    max_sweeps: int = 100,
+    tol: float = 1e-10,
 ) -> KroneckerDecomposition:
   """Optimal rank-``rank`` Kronecker decomposition of an HWIO conv kernel.
+
+  *Data-aware* (``input_cov=C``): a conv is a dense layer on its patches, so
+  with ``C`` the second moment of the ``kh*kw*C_in`` input patches, flattened
+  ``(kh, kw, C_in)`` row-major like the kernel reshaped to
+  ``[kh*kw*C_in, C_out]`` (:func:`~kfc_jax.decompose.patch_covariance` builds
+  it), the decomposition minimises the error of the conv's outputs on those
+  inputs, ``tr((K - K_hat)^T C (K - K_hat))``. The generalised Kronecker
+  product is a Kronecker product after a fixed permutation of the patch axes
+  (``(p1, p2, q1, q2, i1, i2) -> ((p1, q1, i1), (p2, q2, i2))``); ``C`` is
+  read through the same permutation, and the method is that of
+  :func:`~kfc_jax.nearest_kronecker`: exact when ``C`` is a (generalised)
+  Kronecker product ``C_A ⊗ C_B`` over the split, alternating least squares
+  from that closed form otherwise, never worse than the weight-only answer
+  on the data; ridge ``C + cov_reg * mean(diag C) * I``.
 
   Args:
     kernel: ``[kh, kw, C_in, C_out]`` (Flax's conv ``kernel``), finite.
@@ -62,13 +83,22 @@ def gkpd(
       neither factor is 1 spatially.
     rank: number of Kronecker terms, at most ``min(prod(a_shape),
       prod(b_shape))``.
+    input_cov: ``[kh*kw*C_in, kh*kw*C_in]`` patch covariance, or a
+      :class:`~kfc_jax.decompose.RunningCovariance`; ``None`` for the weight
+      error.
+    cov_reg: the ridge on ``input_cov``, relative to its mean variance.
+    max_sweeps: data-aware ALS sweeps at most.
+    tol: stop ALS when a sweep lowers the data objective by less than this
+      fraction.
 
   Returns:
     A :class:`~kfc_jax.KroneckerDecomposition` with ``factors = (A, B)``,
     ``A: [rank, ah, aw, ai, ao]`` and ``B: [rank, bh, bw, bi, bo]`` (float64
     NumPy, each term's factors scaled to equal norms), ready for
     :func:`~kfc_jax.kron_conv`; ``singular_values`` of the rearranged kernel,
-    so ``relative_error == sqrt(sum(s[rank:]**2) / sum(s**2))``.
+    so ``relative_error == sqrt(sum(s[rank:]**2) / sum(s**2))``; with
+    ``input_cov``, ``data_error`` (the relative output error) and no
+    ``singular_values``.
 
   Example usage::
 
@@ -91,7 +121,16 @@ def gkpd(
         f"rank must be at most min(prod(a_shape), prod(b_shape)) = {max_rank}"
         f" for a_shape {a} and b_shape {b}, got rank={rank}.")
   t = k.reshape(a[0], b[0], a[1], b[1], a[2], b[2], a[3], b[3])
-  return nearest_kronecker_tensor(t, [(0, 2, 4, 6), (1, 3, 5, 7)], rank)
+  axes = [(0, 2, 4, 6), (1, 3, 5, 7)]
+  dec = nearest_kronecker_tensor(t, axes, rank)
+  if input_cov is None:
+    return dec
+  # The first six axes of t are the patch axes (p1, p2, q1, q2, i1, i2),
+  # row-major as in the [kh*kw*C_in] patch: C reshapes to them unpermuted.
+  return data_aware_decomposition(
+      t, axes, 6, rank, dec, input_cov, cov_reg,
+      f"the kernel's patch size kh*kw*C_in = {k.shape[0]}*{k.shape[1]}*{k.shape[2]}",
+      max_sweeps=max_sweeps, tol=tol)
 
 
 def _gkpd_error(kernel: np.ndarray, a, b, rank: int) -> float:

@@ -15,6 +15,7 @@ import scipy.linalg
 
 from kfc_jax import _checks
 from kfc_jax.decompose import _covariance
+from kfc_jax.decompose import _data_aware
 from kfc_jax.decompose._covariance import DEFAULT_COV_REG
 from kfc_jax._checks import relative_error
 
@@ -265,18 +266,16 @@ def nearest_kronecker(
   dec = nearest_kronecker_tensor(t, axes, rank, **als_options)
   if input_cov is None:
     return dec
-  return _data_aware_decomposition(
+  return data_aware_decomposition(
       t, axes, k, rank, dec, input_cov, cov_reg, "the weight's input dimension",
       **als_options)
 
 
-def _data_aware_decomposition(t: np.ndarray, factor_axes, n_in: int, rank: int,
+def data_aware_decomposition(t: np.ndarray, factor_axes, n_in: int, rank: int,
                               weight_only: KroneckerDecomposition, input_cov: Any,
                               cov_reg: float, what: str, max_sweeps: int = 100,
                               tol: float = 1e-10) -> KroneckerDecomposition:
   """The data-aware refit of ``weight_only`` (see :mod:`._data_aware`)."""
-  from kfc_jax.decompose import _data_aware  # imports this module
-
   m = math.prod(t.shape[:n_in])
   cov = _covariance.check_input_cov(input_cov, m, cov_reg, what)
   factors, data_error = _data_aware.fit(
