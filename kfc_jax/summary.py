@@ -10,8 +10,6 @@ totals cover the whole dense part of the model.
 from __future__ import annotations
 
 import dataclasses
-import inspect
-from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -19,8 +17,9 @@ import jax
 from flax import nnx
 
 from kfc_jax import _checks
-from kfc_jax._conv_layers import dense_conv_cost
-from kfc_jax._layers import LayerCost
+from kfc_jax.compress._report import format_table, layer_path, ratio
+from kfc_jax.layers import KroneckerLayer, LayerCost, dense_conv_cost
+from kfc_jax.layers import dense_linear_cost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,10 +28,6 @@ class LayerSummary:
 
   path: str
   cost: LayerCost
-
-
-def _ratio(dense: int, actual: int) -> str:
-  return f"{dense / actual:.1f}x" if actual else "-"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,43 +66,19 @@ class ModelSummary:
       layer = f"{c.kind} {c.detail}".strip()
       lines.append((r.path or "(root)", layer, f"{c.in_features} -> {c.out_features}",
                     f"{c.params:,}", f"{c.dense_params:,}",
-                    _ratio(c.dense_params, c.params), f"{c.flops:,}",
-                    f"{c.dense_flops:,}", _ratio(c.dense_flops, c.flops)))
-    lines.append(("total", "", "", f"{self.params:,}", f"{self.dense_params:,}",
-                  _ratio(self.dense_params, self.params), f"{self.flops:,}",
-                  f"{self.dense_flops:,}", _ratio(self.dense_flops, self.flops)))
-    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
-
-    def fmt(row):
-      cells = [cell.ljust(w) if i < 3 else cell.rjust(w)
-               for i, (cell, w) in enumerate(zip(row, widths))]
-      return "  ".join(cells).rstrip()
-
-    rule = "-" * len(fmt(header))
-    return "\n".join([fmt(header), rule, *map(fmt, lines[:-1]), rule, fmt(lines[-1])])
+                    ratio(c.dense_params, c.params), f"{c.flops:,}",
+                    f"{c.dense_flops:,}", ratio(c.dense_flops, c.flops)))
+    total = ("total", "", "", f"{self.params:,}", f"{self.dense_params:,}",
+             ratio(self.dense_params, self.params), f"{self.flops:,}",
+             f"{self.dense_flops:,}", ratio(self.dense_flops, self.flops))
+    return format_table(header, [lines, [total]], left_columns=3)
 
   def __str__(self) -> str:
     return self.table()
 
 
-def _is_kfc_layer(module: Any) -> bool:
-  return type(module).__module__.startswith("kfc_jax.") and callable(
-      getattr(module, "cost", None))
-
-
-def _dense_cost(kind: str, n_in: int, n_out: int, use_bias: bool, batch: int
-                ) -> LayerCost:
-  params = n_in * n_out + (n_out if use_bias else 0)
-  flops = 2 * batch * n_in * n_out
-  return LayerCost(kind, n_in, n_out, params, flops, params, flops)
-
-
 def _window(kernel_size: Any) -> tuple[int, ...]:
   return (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
-
-
-def _path(parts: Sequence[Any]) -> str:
-  return "/".join(str(p) for p in parts)
 
 
 def summarize(model: Any, *, batch: int = 1) -> ModelSummary:
@@ -143,14 +114,14 @@ def summarize(model: Any, *, batch: int = 1) -> ModelSummary:
   batch = _checks.positive_int(batch, "batch")
   rows = []
   for path, module in nnx.iter_modules(model):
-    if _is_kfc_layer(module):
-      rows.append(LayerSummary(_path(path), module.cost(batch)))
+    if isinstance(module, KroneckerLayer):
+      rows.append(LayerSummary(layer_path(path), module.cost(batch)))
     elif isinstance(module, nnx.Linear):
-      rows.append(LayerSummary(_path(path), _dense_cost(
+      rows.append(LayerSummary(layer_path(path), dense_linear_cost(
           "Linear", module.in_features, module.out_features,
           module.bias is not None, batch)))
     elif isinstance(module, nnx.Conv):
-      rows.append(LayerSummary(_path(path), dense_conv_cost(
+      rows.append(LayerSummary(layer_path(path), dense_conv_cost(
           "Conv", module.kernel[...].shape, module.bias is not None, batch)))
   rows.sort(key=lambda r: r.path)
   return ModelSummary(tuple(rows), batch)
@@ -186,15 +157,12 @@ def summarize_linen(module: nn.Module, variables: Any, *args: Any, batch: int = 
     m = context.module
     out = next_fun(*call_args, **call_kwargs)
     if context.method_name == "__call__":
-      path = _path(m.path)
-      if _is_kfc_layer(m):
-        if "input_size" in inspect.signature(m.cost).parameters:  # convolutions
-          cost = m.cost(batch, input_size=call_args[0].shape[-3:-1])
-        else:
-          cost = m.cost(batch)
-        rows.setdefault(path, LayerSummary(path, cost))
+      path = layer_path(m.path)
+      if isinstance(m, KroneckerLayer):
+        rows.setdefault(path, LayerSummary(path, m.cost_for_input(
+            batch, call_args[0].shape)))
       elif isinstance(m, nn.Dense):
-        rows.setdefault(path, LayerSummary(path, _dense_cost(
+        rows.setdefault(path, LayerSummary(path, dense_linear_cost(
             "Dense", call_args[0].shape[-1], m.features, m.use_bias, batch)))
       elif isinstance(m, nn.Conv) and len(_window(m.kernel_size)) == 2:
         x = call_args[0]

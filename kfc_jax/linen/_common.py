@@ -7,7 +7,7 @@ at the first ``init`` or ``apply``, as Linen layers do.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kfc_jax import _layers
+from kfc_jax import layers
 
 Array = jax.Array
 default_bias_init = nn.initializers.zeros_init()
@@ -86,56 +86,70 @@ def cast_params(module: nn.Module, params: Mapping[str, Any]) -> dict[str, Array
   return {k: jnp.asarray(v, module.param_dtype) for k, v in params.items()}
 
 
-class KroneckerDenseBase(nn.Module):
-  """Linen twin of ``kfc_jax.nnx``'s dense Kronecker base; subclasses add fields."""
+def make_params(module: nn.Module, specs: Sequence[layers.ParamSpec]
+                ) -> dict[str, Array]:
+  """Creates one param of ``module`` per spec (biases only with ``use_bias``)."""
+  params = {}
+  for spec in specs:
+    if spec.is_factor:
+      init = boxed_init(module.factor_init or layers.normal_init(spec.stddev),
+                        spec.metadata, "factor_metadata")
+    elif module.use_bias:
+      init = boxed_init(module.bias_init, spec.metadata, "bias_metadata")
+    else:
+      continue
+    params[spec.name] = module.param(spec.name, init, spec.shape, module.param_dtype)
+  return params
 
-  def layout(self) -> _layers.DenseLayout:
-    raise NotImplementedError
+
+class KroneckerModule(nn.Module, layers.KroneckerLayer):
+  """Base of the Linen twins; subclasses add the fields and a cached ``layout``.
+
+  Arguments are validated when ``layout`` is first read: in ``setup``, i.e.
+  at the first ``init`` or ``apply``, as Linen layers do.
+  """
+
+  # Subclasses define `layout` as a functools.cached_property (not a field).
+
+  def _check_options(self) -> None:
+    """Validates the fields the layout does not hold (strategy, activation)."""
 
   def setup(self):
-    layout = self.layout()
-    _layers.check_strategy(self.strategy, layout)
-    metadata = _layers.per_factor_metadata(self.factor_metadata, layout)
-    stds = _layers.default_factor_stddevs(layout)
-    factors = []
-    for t, term in enumerate(layout.terms):
-      row = []
-      for f, shape in enumerate(term.factor_shapes):
-        name = _layers.factor_name(t, f)
-        init = boxed_init(self.factor_init or _layers.normal_init(stds[t][f]),
-                          metadata[t][f], "factor_metadata")
-        row.append(self.param(name, init, shape, self.param_dtype))
-      factors.append(row)
-    self.factors = factors
-    self.bias = (self.param("bias", boxed_init(self.bias_init, self.bias_metadata,
-                                               "bias_metadata"),
-                            (layout.out_features,), self.param_dtype)
-                 if self.use_bias else None)
-    self._dense_layout = layout
+    layout = self.layout
+    self._check_options()
+    self.param_values = make_params(
+        self, layout.param_specs(self.factor_metadata, self.bias_metadata))
 
-  def __call__(self, x: Array) -> Array:
-    """Applies the layer to ``x: [*batch, in_features]``."""
-    return _layers.dense_apply(
-        self._dense_layout, x, self.factors, self.bias, dtype=self.dtype,
-        precision=self.precision, preferred_element_type=self.preferred_element_type,
-        strategy=self.strategy)
+  @property
+  def compute_options(self) -> dict[str, Any]:
+    return dict(dtype=self.dtype, precision=self.precision,
+                preferred_element_type=self.preferred_element_type)
 
   def materialize(self) -> Array:
-    """The effective dense kernel ``[in_features, out_features]``.
+    """The effective kernel: ``[in_features, out_features]`` (HWIO for a conv).
 
     Use as ``module.apply(variables, method="materialize")``.
     """
-    return _layers.dense_materialize(self._dense_layout, self.factors,
-                                     precision=self.precision)
+    return self.layout.materialize(self.param_values, precision=self.precision)
 
-  def cost(self, batch: int = 1) -> _layers.LayerCost:
-    """Parameters and FLOPs against the dense layer this one replaces."""
-    return _layers.dense_cost(type(self).__name__, self.layout(),
-                              use_bias=self.use_bias, batch=batch,
-                              strategy=self.strategy, dtype=self.param_dtype)
-
-  def _convert(self, params: Any, sweeps: int) -> DenseConversion:
-    kernel, bias, _ = dense_params(params)
-    new, error = _layers.fit_dense(self.layout(), kernel, bias,
-                                   use_bias=self.use_bias, sweeps=sweeps)
+  def _convert(self, kernel: Any, bias: Any, **fit_kwargs: Any) -> DenseConversion:
+    """This module with the params nearest to a trained ``(kernel, bias)``."""
+    new, error = self.layout.fit(kernel, bias, use_bias=self.use_bias, **fit_kwargs)
     return DenseConversion(self, cast_params(self, new), error)
+
+
+class KroneckerDenseBase(KroneckerModule):
+  """Linen twin of ``kfc_jax.nnx``'s dense Kronecker base; subclasses add fields."""
+
+  def _check_options(self) -> None:
+    self.layout.check_strategy(self.strategy)
+
+  def __call__(self, x: Array) -> Array:
+    """Applies the layer to ``x: [*batch, in_features]``."""
+    return self.layout.apply(self.param_values, x, strategy=self.strategy,
+                             **self.compute_options)
+
+  def cost(self, batch: int = 1) -> layers.LayerCost:
+    """Parameters and FLOPs against the dense layer this one replaces."""
+    return self.layout.cost(type(self).__name__, use_bias=self.use_bias, batch=batch,
+                            strategy=self.strategy, dtype=self.param_dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,9 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kfc_jax import _conv_layers, _layers
+from kfc_jax import layers
 from kfc_jax.linen import _common
-from kfc_jax.ops import _conv
 
 Array = jax.Array
 
@@ -37,7 +37,7 @@ def conv_params(params: Any) -> tuple[np.ndarray, np.ndarray | None, Any]:
           None if bias is None else np.asarray(bias), kernel.dtype)
 
 
-class KroneckerConv(nn.Module):
+class KroneckerConv(_common.KroneckerModule):
   """2-D conv with kernel ``K = sum_r A[r] ⊗ B[r]`` (Linen).
 
   Same arguments (minus ``rngs``) and parameter names (``factor_{t}_0``,
@@ -75,54 +75,34 @@ class KroneckerConv(nn.Module):
   bias_metadata: Mapping[str, Any] | None = None
   strategy: Any = "auto"
 
-  def layout(self) -> _conv_layers.ConvLayout:
-    return _conv_layers.conv_layout(
+  replaces = "conv"
+
+  @functools.cached_property
+  def layout(self) -> layers.ConvLayout:
+    return layers.conv_layout(
         self.in_features, self.out_features, self.kernel_size, self.strides,
         padding=self.padding, kernel_dilation=self.kernel_dilation,
         a_shape=self.a_shape, b_shape=self.b_shape, rank=self.rank,
         terms=self.terms)
 
-  def setup(self):
-    layout = self.layout()
-    _conv._check_strategy(self.strategy)
-    metadata = _layers.pair_metadata(self.factor_metadata)
-    stds = _conv_layers.conv_stddevs(layout)
-    factors = []
-    for t, term in enumerate(layout.terms):
-      pair = []
-      for f, shape in enumerate(term.factor_shapes):
-        init = _common.boxed_init(self.factor_init or _layers.normal_init(stds[t][f]),
-                                  metadata[f], "factor_metadata")
-        pair.append(self.param(_layers.factor_name(t, f), init, shape,
-                               self.param_dtype))
-      factors.append(tuple(pair))
-    self.factors = factors
-    self.bias = (self.param("bias", _common.boxed_init(
-        self.bias_init, self.bias_metadata, "bias_metadata"),
-                            (layout.out_features,), self.param_dtype)
-                 if self.use_bias else None)
-    self._conv_layout = layout
+  def _check_options(self) -> None:
+    self.layout.check_strategy(self.strategy)
 
   def __call__(self, x: Array) -> Array:
     """Applies the conv to ``x: [*batch, H, W, in_features]``."""
-    return _conv_layers.conv_apply(
-        self._conv_layout, x, self.factors, self.bias, dtype=self.dtype,
-        precision=self.precision, preferred_element_type=self.preferred_element_type,
-        strategy=self.strategy)
-
-  def materialize(self) -> Array:
-    """The effective kernel ``[kh, kw, in_features, out_features]`` (HWIO).
-
-    Use as ``module.apply(variables, method="materialize")``.
-    """
-    return _conv_layers.conv_materialize(self.factors, precision=self.precision)
+    return self.layout.apply(self.param_values, x, strategy=self.strategy,
+                             **self.compute_options)
 
   def cost(self, batch: int = 1, input_size: Sequence[int] | None = None
-           ) -> _layers.LayerCost:
+           ) -> layers.LayerCost:
     """Parameters and FLOPs against the dense conv (see the NNX ``cost``)."""
-    return _conv_layers.conv_cost(
-        type(self).__name__, self.layout(), use_bias=self.use_bias, batch=batch,
-        input_size=input_size, strategy=self.strategy, dtype=self.param_dtype)
+    return self.layout.cost(type(self).__name__, use_bias=self.use_bias, batch=batch,
+                            input_size=input_size, strategy=self.strategy,
+                            dtype=self.param_dtype)
+
+  def cost_for_input(self, batch: int, input_shape: Sequence[int]) -> layers.LayerCost:
+    """The cost of ``batch`` images of ``input_shape = [..., H, W, C]``."""
+    return self.cost(batch, input_size=tuple(input_shape[-3:-1]))
 
   @classmethod
   def from_conv_params(cls, params: Any, *, strides: Any = 1, padding: Any = "SAME",
@@ -145,12 +125,10 @@ class KroneckerConv(nn.Module):
     kernel, bias, dtype = conv_params(params)
     fields.setdefault("use_bias", bias is not None)
     fields.setdefault("param_dtype", dtype)
-    terms = _conv_layers.compression_terms(kernel, compression, a_shape, b_shape,
-                                           rank, terms)
+    terms = layers.compression_terms(kernel, compression, a_shape, b_shape, rank,
+                                     terms)
     kh, kw, c, o = kernel.shape
     module = cls(c, o, (kh, kw), strides, padding=padding,
                  kernel_dilation=kernel_dilation, a_shape=a_shape, b_shape=b_shape,
                  rank=rank, terms=terms, **fields)
-    new, error = _conv_layers.fit_conv(module.layout(), kernel, bias,
-                                       use_bias=module.use_bias, sweeps=sweeps)
-    return _common.DenseConversion(module, _common.cast_params(module, new), error)
+    return module._convert(kernel, bias, sweeps=sweeps)

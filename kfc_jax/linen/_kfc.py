@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax.numpy as jnp
 
-from kfc_jax import _layers
+from kfc_jax import layers
 from kfc_jax.linen import _common
 
 
@@ -40,8 +41,9 @@ class KFC(_common.KroneckerDenseBase):
   bias_metadata: Mapping[str, Any] | None = None
   strategy: Any = "auto"
 
-  def layout(self) -> _layers.DenseLayout:
-    return _layers.kfc_layout(self.in_shape, self.out_features, self.terms)
+  @functools.cached_property
+  def layout(self) -> layers.DenseLayout:
+    return layers.kfc_layout(self.in_shape, self.out_features, self.terms)
 
   @classmethod
   def from_dense_params(cls, params: Any, in_shape: Sequence[int],
@@ -57,11 +59,11 @@ class KFC(_common.KroneckerDenseBase):
       >>> conv.module.apply({"params": conv.params}, jnp.ones((2, 2, 2, 8))).shape
       (2, 16)
     """
-    kernel, _, _ = _common.dense_params(params)
+    kernel, bias, _ = _common.dense_params(params)
     fields = _common.conversion_fields(params, fields)
     module = cls(in_shape, kernel.shape[1], terms, **fields)
-    if module.layout().in_features != kernel.shape[0]:
+    if module.layout.in_features != kernel.shape[0]:
       raise ValueError(
-          f"in_shape {tuple(in_shape)} has H*W*C = {module.layout().in_features},"
+          f"in_shape {tuple(in_shape)} has H*W*C = {module.layout.in_features},"
           f" but the dense kernel has in_features={kernel.shape[0]}.")
-    return module._convert(params, sweeps)
+    return module._convert(kernel, bias, sweeps=sweeps)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax.numpy as jnp
 
-from kfc_jax import _layers
+from kfc_jax import layers
 from kfc_jax.linen import _common
 
 
@@ -45,8 +46,9 @@ class KroneckerLinear(_common.KroneckerDenseBase):
   bias_metadata: Mapping[str, Any] | None = None
   strategy: Any = "auto"
 
-  def layout(self) -> _layers.DenseLayout:
-    return _layers.linear_layout(
+  @functools.cached_property
+  def layout(self) -> layers.DenseLayout:
+    return layers.linear_layout(
         self.in_features, self.out_features, in_factors=self.in_factors,
         out_factors=self.out_factors, rank=self.rank, terms=self.terms)
 
@@ -63,6 +65,6 @@ class KroneckerLinear(_common.KroneckerDenseBase):
       >>> conv.module.apply({"params": conv.params}, jnp.ones((2, 64))).shape
       (2, 32)
     """
-    kernel, _, _ = _common.dense_params(params)
+    kernel, bias, _ = _common.dense_params(params)
     fields = _common.conversion_fields(params, fields)
-    return cls(*kernel.shape, **fields)._convert(params, sweeps)
+    return cls(*kernel.shape, **fields)._convert(kernel, bias, sweeps=sweeps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,11 +10,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kfc_jax import _layers
+from kfc_jax import layers
 from kfc_jax.linen import _common
 
 
-class LowRankLinear(nn.Module):
+class LowRankLinear(_common.KroneckerModule):
   """``y = (x @ u) @ v + b`` (Linen); the paper's LowRank-k baseline.
 
   Same arguments (minus ``rngs``) and parameter names (``u``, ``v``,
@@ -41,38 +42,17 @@ class LowRankLinear(nn.Module):
   factor_metadata: Any = None
   bias_metadata: Mapping[str, Any] | None = None
 
-  def setup(self):
-    n_in, n_out, rank = _layers.low_rank_check(self.in_features, self.out_features,
-                                               self.rank)
-    metadata = _layers.pair_metadata(self.factor_metadata)
-    stds = _layers.low_rank_stddevs(n_in, rank)
-    shapes = [(n_in, rank), (rank, n_out)]
-    self.u, self.v = (
-        self.param(name, _common.boxed_init(self.factor_init or _layers.normal_init(s),
-                                            m, "factor_metadata"),
-                   shape, self.param_dtype)
-        for name, s, shape, m in zip("uv", stds, shapes, metadata))
-    self.bias = (self.param("bias", _common.boxed_init(self.bias_init, self.bias_metadata,
-                                                       "bias_metadata"),
-                            (n_out,), self.param_dtype)
-                 if self.use_bias else None)
+  @functools.cached_property
+  def layout(self) -> layers.LowRankLayout:
+    return layers.low_rank_layout(self.in_features, self.out_features, self.rank)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Applies the layer to ``x: [*batch, in_features]``."""
-    return _layers.low_rank_apply(
-        x, self.u, self.v, self.bias, dtype=self.dtype, precision=self.precision,
-        preferred_element_type=self.preferred_element_type)
+    return self.layout.apply(self.param_values, x, **self.compute_options)
 
-  def materialize(self) -> jax.Array:
-    """The effective dense kernel ``u @ v``."""
-    return jnp.matmul(self.u, self.v, precision=self.precision)
-
-  def cost(self, batch: int = 1) -> _layers.LayerCost:
+  def cost(self, batch: int = 1) -> layers.LayerCost:
     """Parameters and FLOPs against the dense layer this one replaces."""
-    n_in, n_out, rank = _layers.low_rank_check(self.in_features, self.out_features,
-                                               self.rank)
-    return _layers.low_rank_cost(n_in, n_out, rank, use_bias=self.use_bias,
-                                 batch=batch)
+    return self.layout.cost(type(self).__name__, use_bias=self.use_bias, batch=batch)
 
   @classmethod
   def from_dense_params(cls, params: Any, *, rank: int, **fields: Any
@@ -89,8 +69,4 @@ class LowRankLinear(nn.Module):
     """
     kernel, bias, _ = _common.dense_params(params)
     fields = _common.conversion_fields(params, fields)
-    module = cls(*kernel.shape, rank=rank, **fields)
-    _, _, rank = _layers.low_rank_check(*kernel.shape, rank)
-    new, error = _layers.fit_low_rank(kernel, bias, rank=rank,
-                                      use_bias=module.use_bias)
-    return _common.DenseConversion(module, _common.cast_params(module, new), error)
+    return cls(*kernel.shape, rank=rank, **fields)._convert(kernel, bias)

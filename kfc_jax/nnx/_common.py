@@ -1,15 +1,13 @@
-"""Pieces every NNX layer of kfc_jax shares: the factor type and the dense base.
+"""Pieces every NNX layer of kfc_jax shares: the factor type, ``make_params``, the base.
 
-A new layer family follows the same pattern: validate its arguments into a
-layout (``kfc_jax._layers``), create ``KroneckerFactor`` params with
-:func:`make_param`, and call the pure functions of the layout in
-``__call__``, ``materialize`` and ``cost``.
+A layer is its fields plus a layout (``kfc_jax.layers``): the layout lists the
+parameters (:class:`kfc_jax.layers.ParamSpec`), :func:`make_params` creates
+them, and the layer's methods call the layout on the parameters by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from types import MappingProxyType
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -17,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kfc_jax import _layers
+from kfc_jax import layers
+from kfc_jax.layers import EMPTY_METADATA, LayerCost, normal_init
 
 Array = jax.Array
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
 default_bias_init = nnx.initializers.zeros_init()
 
 
@@ -41,7 +39,7 @@ class KroneckerFactor(nnx.Param):
 
 
 def make_param(cls: type[nnx.Variable], init: Any, key: Array, shape: tuple[int, ...],
-               dtype: Any, metadata: Mapping[str, Any] = _EMPTY) -> nnx.Variable:
+               dtype: Any, metadata: Mapping[str, Any] = EMPTY_METADATA) -> nnx.Variable:
   """``cls(init(key, shape, dtype), **metadata)``, checking the result's shape."""
   value = init(key, shape, dtype)
   if tuple(value.shape) != tuple(shape):
@@ -51,19 +49,31 @@ def make_param(cls: type[nnx.Variable], init: Any, key: Array, shape: tuple[int,
   return cls(value, **metadata)
 
 
-def set_param(param: nnx.Variable, value: Any) -> None:
-  """Overwrites ``param`` with ``value`` cast to its dtype (same shape)."""
-  old = param[...]
-  value = jnp.asarray(np.asarray(value), old.dtype)
-  if value.shape != old.shape:  # internal invariant: layouts match
-    raise AssertionError(f"shape {value.shape} != {old.shape}")
-  param.set_value(value)
+def make_params(module: nnx.Module, specs: Sequence[layers.ParamSpec], *,
+                use_bias: bool, factor_init: Any, bias_init: Any, param_dtype: Any,
+                rngs: nnx.Rngs) -> None:
+  """Sets one attribute of ``module`` per spec (``None`` for biases left out)."""
+  for spec in specs:
+    if spec.is_factor:
+      value = make_param(KroneckerFactor, factor_init or normal_init(spec.stddev),
+                         rngs.params(), spec.shape, param_dtype, spec.metadata)
+    elif use_bias:
+      value = make_param(nnx.Param, bias_init, rngs.params(), spec.shape,
+                         param_dtype, spec.metadata)
+    else:
+      value = nnx.data(None)
+    setattr(module, spec.name, value)
 
 
 def load_params(module: nnx.Module, params: Mapping[str, Any]) -> None:
-  """Sets each named param of ``module`` (values cast to its dtype)."""
+  """Sets each named param of ``module`` (values cast to its dtype, same shape)."""
   for name, value in params.items():
-    set_param(getattr(module, name), value)
+    param = getattr(module, name)
+    old = param[...]
+    value = jnp.asarray(np.asarray(value), old.dtype)
+    if value.shape != old.shape:  # internal invariant: layouts match
+      raise AssertionError(f"{name}: shape {value.shape} != {old.shape}")
+    param.set_value(value)
 
 
 def linear_kernel(linear: Any) -> tuple[np.ndarray, Any, Any]:
@@ -79,13 +89,27 @@ def linear_kernel(linear: Any) -> tuple[np.ndarray, Any, Any]:
   return np.asarray(kernel, np.float64), bias, kernel.dtype
 
 
-class KroneckerDenseBase(nnx.Module):
-  """``y = x @ sum_t W_t + b`` for Kronecker-structured ``W_t`` (a layout)."""
+def from_dense_kwargs(dense: Any, bias: Any, dtype: Any, kwargs: dict[str, Any],
+                      names: Sequence[str] = ("dtype", "precision")
+                      ) -> dict[str, Any]:
+  """Defaults for a layer built from ``dense``: its bias, dtypes and ``names``."""
+  kwargs.setdefault("use_bias", bias is not None)
+  kwargs.setdefault("param_dtype", dtype)
+  for name in names:
+    if getattr(dense, name, None) is not None:
+      kwargs.setdefault(name, getattr(dense, name))
+  if kwargs.get("rngs") is None:
+    kwargs["rngs"] = nnx.Rngs(0)  # the values are overwritten by the fit
+  return kwargs
 
-  def _setup(self, layout: _layers.DenseLayout, *, use_bias: bool, dtype: Any,
-             param_dtype: Any, precision: Any, preferred_element_type: Any,
-             factor_init: Any, bias_init: Any, factor_metadata: Any,
-             bias_metadata: Mapping[str, Any], strategy: Any, rngs: nnx.Rngs):
+
+class KroneckerModule(nnx.Module, layers.KroneckerLayer):
+  """Base of the NNX layers: holds the layout, the options and the params."""
+
+  def _init_layer(self, layout: Any, *, use_bias: bool, dtype: Any, param_dtype: Any,
+                  precision: Any, preferred_element_type: Any, factor_init: Any,
+                  bias_init: Any, factor_metadata: Any, bias_metadata: Any,
+                  rngs: nnx.Rngs) -> None:
     self.layout = layout
     self.in_features = layout.in_features
     self.out_features = layout.out_features
@@ -94,63 +118,51 @@ class KroneckerDenseBase(nnx.Module):
     self.param_dtype = param_dtype
     self.precision = precision
     self.preferred_element_type = preferred_element_type
-    self.strategy = _layers.check_strategy(strategy, layout)
     self.relative_error: float | None = None
-    metadata = _layers.per_factor_metadata(factor_metadata, layout)
-    stds = _layers.default_factor_stddevs(layout)
-    for t, term in enumerate(layout.terms):
-      for f, shape in enumerate(term.factor_shapes):
-        init = factor_init or _layers.normal_init(stds[t][f])
-        setattr(self, _layers.factor_name(t, f),
-                make_param(KroneckerFactor, init, rngs.params(), shape,
-                           param_dtype, metadata[t][f]))
-    self.bias = (make_param(nnx.Param, bias_init, rngs.params(),
-                            (layout.out_features,), param_dtype, bias_metadata)
-                 if use_bias else nnx.data(None))
+    make_params(self, layout.param_specs(factor_metadata, bias_metadata),
+                use_bias=self.use_bias, factor_init=factor_init, bias_init=bias_init,
+                param_dtype=param_dtype, rngs=rngs)
+
+  @property
+  def param_values(self) -> dict[str, Array]:
+    """The layer's param arrays by name (biases left out are absent)."""
+    return {name: v[...] for name, v in vars(self).items()
+            if isinstance(v, nnx.Param)}
+
+  @property
+  def compute_options(self) -> dict[str, Any]:
+    return dict(dtype=self.dtype, precision=self.precision,
+                preferred_element_type=self.preferred_element_type)
+
+  def materialize(self) -> Array:
+    """The effective kernel: ``[in_features, out_features]`` (HWIO for a conv)."""
+    return self.layout.materialize(self.param_values, precision=self.precision)
+
+  def _fit(self, kernel: Any, bias: Any, **fit_kwargs: Any) -> None:
+    """Sets the params nearest to a trained ``(kernel, bias)``, and ``relative_error``."""
+    params, self.relative_error = self.layout.fit(kernel, bias, use_bias=self.use_bias,
+                                                  **fit_kwargs)
+    load_params(self, params)
+
+
+class KroneckerDenseBase(KroneckerModule):
+  """``y = x @ sum_t W_t + b`` for Kronecker-structured ``W_t`` (a dense layout)."""
+
+  def __call__(self, x: Array) -> Array:
+    """Applies the layer to ``x: [*batch, in_features]``."""
+    return self.layout.apply(self.param_values, x, strategy=self.strategy,
+                             **self.compute_options)
 
   @property
   def factors(self) -> list[list[Array]]:
     """The factor arrays, ``factors[term][factor]`` of shape ``[rank, m, n]``."""
-    return [[getattr(self, _layers.factor_name(t, f))[...]
-             for f in range(term.num_factors)]
-            for t, term in enumerate(self.layout.terms)]
+    return self.layout.factors(self.param_values)
 
-  def __call__(self, x: Array) -> Array:
-    """Applies the layer to ``x: [*batch, in_features]``."""
-    bias = None if self.bias is None else self.bias[...]
-    return _layers.dense_apply(
-        self.layout, x, self.factors, bias, dtype=self.dtype,
-        precision=self.precision,
-        preferred_element_type=self.preferred_element_type,
-        strategy=self.strategy)
-
-  def materialize(self) -> Array:
-    """The effective dense kernel ``[in_features, out_features]`` (via ``kron``)."""
-    return _layers.dense_materialize(self.layout, self.factors,
-                                     precision=self.precision)
-
-  def cost(self, batch: int = 1) -> _layers.LayerCost:
+  def cost(self, batch: int = 1) -> LayerCost:
     """Parameters and FLOPs against the dense layer this one replaces."""
-    return _layers.dense_cost(type(self).__name__, self.layout,
-                              use_bias=self.use_bias, batch=batch,
-                              strategy=self.strategy, dtype=self.param_dtype)
+    return self.layout.cost(type(self).__name__, use_bias=self.use_bias, batch=batch,
+                            strategy=self.strategy, dtype=self.param_dtype)
 
-  def _load_dense(self, linear: Any, sweeps: int) -> None:
-    """Fits the factors to ``linear``'s kernel and copies its bias."""
+  def _from_linear(self, linear: Any, sweeps: int) -> None:
     kernel, bias, _ = linear_kernel(linear)
-    params, self.relative_error = _layers.fit_dense(
-        self.layout, kernel, bias, use_bias=self.use_bias, sweeps=sweeps)
-    load_params(self, params)
-
-
-def from_linear_kwargs(linear: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-  """Defaults for a layer built from ``linear``: its bias, dtypes, precision."""
-  _, bias, dtype = linear_kernel(linear)
-  kwargs.setdefault("use_bias", bias is not None)
-  kwargs.setdefault("param_dtype", dtype)
-  for name in ("dtype", "precision"):
-    if hasattr(linear, name):
-      kwargs.setdefault(name, getattr(linear, name))
-  if kwargs.get("rngs") is None:
-    kwargs["rngs"] = nnx.Rngs(0)  # the values are overwritten by the fit
-  return kwargs
+    self._fit(kernel, bias, sweeps=sweeps)

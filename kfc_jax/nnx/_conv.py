@@ -10,9 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kfc_jax import _conv_layers, _layers
+from kfc_jax import layers
 from kfc_jax.nnx import _common
-from kfc_jax.ops import _conv
 
 Array = jax.Array
 
@@ -39,7 +38,7 @@ def conv_kernel(conv: Any) -> tuple[np.ndarray, Any, Any]:
   return np.asarray(kernel, np.float64), bias, kernel.dtype
 
 
-class KroneckerConv(nnx.Module):
+class KroneckerConv(_common.KroneckerModule):
   """2-D conv with kernel ``K = sum_r A[r] ⊗ B[r]`` (KConv; GKPD's layer).
 
   ``A: [rank, ah, aw, ai, ao]`` and ``B: [rank, bh, bw, bi, bo]`` (HWIO) make
@@ -117,6 +116,8 @@ class KroneckerConv(nnx.Module):
     rngs: random number generators.
   """
 
+  replaces = "conv"
+
   def __init__(
       self,
       in_features: int,
@@ -137,70 +138,50 @@ class KroneckerConv(nnx.Module):
       preferred_element_type: Any = None,
       factor_init: Any = None,
       bias_init: Any = _common.default_bias_init,
-      factor_metadata: Any = _common._EMPTY,
-      bias_metadata: Mapping[str, Any] = _common._EMPTY,
+      factor_metadata: Any = layers.EMPTY_METADATA,
+      bias_metadata: Mapping[str, Any] = layers.EMPTY_METADATA,
       strategy: Any = "auto",
       rngs: nnx.Rngs,
   ):
-    layout = _conv_layers.conv_layout(
+    layout = layers.conv_layout(
         in_features, out_features, kernel_size, strides, padding=padding,
         kernel_dilation=kernel_dilation, a_shape=a_shape, b_shape=b_shape,
         rank=rank, terms=terms)
-    self.layout = layout
-    self.in_features = layout.in_features
-    self.out_features = layout.out_features
     self.kernel_size = layout.kernel_size
     self.strides = layout.strides
     self.padding = padding
     self.kernel_dilation = layout.kernel_dilation
-    self.use_bias = bool(use_bias)
-    self.dtype = dtype
-    self.param_dtype = param_dtype
-    self.precision = precision
-    self.preferred_element_type = preferred_element_type
-    self.strategy = _conv._check_strategy(strategy)
-    self.relative_error: float | None = None
-    metadata = _layers.pair_metadata(factor_metadata)
-    stds = _conv_layers.conv_stddevs(layout)
-    for t, term in enumerate(layout.terms):
-      for f, shape in enumerate(term.factor_shapes):
-        init = factor_init or _layers.normal_init(stds[t][f])
-        setattr(self, _layers.factor_name(t, f),
-                _common.make_param(_common.KroneckerFactor, init, rngs.params(),
-                                   shape, param_dtype, metadata[f]))
-    self.bias = (_common.make_param(nnx.Param, bias_init, rngs.params(),
-                                    (layout.out_features,), param_dtype,
-                                    bias_metadata)
-                 if use_bias else nnx.data(None))
+    self.strategy = layout.check_strategy(strategy)
+    self._init_layer(layout, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                     precision=precision, preferred_element_type=preferred_element_type,
+                     factor_init=factor_init, bias_init=bias_init,
+                     factor_metadata=factor_metadata, bias_metadata=bias_metadata,
+                     rngs=rngs)
 
   @property
   def factors(self) -> list[tuple[Array, Array]]:
     """``[(A, B), ...]``, one pair per term."""
-    return [tuple(getattr(self, _layers.factor_name(t, f))[...] for f in range(2))
-            for t in range(len(self.layout.terms))]
+    return self.layout.factors(self.param_values)
 
   def __call__(self, x: Array) -> Array:
     """Applies the conv to ``x: [*batch, H, W, in_features]``."""
-    bias = None if self.bias is None else self.bias[...]
-    return _conv_layers.conv_apply(
-        self.layout, x, self.factors, bias, dtype=self.dtype,
-        precision=self.precision,
-        preferred_element_type=self.preferred_element_type, strategy=self.strategy)
-
-  def materialize(self) -> Array:
-    """The effective kernel ``[kh, kw, in_features, out_features]`` (HWIO)."""
-    return _conv_layers.conv_materialize(self.factors, precision=self.precision)
+    return self.layout.apply(self.param_values, x, strategy=self.strategy,
+                             **self.compute_options)
 
   def cost(self, batch: int = 1, input_size: Sequence[int] | None = None
-           ) -> _layers.LayerCost:
+           ) -> layers.LayerCost:
     """Parameters and FLOPs against the dense conv this one replaces.
 
     FLOPs of ``batch`` images of ``input_size = (H, W)``, or without it of
     ``batch`` output pixels at stride 1.
     """
-    return _conv_layers.conv_cost(
-        type(self).__name__, self.layout, use_bias=self.use_bias, batch=batch,
-        input_size=input_size, strategy=self.strategy, dtype=self.param_dtype)
+    return self.layout.cost(type(self).__name__, use_bias=self.use_bias, batch=batch,
+                            input_size=input_size, strategy=self.strategy,
+                            dtype=self.param_dtype)
+
+  def cost_for_input(self, batch: int, input_shape: Sequence[int]) -> layers.LayerCost:
+    """The cost of ``batch`` images of ``input_shape = [..., H, W, C]``."""
+    return self.cost(batch, input_size=tuple(input_shape[-3:-1]))
 
   @classmethod
   def from_conv(
@@ -239,19 +220,13 @@ class KroneckerConv(nnx.Module):
       (True, True)
     """
     kernel, bias, dtype = conv_kernel(conv)
-    kwargs.setdefault("use_bias", bias is not None)
-    kwargs.setdefault("param_dtype", dtype)
-    for name in ("strides", "padding", "kernel_dilation", "dtype", "precision"):
-      if getattr(conv, name, None) is not None:
-        kwargs.setdefault(name, getattr(conv, name))
-    if kwargs.get("rngs") is None:
-      kwargs["rngs"] = nnx.Rngs(0)  # the values are overwritten by the fit
-    terms = _conv_layers.compression_terms(kernel, compression, a_shape, b_shape,
-                                           rank, terms)
+    kwargs = _common.from_dense_kwargs(
+        conv, bias, dtype, kwargs,
+        ("strides", "padding", "kernel_dilation", "dtype", "precision"))
+    terms = layers.compression_terms(kernel, compression, a_shape, b_shape, rank,
+                                     terms)
     kh, kw, c, o = kernel.shape
     layer = cls(c, o, (kh, kw), a_shape=a_shape, b_shape=b_shape, rank=rank,
                 terms=terms, **kwargs)
-    params, layer.relative_error = _conv_layers.fit_conv(
-        layer.layout, kernel, bias, use_bias=layer.use_bias, sweeps=sweeps)
-    _common.load_params(layer, params)
+    layer._fit(kernel, bias, sweeps=sweeps)
     return layer

@@ -9,12 +9,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kfc_jax import _layers
-from kfc_jax.ops import kron
+from kfc_jax import layers
 from kfc_jax.nnx import _common
 
 
-class KDL(nnx.Module):
+class KDL(_common.KroneckerModule):
   """Kronecker multi-layer block: a right layer, then a left layer.
 
   ``x: [*batch, m1*m2]`` is viewed as ``X: [m1, m2]``; each of ``rank``
@@ -90,51 +89,31 @@ class KDL(nnx.Module):
       preferred_element_type: Any = None,
       factor_init: Any = None,
       bias_init: Any = _common.default_bias_init,
-      factor_metadata: Any = _common._EMPTY,
-      bias_metadata: Mapping[str, Any] = _common._EMPTY,
+      factor_metadata: Any = layers.EMPTY_METADATA,
+      bias_metadata: Mapping[str, Any] = layers.EMPTY_METADATA,
       rngs: nnx.Rngs,
   ):
-    layout = _layers.kdl_layout(in_features, out_features, in_factors,
-                                out_factors, rank)
+    layout = layers.kdl_layout(in_features, out_features, in_factors, out_factors,
+                               rank)
     if activation is not None and not callable(activation):
       raise TypeError(
           f"activation must be callable or None, got {activation!r}.")
-    self.layout = layout
-    self.in_features, self.out_features = layout.in_features, layout.out_features
     self.activation = activation
-    self.use_bias = bool(use_bias)
-    self.dtype = dtype
-    self.param_dtype = param_dtype
-    self.precision = precision
-    self.preferred_element_type = preferred_element_type
-    left_meta, right_meta = _layers.pair_metadata(factor_metadata)
-    left_std, right_std = _layers.kdl_stddevs(layout)
-    make = _common.make_param
-    self.left = make(_common.KroneckerFactor, factor_init or _layers.normal_init(left_std),
-                     rngs.params(), layout.left_shape, param_dtype, left_meta)
-    self.right = make(_common.KroneckerFactor, factor_init or _layers.normal_init(right_std),
-                      rngs.params(), layout.right_shape, param_dtype, right_meta)
-    if use_bias:
-      self.left_bias = make(nnx.Param, bias_init, rngs.params(),
-                            layout.left_bias_shape, param_dtype, bias_metadata)
-      self.right_bias = make(nnx.Param, bias_init, rngs.params(),
-                             layout.right_bias_shape, param_dtype, bias_metadata)
-    else:
-      self.left_bias = nnx.data(None)
-      self.right_bias = nnx.data(None)
+    self._init_layer(layout, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                     precision=precision, preferred_element_type=preferred_element_type,
+                     factor_init=factor_init, bias_init=bias_init,
+                     factor_metadata=factor_metadata, bias_metadata=bias_metadata,
+                     rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Applies the block to ``x: [*batch, in_features]``."""
-    get = lambda p: None if p is None else p[...]
-    return _layers.kdl_apply(
-        self.layout, x, self.left[...], self.right[...], get(self.left_bias),
-        get(self.right_bias), self.activation, dtype=self.dtype,
-        precision=self.precision, preferred_element_type=self.preferred_element_type)
+    return self.layout.apply(self.param_values, x, self.activation,
+                             **self.compute_options)
 
   def materialize(self) -> jax.Array:
     """``sum_r L[r] ⊗ R[r]``: the block's kernel when it is linear (no biases, identity)."""
-    return kron([self.left[...], self.right[...]], precision=self.precision)
+    return self.layout.materialize(self.param_values, precision=self.precision)
 
-  def cost(self, batch: int = 1) -> _layers.LayerCost:
+  def cost(self, batch: int = 1) -> layers.LayerCost:
     """Parameters and FLOPs against the dense layer this block replaces."""
-    return _layers.kdl_cost(self.layout, use_bias=self.use_bias, batch=batch)
+    return self.layout.cost(type(self).__name__, use_bias=self.use_bias, batch=batch)

@@ -8,7 +8,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from kfc_jax import _layers
+from kfc_jax import layers
 from kfc_jax.nnx import _common
 
 
@@ -96,18 +96,19 @@ class KroneckerLinear(_common.KroneckerDenseBase):
       preferred_element_type: Any = None,
       factor_init: Any = None,
       bias_init: Any = _common.default_bias_init,
-      factor_metadata: Any = _common._EMPTY,
-      bias_metadata: Mapping[str, Any] = _common._EMPTY,
+      factor_metadata: Any = layers.EMPTY_METADATA,
+      bias_metadata: Mapping[str, Any] = layers.EMPTY_METADATA,
       strategy: Any = "auto",
       rngs: nnx.Rngs,
   ):
-    layout = _layers.linear_layout(in_features, out_features, in_factors=in_factors,
-                                   out_factors=out_factors, rank=rank, terms=terms)
-    self._setup(layout, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                precision=precision, preferred_element_type=preferred_element_type,
-                factor_init=factor_init, bias_init=bias_init,
-                factor_metadata=factor_metadata, bias_metadata=bias_metadata,
-                strategy=strategy, rngs=rngs)
+    layout = layers.linear_layout(in_features, out_features, in_factors=in_factors,
+                                  out_factors=out_factors, rank=rank, terms=terms)
+    self.strategy = layout.check_strategy(strategy)
+    self._init_layer(layout, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                     precision=precision, preferred_element_type=preferred_element_type,
+                     factor_init=factor_init, bias_init=bias_init,
+                     factor_metadata=factor_metadata, bias_metadata=bias_metadata,
+                     rngs=rngs)
 
   @classmethod
   def from_linear(
@@ -139,9 +140,9 @@ class KroneckerLinear(_common.KroneckerDenseBase):
       >>> 0 < layer.relative_error < 1
       True
     """
-    kernel, _, _ = _common.linear_kernel(linear)
-    kwargs = _common.from_linear_kwargs(linear, kwargs)
+    kernel, bias, dtype = _common.linear_kernel(linear)
+    kwargs = _common.from_dense_kwargs(linear, bias, dtype, kwargs)
     layer = cls(*kernel.shape, in_factors=in_factors, out_factors=out_factors,
                 rank=rank, terms=terms, **kwargs)
-    layer._load_dense(linear, sweeps)
+    layer._fit(kernel, bias, sweeps=sweeps)
     return layer

@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kfc_jax import _layers
+from kfc_jax import layers
 from kfc_jax.nnx import _common
 
 
-class LowRankLinear(nnx.Module):
+class LowRankLinear(_common.KroneckerModule):
   """``y = (x @ u) @ v + b`` with ``u: [in, rank]``, ``v: [rank, out]``.
 
   The paper's LowRank-k baseline: two stacked dense maps ``in -> k -> out``
@@ -71,45 +71,25 @@ class LowRankLinear(nnx.Module):
       preferred_element_type: Any = None,
       factor_init: Any = None,
       bias_init: Any = _common.default_bias_init,
-      factor_metadata: Any = _common._EMPTY,
-      bias_metadata: Mapping[str, Any] = _common._EMPTY,
+      factor_metadata: Any = layers.EMPTY_METADATA,
+      bias_metadata: Mapping[str, Any] = layers.EMPTY_METADATA,
       rngs: nnx.Rngs,
   ):
-    self.in_features, self.out_features, self.rank = _layers.low_rank_check(
-        in_features, out_features, rank)
-    self.use_bias = bool(use_bias)
-    self.dtype = dtype
-    self.param_dtype = param_dtype
-    self.precision = precision
-    self.preferred_element_type = preferred_element_type
-    self.relative_error: float | None = None
-    metadata = _layers.pair_metadata(factor_metadata)
-    stds = _layers.low_rank_stddevs(self.in_features, self.rank)
-    shapes = [(self.in_features, self.rank), (self.rank, self.out_features)]
-    u, v = (_common.make_param(_common.KroneckerFactor,
-                               factor_init or _layers.normal_init(s),
-                               rngs.params(), shape, param_dtype, m)
-            for s, shape, m in zip(stds, shapes, metadata))
-    self.u, self.v = u, v
-    self.bias = (_common.make_param(nnx.Param, bias_init, rngs.params(),
-                                    (self.out_features,), param_dtype, bias_metadata)
-                 if use_bias else nnx.data(None))
+    layout = layers.low_rank_layout(in_features, out_features, rank)
+    self.rank = layout.rank
+    self._init_layer(layout, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                     precision=precision, preferred_element_type=preferred_element_type,
+                     factor_init=factor_init, bias_init=bias_init,
+                     factor_metadata=factor_metadata, bias_metadata=bias_metadata,
+                     rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Applies the layer to ``x: [*batch, in_features]``."""
-    bias = None if self.bias is None else self.bias[...]
-    return _layers.low_rank_apply(
-        x, self.u[...], self.v[...], bias, dtype=self.dtype,
-        precision=self.precision, preferred_element_type=self.preferred_element_type)
+    return self.layout.apply(self.param_values, x, **self.compute_options)
 
-  def materialize(self) -> jax.Array:
-    """The effective dense kernel ``u @ v``, ``[in_features, out_features]``."""
-    return jnp.matmul(self.u[...], self.v[...], precision=self.precision)
-
-  def cost(self, batch: int = 1) -> _layers.LayerCost:
+  def cost(self, batch: int = 1) -> layers.LayerCost:
     """Parameters and FLOPs against the dense layer this one replaces."""
-    return _layers.low_rank_cost(self.in_features, self.out_features, self.rank,
-                                 use_bias=self.use_bias, batch=batch)
+    return self.layout.cost(type(self).__name__, use_bias=self.use_bias, batch=batch)
 
   @classmethod
   def from_linear(cls, linear: nnx.Linear, *, rank: int, **kwargs: Any
@@ -127,10 +107,8 @@ class LowRankLinear(nnx.Module):
       >>> low.relative_error < 1e-5
       True
     """
-    kernel, bias, _ = _common.linear_kernel(linear)
-    kwargs = _common.from_linear_kwargs(linear, kwargs)
+    kernel, bias, dtype = _common.linear_kernel(linear)
+    kwargs = _common.from_dense_kwargs(linear, bias, dtype, kwargs)
     layer = cls(*kernel.shape, rank=rank, **kwargs)
-    params, layer.relative_error = _layers.fit_low_rank(
-        kernel, bias, rank=layer.rank, use_bias=layer.use_bias)
-    _common.load_params(layer, params)
+    layer._fit(kernel, bias)
     return layer

@@ -1,0 +1,146 @@
+"""The NNX driver: :func:`compress` replaces layers of an NNX model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from kfc_jax import _checks
+from kfc_jax import layers
+from kfc_jax import nnx as kfc_nnx
+from kfc_jax.compress._plan import Family, LayerPlan, TrainedLayer
+from kfc_jax.compress._plan import build_layers, select_layers
+from kfc_jax.compress._policy import CompressionPolicy, rules_of
+from kfc_jax.compress._report import CompressionReport, layer_path
+
+_BUILDERS = {
+    Family.KRONECKER_LINEAR: kfc_nnx.KroneckerLinear.from_linear,
+    Family.KFC: kfc_nnx.KFC.from_linear,
+    Family.LOW_RANK_LINEAR: kfc_nnx.LowRankLinear.from_linear,
+    Family.KRONECKER_CONV: kfc_nnx.KroneckerConv.from_conv,
+}
+
+
+def _kind(module: Any) -> str | None:
+  """``"linear"``, ``"conv"`` (2-D), or ``None`` when compress cannot convert it."""
+  if isinstance(module, layers.KroneckerLayer):
+    return None  # already compressed
+  if isinstance(module, nnx.Linear):
+    return "linear"
+  if isinstance(module, nnx.Conv) and module.kernel[...].ndim == 4:
+    return "conv"
+  return None
+
+
+def _owns_params(module: Any) -> bool:
+  return any(isinstance(v, nnx.Param) for v in vars(module).values())
+
+
+def param_count(tree: Any) -> int:
+  return sum(int(np.size(x)) for x in jax.tree.leaves(tree))
+
+
+def _replace(model: Any, parts: tuple[Any, ...], new: Any) -> None:
+  parent = model
+  for key in parts[:-1]:
+    parent = parent[key] if isinstance(key, int) or isinstance(parent, (nnx.Dict, dict)) \
+        else getattr(parent, key)
+  key = parts[-1]
+  if isinstance(key, int) or isinstance(parent, (nnx.Dict, dict)):
+    parent[key] = new
+  else:
+    setattr(parent, key, new)
+
+
+def _build(layer: TrainedLayer, plan: LayerPlan) -> tuple[Any, float, Any]:
+  new = _BUILDERS[plan.family](layer.handle[1], **plan.options)
+  return new, new.relative_error, new
+
+
+def compress(model: Any, policy: Any, *, inplace: bool = False, batch: int = 1
+             ) -> tuple[Any, CompressionReport]:
+  """Replaces the layers ``policy`` selects by Kronecker layers fitted to them.
+
+  Each selected ``nnx.Linear`` becomes a ``KroneckerLinear``, ``KFC`` or
+  ``LowRankLinear`` built by ``from_linear`` (the nearest layer of that shape:
+  nearest Kronecker sum or truncated SVD), each selected 2-D ``nnx.Conv`` a
+  ``KroneckerConv`` built by ``from_conv`` (GKPD); biases and dtypes are kept.
+  Every replacement is planned and fitted before the model is modified, so
+  any error leaves it untouched.
+
+  Args:
+    model: an NNX module.
+    policy: a :class:`CompressionPolicy`, a :class:`LayerRule` or a list of them.
+    inplace: modify ``model`` itself; by default a copy (``nnx.clone``) is
+      compressed and ``model`` is left as it was.
+    batch: rows per call for the report's FLOPs.
+
+  Returns:
+    ``(compressed_model, report)``. With ``inplace`` the model is ``model``.
+    A model that is itself a selected layer is returned replaced (not
+    possible in place).
+
+  Raises:
+    TypeError: a rule matches a layer compress cannot convert (only
+      ``nnx.Linear`` and 2-D ``nnx.Conv`` are), or a conv for a dense-only
+      method.
+    ValueError: a rule's budget or shapes fit no layer of that size (the
+      message names the layer and the rule).
+
+  A rule that matches no layer warns, listing the model's layer paths.
+
+  Example usage::
+
+    >>> import jax, jax.numpy as jnp, kfc_jax
+    >>> from flax import nnx
+    >>> model = nnx.Sequential(nnx.Linear(64, 64, rngs=nnx.Rngs(0)), nnx.relu,
+    ...                        nnx.Linear(64, 10, rngs=nnx.Rngs(1)))
+    >>> exact = kfc_jax.LayerRule("layers/0", in_factors=(8, 8), out_factors=(8, 8),
+    ...                           rank=64)   # full rank: an exact decomposition
+    >>> new, _ = kfc_jax.compress(model, exact)
+    >>> x = jax.random.normal(jax.random.key(0), (3, 64))
+    >>> bool(jnp.allclose(new(x), model(x), atol=1e-5))
+    True
+    >>> new, report = kfc_jax.compress(model, kfc_jax.LayerRule("layers/0", compression=8))
+    >>> print(report)  # doctest: +NORMALIZE_WHITESPACE
+    path      before  after                               shape     params     ->  saved  FLOPs     ->  speedup  rel. error
+    -----------------------------------------------------------------------------------------------------------------------
+    layers/0  Linear  KroneckerLinear (8, 8)->(8, 8) r=4  64 -> 64   4,160    576   7.2x  8,192  8,192     1.0x       0.891
+    -----------------------------------------------------------------------------------------------------------------------
+    total                                                            4,160    576   7.2x  8,192  8,192     1.0x
+    model                                                            4,810  1,226   3.9x
+  """
+  if not isinstance(model, nnx.Module):
+    raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}.")
+  policy = CompressionPolicy(rules_of(policy))
+  batch = _checks.positive_int(batch, "batch")
+  target = model if inplace else nnx.clone(model)
+  found = []
+  for parts, module in nnx.iter_modules(target):
+    if _owns_params(module):  # containers: their layers are visited themselves
+      kind = _kind(module)
+      kernel = None if kind is None else np.asarray(module.kernel[...], np.float64)
+      found.append(TrainedLayer(layer_path(parts), type(module).__name__, kind,
+                                kernel, (tuple(parts), module)))
+  found.sort(key=lambda layer: layer.path)
+  selected = select_layers(
+      policy, found, supported="compress converts nnx.Linear and 2-D nnx.Conv"
+      " layers only. Narrow the pattern or add a method='keep' rule for it first.")
+  if inplace and any(not layer.handle[0] for layer, _, _ in selected):
+    raise ValueError("the model is itself the selected layer and cannot be replaced"
+                     " in place; pass inplace=False to get the new layer.")
+  params_before = param_count(nnx.state(target, nnx.Param))
+  built = build_layers(selected, _build, batch)
+  # Everything fitted: only now touch the model.
+  for layer, new, _ in built:
+    parts = layer.handle[0]
+    if parts:
+      _replace(target, parts, new)
+    else:
+      target = new
+  report = CompressionReport(tuple(row for *_, row in built), params_before,
+                             param_count(nnx.state(target, nnx.Param)), batch)
+  return target, report

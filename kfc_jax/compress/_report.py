@@ -1,0 +1,117 @@
+"""Text tables and layer paths, shared by the compression report and ``summarize``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from kfc_jax.layers import LayerCost
+
+
+def layer_path(parts: Sequence[Any]) -> str:
+  """A layer's path in a model: its attribute names (or indices) joined by ``/``."""
+  return "/".join(str(p) for p in parts)
+
+
+def ratio(before: int, after: int) -> str:
+  """``"7.2x"``, or ``"-"`` when ``after`` is zero."""
+  return f"{before / after:.1f}x" if after else "-"
+
+
+def format_table(header: Sequence[str], sections: Sequence[Sequence[Sequence[str]]],
+                 left_columns: int) -> str:
+  """Aligned text columns: the header, then each section after a rule.
+
+  The first ``left_columns`` columns are left-aligned (names), the rest
+  right-aligned (numbers).
+  """
+  rows = [header, *(row for section in sections for row in section)]
+  widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+
+  def fmt(row):
+    return "  ".join(c.ljust(w) if i < left_columns else c.rjust(w)
+                     for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+  rule = "-" * len(fmt(header))
+  lines = [fmt(header)]
+  for section in sections:
+    lines += [rule, *map(fmt, section)]
+  return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerReport:
+  """One compressed layer: what it was, what it became, and what it cost.
+
+  FLOPs are per ``batch`` rows (per output pixel for convs), multiply-adds
+  counting two and biases left out; parameters include biases.
+  """
+
+  path: str
+  before: str
+  after: str
+  shape: str
+  params_before: int
+  params_after: int
+  flops_before: int
+  flops_after: int
+  relative_error: float
+
+  @classmethod
+  def of(cls, path: str, before: str, shape: str, cost: LayerCost,
+         error: float | None) -> LayerReport:
+    """The row of a layer replaced by one of ``cost`` with weight error ``error``."""
+    after = f"{cost.kind} {cost.detail}".strip()
+    return cls(path, before, after, shape, cost.dense_params, cost.params,
+               cost.dense_flops, cost.flops, float(error or 0.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressionReport:
+  """Per-layer results of :func:`compress`; ``str()`` gives the table.
+
+  ``model_params_before`` / ``model_params_after`` count every ``Param`` of the
+  whole model (layers left alone included).
+  """
+
+  rows: tuple[LayerReport, ...]
+  model_params_before: int
+  model_params_after: int
+  batch: int = 1
+
+  @property
+  def params_before(self) -> int:
+    return sum(r.params_before for r in self.rows)
+
+  @property
+  def params_after(self) -> int:
+    return sum(r.params_after for r in self.rows)
+
+  @property
+  def flops_before(self) -> int:
+    return sum(r.flops_before for r in self.rows)
+
+  @property
+  def flops_after(self) -> int:
+    return sum(r.flops_after for r in self.rows)
+
+  def table(self) -> str:
+    """The report as a text table: one row per layer, the total, the model."""
+    header = ("path", "before", "after", "shape", "params", "->", "saved",
+              "FLOPs", "->", "speedup", "rel. error")
+    lines = [(r.path or "(root)", r.before, r.after, r.shape, f"{r.params_before:,}",
+              f"{r.params_after:,}", ratio(r.params_before, r.params_after),
+              f"{r.flops_before:,}", f"{r.flops_after:,}",
+              ratio(r.flops_before, r.flops_after), f"{r.relative_error:.3g}")
+             for r in self.rows]
+    total = ("total", "", "", "", f"{self.params_before:,}", f"{self.params_after:,}",
+             ratio(self.params_before, self.params_after), f"{self.flops_before:,}",
+             f"{self.flops_after:,}", ratio(self.flops_before, self.flops_after), "")
+    model = ("model", "", "", "", f"{self.model_params_before:,}",
+             f"{self.model_params_after:,}",
+             ratio(self.model_params_before, self.model_params_after), "", "", "", "")
+    return format_table(header, [lines, [total, model]], left_columns=4)
+
+  def __str__(self) -> str:
+    return self.table()
