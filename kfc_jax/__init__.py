@@ -16,6 +16,7 @@ from kfc_jax.decompose import nearest_kronecker_tensor as nearest_kronecker_tens
 from kfc_jax.decompose import suggest_conv_factors as suggest_conv_factors
 from kfc_jax.ops import CostModel as CostModel
 from kfc_jax.ops import KronConvPlan as KronConvPlan
+from kfc_jax.ops import KronConvSumPlan as KronConvSumPlan
 from kfc_jax.ops import KronMatmulPlan as KronMatmulPlan
 from kfc_jax.ops import PlanCost as PlanCost
 from kfc_jax.ops import default_cost_model as default_cost_model
@@ -23,6 +24,7 @@ from kfc_jax.ops import kron as kron
 from kfc_jax.ops import kron_conv as kron_conv
 from kfc_jax.ops import kron_conv_plan as kron_conv_plan
 from kfc_jax.ops import kron_conv_sum as kron_conv_sum
+from kfc_jax.ops import kron_conv_sum_plan as kron_conv_sum_plan
 from kfc_jax.ops import kron_kernel as kron_kernel
 from kfc_jax.ops import kron_matmul as kron_matmul
 from kfc_jax.ops import kron_matmul_plan as kron_matmul_plan
@@ -70,6 +72,7 @@ __all__ = [
     "KFCTerm",
     "KronConvPlan",
     "KronConvShape",
+    "KronConvSumPlan",
     "KronMatmulPlan",
     "KroneckerDecomposition",
     "KroneckerShape",
@@ -94,6 +97,7 @@ __all__ = [
     "kron_conv",
     "kron_conv_plan",
     "kron_conv_sum",
+    "kron_conv_sum_plan",
     "kron_kernel",
     "kron_matmul",
     "kron_matmul_plan",

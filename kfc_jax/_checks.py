@@ -11,6 +11,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -160,3 +161,148 @@ def relative_error(t: Any, approx: Any) -> float:
   t, approx = np.asarray(t, np.float64), np.asarray(approx, np.float64)
   norm = np.linalg.norm(t)
   return float(np.linalg.norm(t - approx) / norm) if norm > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------
+# Factors of the primitives
+# ---------------------------------------------------------------------------
+
+
+def factor_list(factors: Any, name: str = "factors") -> list[Any]:
+  """Normalises ``factors`` to a list of ``[r, m, n]`` arrays (same r)."""
+  if hasattr(factors, "ndim") or not isinstance(factors, Sequence):
+    raise TypeError(
+        f"{name} must be a sequence (list or tuple) of factor arrays, each"
+        f" [rank, m_t, n_t] or [m_t, n_t]; got {type(factors).__name__}. For a"
+        f" single factor write ({name[:-1] if name.endswith('s') else name},)."
+    )
+  if not factors:
+    raise ValueError(f"{name} must hold at least one factor, got none.")
+  out = []
+  for i, f in enumerate(factors):
+    if not hasattr(f, "ndim"):
+      f = jnp.asarray(f)
+    if f.ndim == 2:
+      f = f[None]
+    elif f.ndim != 3:
+      raise ValueError(
+          f"{name}[{i}] must have shape [rank, m, n] or [m, n], got shape"
+          f" {tuple(f.shape)} ({f.ndim}-D)."
+      )
+    if not (jnp.issubdtype(f.dtype, jnp.floating)):
+      raise TypeError(
+          f"{name}[{i}] must have a floating dtype, got {f.dtype}."
+      )
+    out.append(f)
+  ranks = [f.shape[0] for f in out]
+  if len(set(ranks)) != 1:
+    raise ValueError(
+        f"all {name} must have the same rank (leading axis), got ranks {ranks}"
+        f" for shapes {[tuple(f.shape) for f in out]}."
+    )
+  if ranks[0] < 1:
+    raise ValueError(f"{name} must have rank >= 1, got rank {ranks[0]}.")
+  return out
+
+
+def matmul_factor_shapes(factor_shapes: Any) -> list[tuple[int, int, int]]:
+  """Validates ``kron_matmul_plan``'s ``factor_shapes``; returns them 3-D."""
+  shapes = []
+  for i, s in enumerate(factor_shapes):
+    s = int_tuple(s, f"factor_shapes[{i}]")
+    if len(s) == 2:
+      s = (1, *s)
+    if len(s) != 3:
+      raise ValueError(
+          f"factor_shapes[{i}] must be (rank, m, n) or (m, n), got {s}.")
+    shapes.append(s)
+  if not shapes:
+    raise ValueError("factor_shapes must hold at least one shape, got none.")
+  if len({s[0] for s in shapes}) != 1:
+    raise ValueError(
+        f"all factor_shapes must have the same rank, got {[s[0] for s in shapes]}.")
+  return shapes
+
+
+def conv_term(factors: Any, name: str = "factors") -> tuple[Any, Any]:
+  """Validates one ``(A, B)`` pair; returns 5-D factors ``[r, h, w, i, o]``."""
+  if hasattr(factors, "ndim") or not isinstance(factors, Sequence):
+    raise TypeError(
+        f"{name} must be a pair (A, B) of kernel factors, A [rank, ah, aw, ai,"
+        f" ao] and B [rank, bh, bw, bi, bo] (or 4-D HWIO, rank 1); got"
+        f" {type(factors).__name__}.")
+  if len(factors) != 2:
+    if factors and all(isinstance(t, Sequence) and not hasattr(t, "ndim")
+                       for t in factors):
+      raise TypeError(
+          f"{name} must be one pair (A, B), got a sequence of {len(factors)}"
+          f" pairs; use kron_conv_sum(x, terms) to sum several terms.")
+    raise ValueError(
+        f"{name} must be a pair (A, B) of kernel factors, got {len(factors)}"
+        " factors.")
+  out = []
+  for label, f in zip("AB", factors):
+    if not hasattr(f, "ndim"):
+      f = jnp.asarray(f)
+    if f.ndim == 4:
+      f = f[None]
+    elif f.ndim != 5:
+      raise ValueError(
+          f"{name} factor {label} must have shape [rank, h, w, in, out] or"
+          f" [h, w, in, out] (HWIO), got shape {tuple(f.shape)} ({f.ndim}-D).")
+    if not jnp.issubdtype(f.dtype, jnp.floating):
+      raise TypeError(
+          f"{name} factor {label} must have a floating dtype, got {f.dtype}.")
+    out.append(f)
+  a, b = out
+  if a.shape[0] != b.shape[0]:
+    raise ValueError(
+        f"{name} factors A and B must have the same rank (leading axis), got A"
+        f" {tuple(a.shape)} and B {tuple(b.shape)}.")
+  if a.shape[0] < 1:
+    raise ValueError(f"{name} must have rank >= 1, got rank {a.shape[0]}.")
+  return a, b
+
+
+def conv_term_shapes(shapes: Any, name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """Validates ``(A.shape, B.shape)``; returns them 5-D."""
+  if not isinstance(shapes, Sequence) or len(shapes) != 2:
+    raise ValueError(
+        f"{name} must be a pair (A shape, B shape), each (rank, h, w, in, out)"
+        f" or (h, w, in, out), got {shapes!r}.")
+  out = []
+  for label, s in zip("AB", shapes):
+    s = int_tuple(s, f"{name} {label}")
+    if len(s) == 4:
+      s = (1, *s)
+    if len(s) != 5:
+      raise ValueError(
+          f"{name} {label} must be (rank, h, w, in, out) or (h, w, in, out),"
+          f" got {s}.")
+    out.append(s)
+  if out[0][0] != out[1][0]:
+    raise ValueError(
+        f"{name} A and B must have the same rank, got {out[0]} and {out[1]}.")
+  return out[0], out[1]
+
+
+def conv_input_shape(x_shape: Sequence[int], a: Sequence[int], b: Sequence[int],
+                      name: str = "x") -> None:
+  """Checks that ``x_shape`` is ``[*batch, H, W, ai*bi]`` for factors ``a``, ``b``."""
+  c = a[3] * b[3]
+  if len(x_shape) < 3 or x_shape[-1] != c:
+    raise ValueError(
+        f"{name} must have shape [*batch, height, width, {c}] (NHWC; {c} = the"
+        f" factors' input channels ai*bi = {a[3]}*{b[3]}), got {name} with"
+        f" shape {tuple(x_shape)}.")
+
+
+def same_kernel_shape(shapes: Sequence[tuple[Sequence[int], Sequence[int]]]) -> None:
+  """Checks that every ``(A shape, B shape)`` (5-D) composes to one kernel shape."""
+  kernels = [tuple(p * q for p, q in zip(a[1:], b[1:])) for a, b in shapes]
+  for i, k in enumerate(kernels[1:], 1):
+    if k != kernels[0]:
+      raise ValueError(
+          f"all terms must compose to the same kernel shape (kh, kw, C_in,"
+          f" C_out); terms[0] gives {kernels[0]} but terms[{i}] gives {k}"
+          f" (A {tuple(shapes[i][0])}, B {tuple(shapes[i][1])}).")

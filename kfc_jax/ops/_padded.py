@@ -35,7 +35,7 @@ def padded_kron_matmul(
     out_features: ``<= prod(n_t)``.
     **kwargs: passed to :func:`kron_matmul`.
   """
-  fs = _kron._as_factor_list(factors)
+  fs = _checks.factor_list(factors)
   m = math.prod(f.shape[1] for f in fs)
   n = math.prod(f.shape[2] for f in fs)
   out_features = _checks.positive_int(out_features, "out_features")
