@@ -27,12 +27,6 @@ Array = jax.Array
 _AXES = ("height", "width", "in_features", "out_features")
 
 
-def term_label(t: KronConvShape) -> str:
-  """``"ahxawxaixao(x)bhxbwxbixbo r=R"``, for summaries."""
-  a, b = ("x".join(map(str, s)) for s in (t.a_shape, t.b_shape))
-  return f"{a}(x){b}" + (f" r={t.rank}" if t.rank != 1 else "")
-
-
 @dataclasses.dataclass(frozen=True)
 class ConvLayout:
   """Channels, kernel size, conv arguments and terms of a ``KroneckerConv``."""
@@ -162,7 +156,7 @@ class ConvLayout:
     """
     bias = self.out_features if use_bias else 0
     dense_params = math.prod(self.kernel_shape) + bias
-    labels = " + ".join(term_label(t) for t in self.terms)
+    labels = " + ".join(t.label for t in self.terms)
     if input_size is None:
       flops = batch * sum(t.flops_per_pixel for t in self.terms)
       dense_flops = batch * 2 * math.prod(self.kernel_shape)
