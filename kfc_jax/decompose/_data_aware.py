@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import scipy.linalg
 
-from kfc_jax.decompose._covariance import data_error, is_scaled_identity
+from kfc_jax.decompose._covariance import data_objective, is_scaled_identity
 
 _R, _S = "Y", "Z"  # einsum letters of the two rank indices
 _LETTERS = string.ascii_letters.replace(_R, "").replace(_S, "")
@@ -80,25 +80,23 @@ def kronecker_factors_of(cov_t: np.ndarray, groups: list[list[int]], n_in: int,
   if len(groups) == 1:
     g = groups[0]
     return [np.transpose(cov_t, g + [a + n_in for a in g]).reshape(sizes[0], -1)]
-  facs = [np.eye(p) / math.sqrt(p) for p in sizes]
-  row = "".join(_LETTERS[a] for a in range(n_in))
-  col = "".join(_LETTERS[n_in + a] for a in range(n_in))
-  labels = [("".join(row[a] for a in g), "".join(col[a] for a in g)) for g in groups]
+  # Rearranged once to [vec C_1, vec C_2, ...]: C ≈ ⊗ C_f is a rank-one fit.
+  perm = [a for g in groups for a in g + [n_in + x for x in g]]
+  rearranged = np.transpose(cov_t, perm).reshape([p * p for p in sizes])
+  vecs = [np.eye(p).ravel() / math.sqrt(p) for p in sizes]
   for _ in range(iterations):
     change = 0.0
     for f in range(len(groups)):
-      others = [u for u in range(len(groups)) if u != f]
-      spec = ",".join([row + col] + [labels[u][0] + labels[u][1] for u in others])
-      new = np.einsum(
-          f"{spec}->{labels[f][0]}{labels[f][1]}", cov_t,
-          *[facs[u].reshape(tuple(cov_t.shape[a] for a in groups[u] * 2))
-            for u in others], optimize=True).reshape(sizes[f], sizes[f])
-      new /= np.linalg.norm(new)
-      change = max(change, np.linalg.norm(new - facs[f]))
-      facs[f] = new
-    if change < 1e-12:
+      new = rearranged
+      for u in reversed(range(len(groups))):  # high axes first: indices stay valid
+        if u != f:
+          new = np.tensordot(new, vecs[u], axes=([u], [0]))
+      new = new / np.linalg.norm(new)
+      change = max(change, float(np.linalg.norm(new - vecs[f])))
+      vecs[f] = new
+    if change < 1e-10:
       break
-  return facs
+  return [v.reshape(p, p) for v, p in zip(vecs, sizes)]
 
 
 def whitened_start(t, factor_axes, n_in, rank, cov, cov_reg,
@@ -153,9 +151,31 @@ def als(t: np.ndarray, factor_axes, n_in: int, cov: np.ndarray,
   total = float(np.sum(t * ct))
   row = "".join(_LETTERS[a] for a in range(t.ndim))
   col = "".join(_LETTERS[t.ndim + a] for a in range(n_in))
-  primed = lambda axes: "".join(col[a] if a < n_in else row[a] for a in axes)
   factors = [np.array(f, np.float64) for f in start]
   rank = factors[0].shape[0]
+  size = lambda axes: math.prod(t.shape[a] for a in axes)
+
+  # Per factor, C and C t permuted once so that each step is two GEMMs:
+  # C as [I_f I_f', rest rest'] against the others' Grams [rest rest', r s],
+  # and C t as [I_f O_f, others' axes] against the others' product.
+  plans = []
+  for f, g in enumerate(groups):
+    others = [u for u in range(len(groups)) if u != f]
+    ins = [a for a in g if a < n_in]
+    outs = [a for a in g if a >= n_in]
+    rest = [a for u in others for a in groups[u]]
+    rest_in = [a for a in rest if a < n_in]
+    cov_f = np.transpose(cov_t, ins + [n_in + a for a in ins] + rest_in
+                         + [n_in + a for a in rest_in]).reshape(size(ins) ** 2, -1)
+    ct_f = np.transpose(ct, ins + outs + rest).reshape(size(ins) * size(outs), -1)
+    gram_spec = (",".join(f"{_R}{''.join(row[a] for a in groups[u])},"
+                          f"{_S}{''.join(col[a] if a < n_in else row[a] for a in groups[u])}"
+                          for u in others)
+                 + f"->{''.join(row[a] for a in rest_in)}"
+                 f"{''.join(col[a] for a in rest_in)}{_R}{_S}")
+    product_spec = (",".join(_R + "".join(row[a] for a in groups[u]) for u in others)
+                    + f"->{_R}{''.join(row[a] for a in rest)}")
+    plans.append((others, ins, outs, cov_f, ct_f, gram_spec, product_spec))
 
   def objective_at(h, b, x):
     return total - 2 * float(np.sum(b * x)) + float(np.sum(x * (h @ x)))
@@ -164,30 +184,23 @@ def als(t: np.ndarray, factor_axes, n_in: int, cov: np.ndarray,
   history = [float(np.sum(diff * (cov @ diff)))]
   for _ in range(max_sweeps):
     for f, g in enumerate(groups):
-      ins = [a for a in g if a < n_in]
-      outs = [a for a in g if a >= n_in]
-      others = [u for u in range(len(groups)) if u != f]
-      # Gram of each other factor over its output axes: [r, s, I_u, I_u'].
-      grams = [np.einsum(
-          f"{_R}{''.join(row[a] for a in groups[u])},"
-          f"{_S}{primed(groups[u])}->{_R}{_S}"
-          f"{''.join(row[a] for a in groups[u] if a < n_in)}"
-          f"{''.join(col[a] for a in groups[u] if a < n_in)}",
-          factors[u], factors[u], optimize=True) for u in others]
-      spec = ",".join([row[:n_in] + col] + [
-          _R + _S + "".join(row[a] for a in groups[u] if a < n_in)
-          + "".join(col[a] for a in groups[u] if a < n_in) for u in others])
-      fi = "".join(row[a] for a in ins)
-      h = np.einsum(f"{spec}->{_R}{fi}{_S}{''.join(col[a] for a in ins)}",
-                    cov_t, *grams, optimize=True)
-      p = rank * math.prod(t.shape[a] for a in ins)
-      h = h.reshape(p, p)
-      b = np.einsum(
-          ",".join([row] + [_R + "".join(row[a] for a in groups[u]) for u in others])
-          + f"->{_R}{fi}{''.join(row[a] for a in outs)}",
-          ct, *[factors[u] for u in others], optimize=True).reshape(p, -1)
+      others, ins, outs, cov_f, ct_f, gram_spec, product_spec = plans[f]
+      p_in, p_out = size(ins), size(outs)
+      operands = [x for u in others for x in (factors[u], factors[u])]
+      gram = np.einsum(gram_spec, *operands, optimize=True).reshape(-1, rank, rank)
+      # Block (s, r) of H is block (r, s) transposed (C and the Grams are
+      # symmetric): one GEMM for the pairs r <= s only.
+      rs = np.triu_indices(rank)
+      blocks = (cov_f @ gram[:, rs[0], rs[1]]).reshape(p_in, p_in, -1)
+      h = np.empty((rank, p_in, rank, p_in))
+      h[rs[0], :, rs[1], :] = blocks.transpose(2, 0, 1)
+      h[rs[1], :, rs[0], :] = blocks.transpose(2, 1, 0)
+      h = h.reshape(rank * p_in, rank * p_in)
+      product = np.einsum(product_spec, *[factors[u] for u in others], optimize=True)
+      b = (ct_f @ product.reshape(rank, -1).T).reshape(p_in, p_out, rank)
+      b = b.transpose(2, 0, 1).reshape(rank * p_in, p_out)
       order = [1 + g.index(a) for a in ins + outs]
-      old = np.transpose(factors[f], [0, *order]).reshape(p, -1)
+      old = np.transpose(factors[f], [0, *order]).reshape(rank * p_in, p_out)
       new = _solve(h, b)
       before, after = objective_at(h, b, old), objective_at(h, b, new)
       if after <= before:  # exact minimiser, unless H was near singular
@@ -221,9 +234,11 @@ def fit(t: np.ndarray, factor_axes, n_in: int, rank: int, cov, cov_reg: float,
   m = math.prod(t.shape[:n_in])
   w = t.reshape(m, -1)
 
+  total = data_objective(w, cov.raw)
+
   def error_of(factors):
     approx = reconstruct(factors, factor_axes, t.shape).reshape(m, -1)
-    return data_error(w, approx, cov.raw)
+    return math.sqrt(max(data_objective(w - approx, cov.raw), 0.0) / total)
 
   baseline = error_of(weight_only)
   if is_scaled_identity(cov.raw):  # the data objective is the weight objective

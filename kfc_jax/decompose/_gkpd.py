@@ -56,7 +56,7 @@ def gkpd(
     *,
     input_cov: Any = None,
     cov_reg: float = DEFAULT_COV_REG,
-    max_sweeps: int = 100,
+    max_sweeps: int = 50,
     tol: float = 1e-10,
 ) -> KroneckerDecomposition:
   """Optimal rank-``rank`` Kronecker decomposition of an HWIO conv kernel.

@@ -191,7 +191,7 @@ def nearest_kronecker(
     cov_reg: the ridge on ``input_cov``, relative to its mean variance.
     **als_options: ``max_sweeps`` and ``tol``, for the CP fit of ``k > 2``
       factors (defaults 1000 and 1e-10, see :func:`nearest_kronecker_tensor`)
-      and for the data-aware refinement (defaults 100 and 1e-10: stop when a
+      and for the data-aware refinement (defaults 50 and 1e-10: stop when a
       sweep lowers the data objective by less than ``tol`` times its value).
 
   Returns:
@@ -234,7 +234,7 @@ def nearest_kronecker(
 
 def data_aware_decomposition(t: np.ndarray, factor_axes, n_in: int, rank: int,
                               weight_only: KroneckerDecomposition, input_cov: Any,
-                              cov_reg: float, what: str, max_sweeps: int = 100,
+                              cov_reg: float, what: str, max_sweeps: int = 50,
                               tol: float = 1e-10) -> KroneckerDecomposition:
   """The data-aware refit of ``weight_only`` (see :mod:`._data_aware`)."""
   m = math.prod(t.shape[:n_in])
