@@ -39,7 +39,9 @@ def test_two_groupings_descend_monotonically_to_a_near_exact_fit(rng):
 def test_padding_is_filled_by_the_term_itself(rng):
   full = np_kron(random_factors(rng, (4, 4), (3, 3), 1))
   w = full[:13, :8]
-  dec = kfc_jax.nearest_kronecker_sum(w, [_cut((4, 4), (3, 3))], sweeps=300, tol=0)
+  # EM for the missing entries is slow on some draws (one needs ~1,000 sweeps).
+  dec = kfc_jax.nearest_kronecker_sum(w, [_cut((4, 4), (3, 3))], sweeps=2000, tol=0)
+  assert all(b <= a + 1e-12 for a, b in zip(dec.history, dec.history[1:]))
   assert dec.history[-1] < dec.history[0] / 100
   approx = np_kron(dec.factors[0])[:13, :8]
   np.testing.assert_allclose(np.linalg.norm(w - approx) / np.linalg.norm(w),
