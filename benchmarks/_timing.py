@@ -93,3 +93,27 @@ def parse_args(doc: str, argv=None) -> argparse.Namespace:
   parser.add_argument("--repeats", type=int, default=None)
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   return parser.parse_args(argv)
+
+
+def run_grid(name: str, args: argparse.Namespace, grid, run_case: Callable,
+             summarize: Callable, progress: Callable, repeats: int,
+             checks_key: str) -> int:
+  """Runs ``run_case`` over ``grid``, then writes ``summarize``'s table.
+
+  Results go to ``{args.out}/{name}_{backend}_{dtype}[_quick].json`` and
+  ``.md``; ``summarize(rows, env)`` returns the Markdown and the list of
+  checks that failed, stored under ``checks_key``.
+  """
+  dtype = jax.numpy.dtype(args.dtype)
+  env = environment(args.dtype)
+  rows = []
+  for case in grid:
+    rows.append(run_case(case, dtype, repeats))
+    print(progress(case, rows[-1]), flush=True)
+  markdown, checks = summarize(rows, env)
+  suffix = "_quick" if args.quick else ""
+  stem = os.path.join(args.out, f"{name}_{jax.default_backend()}_{args.dtype}{suffix}")
+  write_results(stem, {"environment": env, "rows": rows, checks_key: checks}, markdown)
+  print(markdown)
+  print(f"wrote {stem}.json and {stem}.md")
+  return 0

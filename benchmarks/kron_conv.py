@@ -180,29 +180,20 @@ def summarize(rows, env) -> tuple[str, list[str]]:
   return "\n".join(lines) + "\n", misses
 
 
+def _progress(case, row) -> str:
+  res = row["results"]["fwd"]
+  return (f"{case.name:32s} dense {res['dense']['ms']:8.2f} ms  materialized"
+          f" {res['materialized']['ms']:8.2f} ms  factored {res['factored']['ms']:8.2f}"
+          f" ms  (auto: {row['plan']['strategy']})")
+
+
 def main(argv=None):
   args = _timing.parse_args(__doc__, argv)
-  grid = QUICK_GRID if args.quick else GRID
   # A 256-channel layer at 32x32 takes ~1 s forward on 2 CPU cores: 5 repeats
   # keep the full grid near 10 minutes.
   repeats = args.repeats or (3 if args.quick else 5)
-  dtype = jnp.dtype(args.dtype)
-  env = _timing.environment(args.dtype)
-  rows = []
-  for case in grid:
-    rows.append(run_case(case, dtype, repeats))
-    res = rows[-1]["results"]["fwd"]
-    print(f"{case.name:32s} dense {res['dense']['ms']:8.2f} ms  materialized"
-          f" {res['materialized']['ms']:8.2f} ms  factored {res['factored']['ms']:8.2f}"
-          f" ms  (auto: {rows[-1]['plan']['strategy']})", flush=True)
-  markdown, misses = summarize(rows, env)
-  suffix = "_quick" if args.quick else ""
-  stem = os.path.join(args.out, f"kron_conv_{jax.default_backend()}_{args.dtype}{suffix}")
-  _timing.write_results(stem, {"environment": env, "rows": rows, "misses": misses},
-                        markdown)
-  print(markdown)
-  print(f"wrote {stem}.json and {stem}.md")
-  return 0
+  return _timing.run_grid("kron_conv", args, QUICK_GRID if args.quick else GRID,
+                          run_case, summarize, _progress, repeats, "misses")
 
 
 if __name__ == "__main__":

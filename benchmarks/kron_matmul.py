@@ -167,26 +167,17 @@ def summarize(rows, env) -> tuple[str, list[str]]:
   return "\n".join(lines) + "\n", failures
 
 
+def _progress(case, row) -> str:
+  res = row["results"]["fwd"]
+  return (f"{case.name:38s} dense {res['dense']['ms']:8.3f} ms  auto"
+          f" {res['auto']['ms']:8.3f} ms ({_plan_label(row)})")
+
+
 def main(argv=None):
   args = _timing.parse_args(__doc__, argv)
-  grid = QUICK_GRID if args.quick else GRID
   repeats = args.repeats or (5 if args.quick else 11)
-  dtype = jnp.dtype(args.dtype)
-  env = _timing.environment(args.dtype)
-  rows = []
-  for case in grid:
-    rows.append(run_case(case, dtype, repeats))
-    res = rows[-1]["results"]["fwd"]
-    print(f"{case.name:38s} dense {res['dense']['ms']:8.3f} ms  auto"
-          f" {res['auto']['ms']:8.3f} ms ({_plan_label(rows[-1])})", flush=True)
-  markdown, failures = summarize(rows, env)
-  suffix = "_quick" if args.quick else ""
-  stem = os.path.join(args.out, f"kron_matmul_{jax.default_backend()}_{args.dtype}{suffix}")
-  _timing.write_results(stem, {"environment": env, "rows": rows, "failures": failures},
-                        markdown)
-  print(markdown)
-  print(f"wrote {stem}.json and {stem}.md")
-  return 0
+  return _timing.run_grid("kron_matmul", args, QUICK_GRID if args.quick else GRID,
+                          run_case, summarize, _progress, repeats, "failures")
 
 
 if __name__ == "__main__":

@@ -205,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   dtype = jnp.dtype(args.dtype)
   platform = jax.default_backend()
   from kfc_jax.ops import _cost  # the uncalibrated defaults are the fit's base
-  base = _cost._DEFAULT_COST_MODELS.get(platform, _cost._DEFAULT_COST_MODELS["gpu"])
+  base = _cost.builtin_cost_model(platform)
   print(f"calibrating on {_autotune.device_key()} ({args.dtype}), jax {jax.__version__}")
   start = time.perf_counter()
   measurements = measure(QUICK_SWEEP if args.quick else SWEEP, dtype, args.repeats)

@@ -51,7 +51,7 @@ from kfc_jax.decompose import KroneckerSumTerm
 from kfc_jax.decompose import nearest_kronecker_tensor
 from kfc_jax.ops import kron
 from kfc_jax.ops import kron_matmul
-from kfc_jax.shapes import factorize
+from kfc_jax.shapes import KroneckerTerm, factorize
 
 AXES = ("H", "W", "C")
 
@@ -264,6 +264,14 @@ class KFCTerm:
 
   def params(self, in_shape: Sequence[int]) -> int:
     return self.spec.params(in_shape, self.out_factors, self.rank)
+
+  def kronecker_term(self, in_shape: Sequence[int]) -> KroneckerTerm:
+    """This term over an ``(H, W, C)`` map, as the layers hold it.
+
+    ``out_factors`` must be set (see :func:`resolve_terms`).
+    """
+    spec = self.spec
+    return KroneckerTerm(spec.in_factors(in_shape), self.out_factors, self.rank, spec)
 
 
 def _resolve_term(term: Any, i: int, out_features: int) -> KFCTerm:

@@ -132,6 +132,11 @@ class KroneckerShape:
     return tuple((self.rank, m, n) for m, n in zip(self.in_factors, self.out_factors))
 
   @property
+  def term(self) -> KroneckerTerm:
+    """The factor shapes and rank, as a layer's term."""
+    return KroneckerTerm(self.in_factors, self.out_factors, self.rank)
+
+  @property
   def padded(self) -> bool:
     return (math.prod(self.in_factors) != self.in_features
             or math.prod(self.out_factors) != self.out_features)

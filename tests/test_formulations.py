@@ -1,4 +1,7 @@
-"""KFC formulations against docs/DESIGN.md §4's einsum forms and np.kron references."""
+"""KFC formulations against docs/DESIGN.md's einsum forms and np.kron references.
+
+The einsums are those of the section "KFC formulations".
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from layer_cases import kfc_term_kernel
 
 H, W, C = 3, 4, 5
 
-# docs/DESIGN.md §4, written as einsums over the factors with their axes unflattened.
+# docs/DESIGN.md, "KFC formulations", written as einsums over the factors with their axes unflattened.
 EINSUMS = {
     "I": ("nhwc,rco,rhwp->nop", (6, 1), [(C,), (H, W)]),
     "II": ("nhwc,rco,rhwp->nop", (3, 2), [(C,), (H, W)]),

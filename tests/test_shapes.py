@@ -1,18 +1,16 @@
-"""factorize, padded_size, suggest_factors, KroneckerShape, padded_kron_matmul."""
+"""factorize, padded_size, suggest_factors, KroneckerShape, KroneckerTerm, KronConvShape."""
 
 from __future__ import annotations
 
 import itertools
 import math
 
-import jax
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kfc_jax
-from conftest import np_kron, random_factors
 
 
 def _all_factorizations(n, k):
@@ -101,16 +99,41 @@ def test_shape_counts():
   assert 0 < s.flops(10) < s.dense_flops(10)
 
 
-@pytest.mark.parametrize("in_features,out_features", [(97, 101), (12, 6), (7, 13)])
-def test_padded_kron_matmul_equals_unpadded_maths(x64, rng, in_features, out_features):
-  s = kfc_jax.suggest_factors(in_features, out_features, k=2, rank=2)
-  factors = random_factors(rng, s.in_factors, s.out_factors, s.rank)
-  x = rng.standard_normal((3, in_features))
-  y = kfc_jax.padded_kron_matmul(x, factors, out_features)
-  w = np_kron(factors)[:in_features, :out_features]
-  np.testing.assert_allclose(y, x @ w, rtol=1e-10)
-  g = jax.grad(lambda x: kfc_jax.padded_kron_matmul(x, factors, out_features).sum())(x)
-  np.testing.assert_allclose(g, np.broadcast_to(w.sum(1), x.shape), rtol=1e-10)
+def test_kronecker_term_counts_and_label():
+  term = kfc_jax.KroneckerTerm((16, 18), (16, 16), rank=2)
+  assert term.num_factors == 2
+  assert term.factor_shapes == ((2, 16, 16), (2, 18, 16))
+  assert term.params == 2 * (16 * 16 + 18 * 16)
+  assert term.label == "(16, 18)->(16, 16) r=2"
+  assert repr(term) == "KroneckerTerm(in_factors=(16, 18), out_factors=(16, 16), rank=2)"
+
+
+def test_kronecker_term_with_a_formulation():
+  # KFC's II over a 3x3x32 map: A takes C (32), B takes H*W (9).
+  spec = kfc_jax.get_formulation("II")
+  term = kfc_jax.KroneckerTerm(spec.in_factors((3, 3, 32)), (64, 4), 1, spec)
+  assert term.in_factors == (32, 9)
+  assert term.params == 32 * 64 + 9 * 4 == kfc_jax.KFCTerm("II", (64, 4)).params((3, 3, 32))
+  assert term.label == "II(64, 4)"
+  assert repr(term).endswith("rank=1, formulation='II')")
+
+
+def test_terms_from_a_shape_and_a_kfc_term():
+  shape = kfc_jax.KroneckerShape(288, 256, (18, 16), (16, 16), rank=3)
+  assert shape.term == kfc_jax.KroneckerTerm((18, 16), (16, 16), 3)
+  assert shape.term.params == shape.params
+  term = kfc_jax.KFCTerm("III", (16, 16), 2).kronecker_term((3, 4, 8))
+  assert term.in_factors == (8 * 3, 4) and term.formulation.name == "III"
+  assert term.params == kfc_jax.KFCTerm("III", (16, 16), 2).params((3, 4, 8))
+
+
+def test_kron_conv_shape_counts_and_label():
+  s = kfc_jax.KronConvShape((3, 3, 64, 32), (3, 1, 8, 4), (1, 3, 8, 8), rank=2)
+  assert s.factor_shapes == ((2, 3, 1, 8, 4), (2, 1, 3, 8, 8))
+  assert s.params == 2 * (3 * 8 * 4 + 3 * 8 * 8)
+  assert s.dense_params == 9 * 64 * 32
+  assert s.label == "3x1x8x4(x)1x3x8x8 r=2"
+  assert kfc_jax.decompose.KronConvShape is kfc_jax.KronConvShape
 
 
 class TestErrors:
@@ -143,9 +166,13 @@ class TestErrors:
     with pytest.raises(ValueError, match=r"in_factors \(4, 4\) multiply to 16, fewer than in_features=20"):
       kfc_jax.KroneckerShape(20, 16, (4, 4), (4, 4))
 
-  def test_padded_kron_matmul_too_wide(self):
-    factors = [np.ones((2, 2)), np.ones((2, 2))]
-    with pytest.raises(ValueError, match=r"in_features <= 4"):
-      kfc_jax.padded_kron_matmul(np.ones((1, 5)), factors, 4)
-    with pytest.raises(ValueError, match=r"out_features must be <= 4"):
-      kfc_jax.padded_kron_matmul(np.ones((1, 4)), factors, 5)
+  def test_unresolved_term_cannot_be_counted(self):
+    with pytest.raises(ValueError, match="has unset factors"):
+      _ = kfc_jax.KroneckerTerm((4, 4)).params
+
+
+def test_old_homes_still_work():
+  assert kfc_jax.decompose.KronConvShape is kfc_jax.shapes.KronConvShape
+  with pytest.warns(DeprecationWarning, match="moved to kfc_jax.shapes"):
+    from kfc_jax.ops import suggest_factors
+  assert suggest_factors is kfc_jax.suggest_factors

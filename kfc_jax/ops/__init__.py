@@ -4,6 +4,8 @@ Shapes and factorisation helpers (``KroneckerShape``, ``factorize``, ...) live
 in :mod:`kfc_jax.shapes`.
 """
 
+import warnings
+
 from kfc_jax.ops._conv import kron_conv as kron_conv
 from kfc_jax.ops._conv import kron_conv_sum as kron_conv_sum
 from kfc_jax.ops._conv import kron_kernel as kron_kernel
@@ -37,3 +39,16 @@ __all__ = [
     "kron_matmul_plan",
     "padded_kron_matmul",
 ]
+
+# Deprecated aliases (removed next release): the shapes moved to kfc_jax.shapes.
+# Looked up lazily, because kfc_jax.shapes imports this package.
+_MOVED_TO_SHAPES = ("KroneckerShape", "factorize", "padded_size", "suggest_factors")
+
+
+def __getattr__(name):
+  if name in _MOVED_TO_SHAPES:
+    from kfc_jax import shapes
+    warnings.warn(f"kfc_jax.ops.{name} moved to kfc_jax.shapes (also kfc_jax.{name});"
+                  " the alias goes in the next release.", DeprecationWarning, stacklevel=2)
+    return getattr(shapes, name)
+  raise AttributeError(f"module 'kfc_jax.ops' has no attribute {name!r}")

@@ -1,8 +1,9 @@
 """2-D convolution by a sum of generalised Kronecker products of kernels.
 
-Conventions (``docs/DESIGN.md``, "Conventions" and "Kronecker convolution"): images are NHWC, kernels HWIO. A term is a
-pair of factors ``A: [r, ah, aw, ai, ao]`` and ``B: [r, bh, bw, bi, bo]`` (a
-4-D factor means ``r = 1``) and stands for the kernel
+Conventions (``docs/DESIGN.md``, "Conventions" and "Kronecker convolution"):
+images are NHWC, kernels HWIO. A term is a pair of factors
+``A: [r, ah, aw, ai, ao]`` and ``B: [r, bh, bw, bi, bo]`` (a 4-D factor means
+``r = 1``) and stands for the kernel
 ``K: [ah*bh, aw*bw, ai*bi, ao*bo]``,
 
   ``K[(p1,p2), (q1,q2), (i1,i2), (o1,o2)] = sum_r A[r,p1,q1,i1,o1] B[r,p2,q2,i2,o2]``
@@ -240,8 +241,8 @@ def kron_conv_sum(
     x: ``[*batch, H, W, C_in]``.
     terms: a sequence of ``(A, B)`` pairs, each as ``factors`` of
       :func:`kron_conv`.
-    strides, padding, kernel_dilation, precision, preferred_element_type,
-    cost_model: as for :func:`kron_conv`.
+    strides, padding, kernel_dilation, precision, preferred_element_type, cost_model:
+      as for :func:`kron_conv`.
     strategy: ``"auto"``, ``"factored"`` (every term factored) or
       ``"materialize"`` (one dense conv by the summed kernel).
 

@@ -96,10 +96,14 @@ _DEFAULT_COST_MODELS = {
 }
 
 
+def builtin_cost_model(platform: str) -> CostModel:
+  """The shipped (uncalibrated) model of ``platform``; GPU's for unknown ones."""
+  return _DEFAULT_COST_MODELS.get(platform, _DEFAULT_COST_MODELS["gpu"])
+
+
 def default_cost_model(platform: str | None = None) -> CostModel:
   """The cost model used by ``strategy="auto"`` on ``platform`` (default backend)."""
-  platform = platform or jax.default_backend()
-  return _DEFAULT_COST_MODELS.get(platform, _DEFAULT_COST_MODELS["gpu"])
+  return builtin_cost_model(platform or jax.default_backend())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """kron_conv, kron_conv_sum and kron_kernel against a float64 reference.
 
+Their plans are tested in test_conv_plan.py.
+
 The reference kernel is built with ``np.kron`` (which works axis by axis on
 4-D arrays, exactly the convention ``K[(p1,p2),(q1,q2),(i1,i2),(o1,o2)] =
 A[p1,q1,i1,o1] B[p2,q2,i2,o2]``) and convolved by ``lax.conv_general_dilated``
@@ -19,6 +21,7 @@ from jax import lax
 from jax.test_util import check_grads
 
 import kfc_jax
+from conv_reference import np_kernel, random_term, reference
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -37,47 +40,6 @@ CONV_ARGS = [
     (1, "SAME"), (2, "SAME"), (1, "VALID"), (2, "VALID"),
     ((2, 1), ((1, 2), (0, 1))),
 ]
-
-
-def np_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """float64 ``sum_r np.kron(A[r], B[r])`` over the four HWIO axes."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  if a.ndim == 4:
-    a, b = a[None], b[None]
-  return sum(np.kron(a[r], b[r]) for r in range(a.shape[0]))
-
-
-def _pads(padding, hw, kernel_hw, strides, dilation):
-  if isinstance(padding, int):
-    return ((padding, padding),) * 2
-  if isinstance(padding, str):
-    eff = [(k - 1) * d + 1 for k, d in zip(kernel_hw, dilation)]
-    return lax.padtype_to_pads(hw, eff, strides, padding)
-  return padding
-
-
-def reference(x, kernel, strides=1, padding="SAME", dilation=1):
-  """float64 NumPy convolution (checked against lax.conv_general_dilated below).
-
-  Compiling a float64 ``lax.conv`` takes ~1 s per shape on CPU; this takes
-  milliseconds, so the grids can be wide.
-  """
-  strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
-  dilation = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
-  x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
-  kh, kw, _, _ = kernel.shape
-  (t, b), (l, r) = _pads(padding, x.shape[1:3], (kh, kw), strides, dilation)
-  xp = np.pad(x, ((0, 0), (max(t, 0), max(b, 0)), (max(l, 0), max(r, 0)), (0, 0)))
-  xp = xp[:, max(-t, 0):xp.shape[1] - max(-b, 0), max(-l, 0):xp.shape[2] - max(-r, 0)]
-  eh, ew = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1
-  win = np.lib.stride_tricks.sliding_window_view(xp, (eh, ew), axis=(1, 2))
-  win = win[:, ::strides[0], ::strides[1], :, ::dilation[0], ::dilation[1]]
-  return np.einsum("nyxcpq,pqco->nyxo", win, kernel)
-
-
-def random_term(rng, a_shape, b_shape, rank, dtype=np.float64):
-  return (rng.standard_normal((rank, *a_shape)).astype(dtype),
-          rng.standard_normal((rank, *b_shape)).astype(dtype))
 
 
 def jitted(fn=None, **kwargs):
@@ -265,62 +227,6 @@ def test_jit_and_no_retracing(rng):
   kernel = np_kernel(a, b)
   for x in xs:
     assert_close(f(x, a, b), reference(x, kernel, 2), 1e-5)
-
-
-class TestPlan:
-
-  def test_flops_match_the_two_convs(self):
-    # 3x3 (x) 3x3 at stride 1, SAME: B runs on every padded pixel of each
-    # input group, A on every output pixel of each output group.
-    r, (ah, aw, ai, ao), (bh, bw, bi, bo) = 2, (3, 3, 4, 5), (3, 3, 2, 3)
-    n, h, w = 4, 10, 12
-    plan = kfc_jax.kron_conv_plan((n, h, w, ai * bi), [(r, ah, aw, ai, ao),
-                                                      (r, bh, bw, bi, bo)],
-                                  strategy="factored")
-    h1, w1 = h + 8 - 2, w + 8 - 2   # padded by 4 each side, minus B's 3x3
-    assert plan.chosen.flops == (2 * n * ai * h1 * w1 * bh * bw * bi * r * bo
-                                 + 2 * n * bo * h * w * ah * aw * ai * r * ao)
-    assert plan.dense_flops == 2 * n * h * w * 81 * (ai * bi) * (ao * bo)
-    assert plan.out_shape == (n, h, w, ao * bo)
-    assert plan.kernel_shape == (9, 9, ai * bi, ao * bo)
-    assert plan.padding == ((4, 4), (4, 4))
-    assert plan.params == r * (ah * aw * ai * ao + bh * bw * bi * bo)
-
-  def test_stride_moves_into_the_first_conv(self):
-    # A is 1x1: the conv by B takes the whole stride (a quarter of the FLOPs).
-    shapes = [(1, 1, 4, 4), (3, 3, 4, 4)]
-    s1 = kfc_jax.kron_conv_plan((2, 16, 16, 16), shapes, strategy="factored")
-    s2 = kfc_jax.kron_conv_plan((2, 16, 16, 16), shapes, strides=2,
-                                strategy="factored")
-    assert s2.chosen.flops * 4 == s1.chosen.flops
-
-  def test_forced_and_auto(self):
-    shapes = [(3, 3, 16, 16), (1, 1, 4, 4)]
-    for strategy in ("factored", "materialize"):
-      plan = kfc_jax.kron_conv_plan((8, 16, 16, 64), shapes, strategy=strategy)
-      assert plan.strategy == strategy
-    plan = kfc_jax.kron_conv_plan((8, 16, 16, 64), shapes)
-    secs = [c.seconds for c in plan.candidates]
-    assert secs == sorted(secs) and plan.chosen == plan.candidates[0]
-
-  def test_high_rank_is_materialized(self):
-    # Rank 11 of 3x3x8x8 (x) 1x1x8x8 does more FLOPs than the dense conv.
-    plan = kfc_jax.kron_conv_plan((64, 32, 32, 64), [(11, 3, 3, 8, 8), (11, 1, 1, 8, 8)])
-    assert plan.strategy == "materialize"
-
-  def test_low_rank_big_channels_is_factored(self):
-    plan = kfc_jax.kron_conv_plan((64, 16, 16, 256), [(2, 1, 1, 16, 16), (2, 3, 3, 16, 16)])
-    assert plan.strategy == "factored"
-    assert plan.chosen.flops * 4 < plan.dense_flops
-
-  def test_cost_model_is_a_parameter(self):
-    shapes = [(3, 3, 8, 8), (1, 1, 8, 8)]
-    fast_memory = kfc_jax.CostModel(1e9, 1e15, 0.0, full_speed_dim=1)
-    fast_compute = kfc_jax.CostModel(1e15, 1e9, 0.0, full_speed_dim=1)
-    a = kfc_jax.kron_conv_plan((8, 16, 16, 64), shapes, cost_model=fast_memory)
-    b = kfc_jax.kron_conv_plan((8, 16, 16, 64), shapes, cost_model=fast_compute)
-    assert a.strategy == "factored"     # fewer FLOPs wins when bytes are free
-    assert b.strategy == "materialize"  # fewer bytes wins when FLOPs are free
 
 
 class TestErrors:

@@ -1,4 +1,4 @@
-"""kron_matmul and kron against a float64 np.kron reference."""
+"""kron_matmul and kron against a float64 np.kron reference (plans: test_cost.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import kfc_jax
-from conftest import np_kron, random_factors
+from references import np_kron, random_factors
 
 # (in_factors, out_factors): rectangular, size-1 and k = 1..4.
 SHAPES = [
@@ -108,14 +108,17 @@ def test_mixed_dtypes_promote(rng):
 
 @pytest.mark.parametrize("strategy", ["factored", "materialize", (0, 2, 1)])
 @pytest.mark.parametrize("rank", [1, 3])
-def test_gradients(x64, rng, strategy, rank):
+@pytest.mark.parametrize("backward,modes", [("autodiff", ["fwd", "rev"]),
+                                            ("planned", ["rev"])])
+def test_gradients(x64, rng, strategy, rank, backward, modes):
+  # The planned backward is a custom_vjp: reverse mode (any order) only.
   factors = tuple(jnp.asarray(f) for f in random_factors(rng, (2, 3, 2), (3, 2, 2), rank))
   x = jnp.asarray(rng.standard_normal((4, 12)))
 
   def f(x, *factors):
-    return kfc_jax.kron_matmul(x, factors, strategy=strategy)
+    return kfc_jax.kron_matmul(x, factors, strategy=strategy, backward=backward)
 
-  check_grads(f, (x, *factors), order=2, modes=["fwd", "rev"])
+  check_grads(f, (x, *factors), order=2, modes=modes)
 
 
 def test_gradients_match_reference(x64, rng):
@@ -166,60 +169,6 @@ def test_property_random_shapes(data):
   with jax.enable_x64(True):
     y = kfc_jax.kron_matmul(x, factors)
   np.testing.assert_allclose(y, x @ np_kron(factors), rtol=1e-10, atol=1e-10)
-
-
-class TestPlan:
-
-  def test_flops_match_design_formula(self):
-    m1, m2, n1, n2, r, batch = 6, 8, 5, 7, 3, 11
-    plan = kfc_jax.kron_matmul_plan((batch, m1 * m2), [(r, m1, n1), (r, m2, n2)])
-    by_order = {c.order: c.flops for c in plan.candidates if c.strategy == "factored"}
-    assert by_order[(1, 0)] == 2 * batch * r * m1 * n2 * (m2 + n1)  # B first
-    assert by_order[(0, 1)] == 2 * batch * r * n1 * m2 * (m1 + n2)  # A first
-    mat = next(c for c in plan.candidates if c.strategy == "materialize")
-    assert mat.flops == 2 * r * m1 * m2 * n1 * n2 + 2 * batch * m1 * m2 * n1 * n2
-    assert plan.dense_flops == 2 * batch * m1 * m2 * n1 * n2
-
-  def test_candidates_sorted_and_chosen_is_cheapest_allowed(self):
-    plan = kfc_jax.kron_matmul_plan((4096, 1024), [(16, 16), (64, 64)])
-    secs = [c.seconds for c in plan.candidates]
-    assert secs == sorted(secs)
-    assert plan.chosen == plan.candidates[0]
-
-  @pytest.mark.parametrize("batch", [8, 64, 2047, 2048, 4096])
-  def test_auto_never_forms_a_large_w(self, batch):
-    # A device whose GEMMs need a contraction of 4096 to run at full speed: the
-    # factored steps (contracting 64) look slower than one GEMM by W, so only
-    # the memory rule can keep auto from forming W.
-    long_k = kfc_jax.CostModel(1e12, 1e15, overhead_seconds=0.0, full_speed_dim=4096)
-    plan = kfc_jax.kron_matmul_plan((batch, 4096), [(64, 64), (64, 64)],
-                                    cost_model=long_k)
-    assert plan.candidates[0].strategy == "materialize"
-    w_fits = 4096 * 4096 <= batch * (4096 + 4096)  # from batch 2048 on
-    assert plan.strategy == ("materialize" if w_fits else "factored")
-
-  def test_big_layer_is_factored(self):
-    plan = kfc_jax.kron_matmul_plan((1024, 4096), [(64, 64), (64, 64)])
-    assert plan.strategy == "factored"
-    assert plan.chosen.flops * 16 < plan.dense_flops
-
-  def test_forced_strategies(self):
-    shapes = [(2, 4, 4), (2, 8, 8)]
-    for strategy in ["materialize", "factored", (0, 1), (1, 0)]:
-      plan = kfc_jax.kron_matmul_plan((5, 32), shapes, strategy=strategy)
-      expected = "materialize" if strategy == "materialize" else "factored"
-      assert plan.strategy == expected
-      if isinstance(strategy, tuple):
-        assert plan.order == strategy
-
-  def test_cost_model_is_a_parameter(self):
-    shapes = [(4, 4), (4, 4)]
-    fast_memory = kfc_jax.CostModel(1e9, 1e15, 0.0, full_speed_dim=1)
-    fast_compute = kfc_jax.CostModel(1e15, 1e9, 0.0, full_speed_dim=1)
-    a = kfc_jax.kron_matmul_plan((64, 16), shapes, cost_model=fast_memory)
-    b = kfc_jax.kron_matmul_plan((64, 16), shapes, cost_model=fast_compute)
-    assert a.strategy == "factored"  # fewer FLOPs wins when bytes are free
-    assert b.strategy == "materialize"  # fewer bytes wins when FLOPs are free
 
 
 class TestErrors:

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-BENCHMARKS = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
+BENCHMARKS = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "benchmarks")
 
 
 @pytest.mark.slow

@@ -1,0 +1,52 @@
+"""float64 NumPy references for the Kronecker convolutions' tests.
+
+The kernel is built with ``np.kron``, which works axis by axis on 4-D arrays:
+exactly the convention ``K[(p1,p2),(q1,q2),(i1,i2),(o1,o2)] = A[p1,q1,i1,o1]
+B[p2,q2,i2,o2]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from jax import lax
+
+
+def np_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """float64 ``sum_r np.kron(A[r], B[r])`` over the four HWIO axes."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.ndim == 4:
+    a, b = a[None], b[None]
+  return sum(np.kron(a[r], b[r]) for r in range(a.shape[0]))
+
+
+def _explicit_pads(padding, hw, kernel_hw, strides, dilation):
+  if isinstance(padding, int):
+    return ((padding, padding),) * 2
+  if isinstance(padding, str):
+    eff = [(k - 1) * d + 1 for k, d in zip(kernel_hw, dilation)]
+    return lax.padtype_to_pads(hw, eff, strides, padding)
+  return padding
+
+
+def reference(x, kernel, strides=1, padding="SAME", dilation=1):
+  """float64 NumPy convolution (test_conv.py checks it against lax.conv_general_dilated).
+
+  Compiling a float64 ``lax.conv`` takes ~1 s per shape on CPU; this takes
+  milliseconds, so the grids can be wide.
+  """
+  strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
+  dilation = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
+  x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+  kh, kw, _, _ = kernel.shape
+  (t, b), (l, r) = _explicit_pads(padding, x.shape[1:3], (kh, kw), strides, dilation)
+  xp = np.pad(x, ((0, 0), (max(t, 0), max(b, 0)), (max(l, 0), max(r, 0)), (0, 0)))
+  xp = xp[:, max(-t, 0):xp.shape[1] - max(-b, 0), max(-l, 0):xp.shape[2] - max(-r, 0)]
+  eh, ew = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1
+  win = np.lib.stride_tricks.sliding_window_view(xp, (eh, ew), axis=(1, 2))
+  win = win[:, ::strides[0], ::strides[1], :, ::dilation[0], ::dilation[1]]
+  return np.einsum("nyxcpq,pqco->nyxo", win, kernel)
+
+
+def random_term(rng, a_shape, b_shape, rank, dtype=np.float64):
+  return (rng.standard_normal((rank, *a_shape)).astype(dtype),
+          rng.standard_normal((rank, *b_shape)).astype(dtype))
