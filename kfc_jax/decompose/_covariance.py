@@ -25,6 +25,9 @@ from kfc_jax import _checks
 
 # Default ridge, relative to the mean variance: C + DEFAULT_COV_REG * mean(diag C) * I.
 DEFAULT_COV_REG = 1e-6
+# Negative eigenvalues down to -PSD_ROUNDING * the largest are rounding (a
+# float32 covariance) and are clipped to zero; below, the covariance is rejected.
+PSD_ROUNDING = 1e-6
 
 
 def real_array(value: Any, name: str, ndim: int = 2) -> np.ndarray:
@@ -200,9 +203,10 @@ def check_input_cov(input_cov: Any, size: int, cov_reg: float,
                     what: str = "the weight's input dimension") -> Covariance:
   """Validates ``input_cov`` (``[size, size]``) and adds the ridge.
 
-  ``reg = C + cov_reg * mean(diag C) * I``; it must be positive definite (a
-  Cholesky factorisation succeeds), else ``C`` was not positive semi-definite
-  beyond the ridge.
+  ``reg = C + cov_reg * mean(diag C) * I`` must be positive definite. When it
+  is not, eigenvalues of ``C`` down to ``-PSD_ROUNDING`` times the largest
+  are taken for rounding and clipped to zero; a more negative one, or a
+  singular ``C`` with ``cov_reg=0``, is an error.
   """
   if isinstance(cov_reg, bool) or not isinstance(cov_reg, numbers.Real) or not (
       np.isfinite(cov_reg) and cov_reg >= 0):
@@ -234,12 +238,23 @@ def check_input_cov(input_cov: Any, size: int, cov_reg: float,
   try:
     np.linalg.cholesky(reg)
   except np.linalg.LinAlgError:
-    low = float(np.linalg.eigvalsh(c)[0])
-    raise ValueError(
-        f"input_cov must be positive semi-definite and, after the ridge"
-        f" cov_reg * mean(diag) = {cov_reg * mean_var:.3g}, positive definite;"
-        f" its smallest eigenvalue is {low:.3g}. Raise cov_reg or check the"
-        " covariance.") from None
+    vals, vecs = np.linalg.eigh(c)
+    if vals[0] < -PSD_ROUNDING * vals[-1]:
+      raise ValueError(
+          f"input_cov must be positive semi-definite, but its smallest eigenvalue"
+          f" is {vals[0]:.3g} (largest {vals[-1]:.3g}), beyond rounding"
+          f" (-{PSD_ROUNDING:g} x the largest).") from None
+    # Rounding in a float32 covariance: clip the eigenvalues at zero.
+    c = (vecs * np.clip(vals, 0.0, None)) @ vecs.T
+    reg = c + cov_reg * mean_var * np.eye(size)
+    try:
+      np.linalg.cholesky(reg)
+    except np.linalg.LinAlgError:
+      raise ValueError(
+          f"input_cov is singular (smallest eigenvalue {vals[0]:.3g}, largest"
+          f" {vals[-1]:.3g}) and the ridge cov_reg * mean(diag) ="
+          f" {cov_reg * mean_var:.3g} does not make it positive definite; pass"
+          " cov_reg > 0 (the default is 1e-6).") from None
   return Covariance(c, reg)
 
 

@@ -213,10 +213,28 @@ class TestBadCovariances:
   def test_singular_without_ridge(self):
     cov = np.diag([1.0, 1, 1, 1, 1, 0])
     w = np.arange(24.0).reshape(6, 4)
-    with pytest.raises(ValueError, match="positive definite.*Raise cov_reg"):
+    with pytest.raises(ValueError, match="input_cov is singular.*pass cov_reg > 0"):
       kfc_jax.low_rank(w, 2, input_cov=cov, cov_reg=0.0)
     dec = kfc_jax.low_rank(w, 2, input_cov=cov)  # the default ridge makes it usable
     assert np.all(np.isfinite(dec.u)) and 0 <= dec.data_error < 1
+
+  def test_rounding_below_zero_is_clipped(self, rng):
+    # A PSD covariance with a float32-sized negative eigenvalue is accepted, and
+    # the fit is the one for the clipped covariance.
+    basis = np.linalg.qr(rng.standard_normal((6, 6)))[0]
+    vals = np.array([5.0, 3, 2, 1, 0.5, 0])
+    clipped = (basis * vals) @ basis.T
+    noisy = (basis * np.where(vals > 0, vals, -1e-8)) @ basis.T
+    w = rng.standard_normal((6, 4))
+    # A ridge (1.9e-9) below the negative eigenvalue: only clipping makes it PD.
+    with pytest.raises(np.linalg.LinAlgError):
+      np.linalg.cholesky(noisy + 1e-9 * np.mean(np.diag(noisy)) * np.eye(6))
+    a = kfc_jax.low_rank(w, 2, input_cov=noisy, cov_reg=1e-9)
+    b = kfc_jax.low_rank(w, 2, input_cov=clipped, cov_reg=1e-9)
+    np.testing.assert_allclose(a.u @ a.v, b.u @ b.v, rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="beyond rounding"):
+      kfc_jax.low_rank(w, 2, input_cov=noisy - 1e-4 * np.outer(basis[:, 5], basis[:, 5]),
+                       cov_reg=1e-9)
 
   @pytest.mark.parametrize("reg", [-1.0, float("nan"), "big", True])
   def test_bad_ridge(self, reg):
