@@ -56,7 +56,7 @@ def gkpd(
     *,
     input_cov: Any = None,
     cov_reg: float = DEFAULT_COV_REG,
-    max_sweeps: int = 50,
+    max_sweeps: int | None = None,
     tol: float = 1e-10,
 ) -> KroneckerDecomposition:
   """Optimal rank-``rank`` Kronecker decomposition of an HWIO conv kernel.
@@ -87,7 +87,7 @@ def gkpd(
       :class:`~kfc_jax.decompose.RunningCovariance`; ``None`` for the weight
       error.
     cov_reg: the ridge on ``input_cov``, relative to its mean variance.
-    max_sweeps: data-aware ALS sweeps at most.
+    max_sweeps: data-aware ALS sweeps at most (default 50).
     tol: stop ALS when a sweep lowers the data objective by less than this
       fraction.
 

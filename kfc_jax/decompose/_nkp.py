@@ -7,6 +7,7 @@ initialisations, not training-time ops.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -18,6 +19,8 @@ from kfc_jax.decompose import _covariance
 from kfc_jax.decompose import _cp
 from kfc_jax.decompose import _data_aware
 from kfc_jax.decompose._covariance import DEFAULT_COV_REG
+
+DATA_SWEEPS = 50  # default ALS sweeps of the data-aware refinement
 from kfc_jax._checks import relative_error
 
 
@@ -64,8 +67,11 @@ def nearest_kronecker_tensor(
     factor_axes: Sequence[Sequence[int]],
     rank: int = 1,
     *,
-    max_sweeps: int = 1000,
+    max_sweeps: int | None = None,
     tol: float = 1e-10,
+    input_cov: Any = None,
+    input_ndim: int | None = None,
+    cov_reg: float = DEFAULT_COV_REG,
 ) -> KroneckerDecomposition:
   """Nearest sum of ``rank`` generalised Kronecker terms over grouped axes.
 
@@ -91,13 +97,25 @@ def nearest_kronecker_tensor(
   Every Kronecker-structured weight in kfc_jax (dense, KFC formulations,
   GKPD convolution kernels) is decomposed through this function.
 
+  *Data-aware* (``input_cov=C`` with ``input_ndim=d``): ``t`` is a layer's
+  weight whose first ``d`` axes index its input (row-major, ``C`` is
+  ``[prod, prod]`` over them) and whose other axes index its output, as for a
+  KFC formulation's ``W.reshape(H, W, C, O1, O2)``; the fit minimises the
+  output error as :func:`~kfc_jax.nearest_kronecker` does (closed form when
+  ``C`` factors over the groups' input axes, ALS otherwise, never worse than
+  the weight-only fit).
+
   Args:
     t: the array to decompose (finite, real).
     factor_axes: one tuple of axis indices per factor, partitioning ``t``'s axes.
     rank: number of terms.
-    max_sweeps: ALS sweeps per start at most (more than two factors).
+    max_sweeps: ALS sweeps at most: per start of the CP fit (more than two
+      factors; default 1000) and for the data-aware refinement (default 50).
     tol: stop a start when a sweep improves the relative error by less than
-      this fraction of it.
+      this fraction of it (the data objective, for the data-aware refinement).
+    input_cov: the input covariance, or ``None`` for the weight error.
+    input_ndim: with ``input_cov``, how many leading axes of ``t`` are inputs.
+    cov_reg: the ridge on ``input_cov``, relative to its mean variance.
 
   Returns:
     A :class:`KroneckerDecomposition`; factor ``f`` has shape
@@ -132,7 +150,8 @@ def nearest_kronecker_tensor(
     vectors = [(u[:, :rank] * s[:rank]).T, vt[:rank]]
     approx = vectors[0].T @ vectors[1]
   else:
-    modes, _ = _cp.cp_als(rearranged, rank, max_sweeps, tol)
+    modes, _ = _cp.cp_als(rearranged, rank, 1000 if max_sweeps is None else max_sweeps,
+                          tol)
     vectors = [m.T for m in modes]
     approx = _cp.reconstruct(modes, rearranged.shape)
   error = relative_error(rearranged, approx)
@@ -140,7 +159,20 @@ def nearest_kronecker_tensor(
     error = 0.0
   vectors = _balance(vectors) if len(groups) > 1 else vectors
   factors = tuple(v.reshape(rank, *s) for v, s in zip(vectors, group_shapes))
-  return KroneckerDecomposition(factors, error, singular_values)
+  dec = KroneckerDecomposition(factors, error, singular_values)
+  if input_cov is None:
+    if input_ndim is not None:
+      raise ValueError("input_ndim is only used with input_cov; pass both or neither.")
+    return dec
+  if (isinstance(input_ndim, bool) or not isinstance(input_ndim, numbers.Integral)
+      or not 1 <= input_ndim < arr.ndim):
+    raise ValueError(
+        f"input_ndim must say how many leading axes of t (shape {arr.shape}) index"
+        f" the layer's input, an integer in [1, {arr.ndim - 1}], got {input_ndim!r}.")
+  return data_aware_decomposition(
+      arr, groups, int(input_ndim), rank, dec, input_cov, cov_reg,
+      f"the product of t's first {input_ndim} axes",
+      max_sweeps=max_sweeps, tol=tol)
 
 
 def nearest_kronecker(
@@ -234,16 +266,21 @@ def nearest_kronecker(
 
 def data_aware_decomposition(t: np.ndarray, factor_axes, n_in: int, rank: int,
                               weight_only: KroneckerDecomposition, input_cov: Any,
-                              cov_reg: float, what: str, max_sweeps: int = 50,
+                              cov_reg: float, what: str,
+                              max_sweeps: int | None = None,
                               tol: float = 1e-10) -> KroneckerDecomposition:
-  """The data-aware refit of ``weight_only`` (see :mod:`._data_aware`)."""
+  """The data-aware refit of ``weight_only`` (see :mod:`._data_aware`).
+
+  ``max_sweeps`` bounds both the CP fit of the whitened start (default 1000)
+  and the refinement (default 50).
+  """
   m = math.prod(t.shape[:n_in])
   cov = _covariance.check_input_cov(input_cov, m, cov_reg, what)
   factors, data_error = _data_aware.fit(
       t, factor_axes, n_in, rank, cov, cov_reg, weight_only.factors,
       lambda tw, axes, r: nearest_kronecker_tensor(
           tw, axes, r, max_sweeps=max_sweeps, tol=tol).factors,
-      max_sweeps, tol)
+      DATA_SWEEPS if max_sweeps is None else max_sweeps, tol)
   approx = _data_aware.reconstruct(factors, factor_axes, t.shape)
   return KroneckerDecomposition(
       tuple(_data_aware.balance(list(factors))), relative_error(t, approx), None,

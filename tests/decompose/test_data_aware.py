@@ -240,3 +240,35 @@ class TestBadCovariances:
   def test_bad_ridge(self, reg):
     with pytest.raises(ValueError, match="cov_reg must be a finite number >= 0"):
       kfc_jax.low_rank(np.ones((4, 4)), 1, input_cov=np.eye(4), cov_reg=reg)
+
+
+class TestTensorForm:
+
+  def test_kfc_formulation_grouping_with_a_factored_covariance(self, rng):
+    # Formulation II on a [H, W, C] -> [O1, O2] layer: A: C -> O1, B: (H, W) -> O2.
+    h, wd, c, o1, o2 = 2, 3, 4, 3, 2
+    w = rng.standard_normal((h * wd * c, o1 * o2))
+    c_hw, c_c = _random_cov(rng, h * wd), _random_cov(rng, c)
+    cov = np.kron(c_hw, c_c)  # inputs flattened (h, w, c)
+    t = w.reshape(h, wd, c, o1, o2)
+    dec = kfc_jax.nearest_kronecker_tensor(t, [(2, 3), (0, 1, 4)], 2, input_cov=cov,
+                                           input_ndim=3, cov_reg=0.0)
+    root = np.kron(np.linalg.cholesky(c_hw).T, np.linalg.cholesky(c_c).T)
+    whitened = (root @ w).reshape(h, wd, c, o1, o2)
+    s = np.linalg.svd(whitened.transpose(2, 3, 0, 1, 4).reshape(c * o1, -1),
+                      compute_uv=False)
+    np.testing.assert_allclose(dec.data_error, np.sqrt((s[2:] ** 2).sum() / (s ** 2).sum()),
+                               rtol=1e-7)
+    a, b = dec.factors
+    w_hat = np.einsum("rcp,rhwq->hwcpq", a, b).reshape(w.shape)
+    np.testing.assert_allclose(_data_error(w, w_hat, cov), dec.data_error, rtol=1e-9)
+
+  @pytest.mark.parametrize("ndim", [None, 0, 5, 1.5])
+  def test_input_ndim_must_fit(self, ndim):
+    with pytest.raises(ValueError, match="input_ndim must say how many leading axes"):
+      kfc_jax.nearest_kronecker_tensor(np.ones((2, 3, 4, 5, 6)), [(0, 1, 3), (2, 4)],
+                                       input_cov=np.eye(6), input_ndim=ndim)
+
+  def test_input_ndim_without_input_cov(self):
+    with pytest.raises(ValueError, match="input_ndim is only used with input_cov"):
+      kfc_jax.nearest_kronecker_tensor(np.ones((2, 3)), [(0,), (1,)], input_ndim=1)
