@@ -13,6 +13,7 @@ training code can be imported and tested without paying for it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.resources
 import importlib.resources.abc
@@ -167,3 +168,43 @@ def load_numpy_splits(
       labels.append(y)
     arrays[ours] = (np.concatenate(images), np.concatenate(labels))
   return arrays
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  """Images ``uint8 [N, H, W, C]`` and labels ``int32 [N]`` per split."""
+
+  train: tuple[np.ndarray, np.ndarray]
+  validation: tuple[np.ndarray, np.ndarray]
+  test: tuple[np.ndarray, np.ndarray]
+
+
+def load_with_validation(name: str, *, train_size: int, num_validation: int,
+                         **kwargs) -> Splits:
+  """TFDS ``train`` less its last ``num_validation`` images, those, and ``test``.
+
+  TFDS stores ``train`` in a fixed, shuffled order, so the validation images
+  are the last of that order, not of the original files.
+
+  Args:
+    name: the TFDS name.
+    train_size: the size of TFDS's ``train`` split.
+    num_validation: how many of the last training images to hold out.
+    **kwargs: ``data_dir``, ``manual_dir``, ``manual_files``, ``download``
+      and ``how_to_get`` of :func:`load_numpy_splits`.
+
+  Returns:
+    The three splits.
+
+  Raises:
+    ValueError: ``num_validation`` is not in ``[1, train_size - 1]``.
+    DatasetUnavailableError: see :func:`load_numpy_splits`.
+  """
+  if not 0 < num_validation < train_size:
+    raise ValueError(f"num_validation must be in [1, {train_size - 1}]; got "
+                     f"{num_validation}.")
+  arrays = load_numpy_splits(
+      name, {"train": f"train[:-{num_validation}]",
+             "validation": f"train[-{num_validation}:]", "test": "test"},
+      **kwargs)
+  return Splits(**{k: (x, y.astype(np.int32)) for k, (x, y) in arrays.items()})

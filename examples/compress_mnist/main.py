@@ -18,8 +18,6 @@ MNIST is read as in the MNIST example (``--data_dir``, ``--manual_dir``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,26 +27,23 @@ if __package__ in (None, ""):
   sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from examples._common import tfds_data
-from examples.compress_mnist import compress_mnist
+from examples._common import cli
+from examples.compress_mnist import train
 from examples.compress_mnist.configs import default
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-
-def _csv(kind):
-  def parse(text: str):
-    return tuple(kind(t.strip()) for t in text.split(",") if t.strip())
-  return parse
+FIELDS = ("baseline_checkpoint", "baseline_epochs", "seeds", "kfc_ranks",
+          "methods", "finetune", "finetune_epochs", "learning_rate",
+          "batch_size", "data_dir", "manual_dir")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  """The command line; unset options keep ``configs/default.py``'s values."""
-  parser = argparse.ArgumentParser(
-      description="Compress the MNIST CNN's FC layer: KFC (NKP init) vs low rank"
-      " (SVD init) vs KFC from scratch, at matched parameter budgets.",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  parser.add_argument("--workdir", required=True,
-                      help="where results.json, table.md and the plot go")
+  """The command line; unset options keep the config's values."""
+  parser = cli.parser(
+      "Compress the MNIST CNN's FC layer: KFC (NKP init) vs low rank (SVD "
+      "init) vs KFC from scratch, at matched parameter budgets.",
+      "where results.json, table.md and the plot go",
+      config_help="'default' or a path to a config file")
   parser.add_argument(
       "--baseline_checkpoint",
       help="the MNIST example's orbax checkpoints: a directory with seed_<s>"
@@ -56,22 +51,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
       " checkpoint for every seed; default: train the baselines here")
   parser.add_argument("--baseline_epochs", type=int,
                       help="epochs of each baseline trained here")
-  parser.add_argument("--seeds", type=_csv(int), help="e.g. 0,1,2")
-  parser.add_argument("--kfc_ranks", type=_csv(int),
+  parser.add_argument("--seeds", type=cli.csv(int), help="e.g. 0,1,2")
+  parser.add_argument("--kfc_ranks", type=cli.csv(int),
                       help="budgets as KFC ranks, e.g. 1,2,6,12,24")
-  parser.add_argument("--methods", type=_csv(str),
+  parser.add_argument("--methods", type=cli.csv(str),
                       help="some of " + ",".join(default.METHODS))
   parser.add_argument("--finetune", choices=default.FINETUNE_MODES,
                       help="fc: the compressed layer; head: it and the"
                       " classifier (conv features cached); all: everything")
   parser.add_argument("--finetune_epochs", type=int)
-  parser.add_argument("--learning_rate", type=float, help="fine-tuning step size")
+  parser.add_argument("--learning_rate", type=float,
+                      help="fine-tuning step size")
   parser.add_argument("--batch_size", type=int)
-  parser.add_argument("--data_dir", help="TFDS data directory")
-  parser.add_argument("--manual_dir",
-                      help="directory with the four original MNIST .gz files")
-  parser.add_argument("--no_download", action="store_true",
-                      help="never let TFDS download MNIST")
+  cli.add_data_flags(parser, "the four original MNIST .gz files", "MNIST")
   parser.add_argument("--no_finetune_baseline", action="store_true",
                       help="skip the control: the dense baseline fine-tuned the"
                       " same way")
@@ -82,34 +74,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the sweep; returns the exit status."""
   args = parse_args(argv)
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s",
-                      datefmt="%H:%M:%S")
-  logging.getLogger("examples").setLevel(logging.INFO)
-  overrides = {k: getattr(args, k) for k in (
-      "baseline_checkpoint", "baseline_epochs", "seeds", "kfc_ranks", "methods",
-      "finetune", "finetune_epochs", "learning_rate", "batch_size", "data_dir",
-      "manual_dir") if getattr(args, k) is not None}
-  if args.no_download:
-    overrides["download"] = False
-  if args.progress:
-    overrides["progress"] = True
-  if args.no_finetune_baseline:
-    overrides["finetune_baseline"] = False
-  config = dataclasses.replace(default.get_config(), **overrides)
-  try:  # Bad settings and missing checkpoints fail before any work.
-    compress_mnist.check_config(config)
-    if config.baseline_checkpoint is not None:
-      for seed in config.seeds:
-        compress_mnist.checkpoint_path(config.baseline_checkpoint, seed)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  try:
-    compress_mnist.run_sweep(config, args.workdir)
-  except tfds_data.DatasetUnavailableError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+
+  def adjust(changes):
+    if args.progress:
+      changes["progress"] = True
+    if args.no_finetune_baseline:
+      changes["finetune_baseline"] = False
+
+  # Bad settings and missing checkpoints fail before any work.
+  return cli.run(args, example="compress_mnist", fields=FIELDS,
+                 check=train.check_config, experiment=train.run_sweep,
+                 adjust=adjust)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """The KDL paper's MLP on raw MNIST pixels, dense or with KDL blocks.
 
-Hogue, Kirby & Narayan (arXiv 2204.04273; docs/DESIGN.md §7) report, for MNIST
-after 20 epochs, a rank-1 KDL network with 6,534 parameters at 96.94% test
-accuracy against a dense MLP with 1.24M parameters at 97.72%. Neither network
-is spelled out in the copy we hold; both counts are reproduced *exactly* by
+Hogue, Kirby & Narayan (arXiv 2204.04273; docs/DESIGN.md, "KDL block")
+report, for MNIST after 20 epochs, a rank-1 KDL network with 6,534 parameters
+at 96.94% test accuracy against a dense MLP with 1.24M parameters at 97.72%.
+Neither network is spelled out in the copy we hold; both counts are reproduced *exactly* by
 the MLP with two hidden layers as wide as the input, 784 -> 784 -> 784 -> 10:
 
 * ``Dense``: ``3 * (784 * 784 + 784) - (784 * 784 + 784) + (784 * 10 + 10)

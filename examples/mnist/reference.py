@@ -1,4 +1,6 @@
-"""The KFC paper's MNIST numbers (Zhou & Wu, arXiv 1507.05775; docs/DESIGN.md §4).
+"""The KFC paper's MNIST numbers (Zhou & Wu, arXiv 1507.05775).
+
+How our variants reach them: docs/DESIGN.md, "KFC formulations".
 
 ``layer_params`` and ``model_params`` are as printed (rounded, e.g. 74.0K),
 ``None`` where our copy of the paper gives none. For the plot, the missing

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from examples._common import tfds_data
-from examples.mnist import input_pipeline as mnist_input
+from examples._common import mnist_data
 
 DATASETS = ("cifar10", "mnist")
 CIFAR10_MANUAL_DIR_ENV = "KFC_JAX_CIFAR10_DIR"
@@ -97,10 +97,8 @@ def load(dataset: str, *, num_train: int | None = None,
             "test": "test" if num_test is None else f"test[:{num_test}]"}
   if dataset == "mnist":
     if manual_dir is None:
-      manual_dir = mnist_input.default_manual_dir()
-    files, how_to_get = mnist_input.MNIST_FILES, (
-        f"  (Set it with --manual_dir or ${mnist_input.MANUAL_DIR_ENV}; this "
-        f"project keeps the files in {mnist_input.PROJECT_MANUAL_DIR}.)")
+      manual_dir = mnist_data.default_manual_dir()
+    files, how_to_get = mnist_data.MNIST_FILES, mnist_data.HOW_TO_GET
   else:
     if manual_dir is None and os.environ.get(CIFAR10_MANUAL_DIR_ENV):
       manual_dir = Path(os.environ[CIFAR10_MANUAL_DIR_ENV])

@@ -17,8 +17,6 @@ with tensorflow-datasets (see ``input_pipeline.py`` for offline preparation).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,24 +26,21 @@ if __package__ in (None, ""):
   sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from tqdm.contrib import logging as tqdm_logging
-
-from examples._common import configs
-from examples._common import tfds_data
+from examples._common import cli
 from examples.resnet_gkpd import input_pipeline
 from examples.resnet_gkpd import train
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
+FIELDS = ("dataset", "depth", "num_train", "epochs", "finetune_epochs",
+          "batch_size", "learning_rate", "finetune_learning_rate",
+          "compression", "split", "seed", "data_dir", "manual_dir")
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   """The command line."""
-  parser = argparse.ArgumentParser(
-      description="Train a CIFAR ResNet, compress it by GKPD, fine-tune.",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  parser.add_argument("--config", default="default",
-                      help="'default' or a path to a config file")
-  parser.add_argument("--workdir", required=True,
-                      help="where results.json and report.md go")
+  parser = cli.parser("Train a CIFAR ResNet, compress it by GKPD, fine-tune.",
+                      "where results.json and report.md go",
+                      config_help="'default' or a path to a config file")
   parser.add_argument("--dataset", choices=input_pipeline.DATASETS)
   parser.add_argument("--depth", type=int, help="6n+2: 20, 32, ...")
   parser.add_argument("--num_train", type=int,
@@ -60,11 +55,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--split", choices=train.SPLITS)
   parser.add_argument("--no_augment", action="store_true")
   parser.add_argument("--seed", type=int)
-  parser.add_argument("--data_dir", help="TFDS data directory")
-  parser.add_argument("--manual_dir",
-                      help="directory with the dataset's original files")
-  parser.add_argument("--no_download", action="store_true",
-                      help="never let TFDS download the dataset")
+  cli.add_data_flags(parser, "the dataset's original files", "the dataset")
   parser.add_argument("--no_progress", action="store_true",
                       help="no progress bar")
   return parser.parse_args(argv)
@@ -72,35 +63,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the experiment; returns the exit status."""
-  args = parse_args(argv)
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s",
-                      datefmt="%H:%M:%S")
-  logging.getLogger("examples").setLevel(logging.INFO)
-  try:
-    config = configs.load_config_module(args.config, "resnet_gkpd").get_config()
-    overrides = {k: getattr(args, k) for k in (
-        "dataset", "depth", "num_train", "epochs", "finetune_epochs",
-        "batch_size", "learning_rate", "finetune_learning_rate",
-        "compression", "split", "seed", "data_dir", "manual_dir")
-                 if getattr(args, k) is not None}
-    if overrides.get("num_train") == 0:
-      overrides["num_train"] = None
-    for flag, field in (("no_augment", "augment"), ("no_download", "download"),
-                        ("no_progress", "progress")):
-      if getattr(args, flag):
-        overrides[field] = False
-    config = dataclasses.replace(config, **overrides)
-    train.check_config(config)  # Bad values fail before any work.
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  try:
-    with tqdm_logging.logging_redirect_tqdm():
-      train.train_and_evaluate(config, args.workdir)
-  except tfds_data.DatasetUnavailableError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+
+  def adjust(changes):
+    if changes.get("num_train") == 0:
+      changes["num_train"] = None
+
+  return cli.run(parse_args(argv), example="resnet_gkpd", fields=FIELDS,
+                 check=train.check_config,
+                 experiment=train.train_and_evaluate, adjust=adjust)
 
 
 if __name__ == "__main__":

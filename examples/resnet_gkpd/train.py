@@ -5,9 +5,10 @@
 * :func:`create_model`, :func:`make_tx` -- the CIFAR ResNet of ``models.py``
   and SGD with Nesterov momentum, coupled L2 weight decay and a warm-up +
   cosine schedule (He et al.'s recipe, shortened);
-* :func:`train_step`, :func:`eval_step` -- ``nnx.jit`` steps (BatchNorm
+* :func:`train_step`, :func:`eval_step` -- the shared ``nnx.jit`` steps of
+  ``_common/loop.py`` with this example's preprocessing (BatchNorm
   statistics are updated in place by the training step); batches are sharded
-  over the local devices and the state replicated (``_common/pipeline.py``);
+  over the local devices and the state replicated;
 * :func:`compression_policy`, :func:`compress` -- the ``kfc_jax.compress``
   policy that turns every block's 3x3 conv into a ``KroneckerConv`` at
   ``config.compression`` (GKPD, Hameed et al. 2022), and its application;
@@ -18,7 +19,6 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import json
@@ -27,7 +27,7 @@ import os
 import platform
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 from flax import nnx
 from jax.sharding import Mesh
 
 import kfc_jax
+from examples._common import loop
 from examples._common import pipeline
 from examples.resnet_gkpd import input_pipeline
 from examples.resnet_gkpd import models
@@ -48,14 +48,12 @@ from examples.resnet_gkpd.configs import default
 logger = logging.getLogger(__name__)
 
 Config = default.Config
-Metrics = dict[str, jax.Array]
 
 SPLITS = ("suggest", "blocks")
 # The GKPD paper's ResNet-32 on CIFAR-10 (Hameed et al. 2022, Table 3).
 PAPER = {"model": "ResNet-32", "dataset": "CIFAR-10", "dense_accuracy": 92.55,
          "compression": 5.0, "compressed_accuracy": 91.52}
 
-_MAX_IN_FLIGHT = 2
 _BLOCK = 4  # channel block of split="blocks"
 
 
@@ -175,128 +173,24 @@ def preprocess(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32) / 127.5 - 1.0
 
 
-@nnx.jit
-def train_step(model: models.ResNet, optimizer: nnx.Optimizer,
-               batch: Mapping[str, jax.Array]) -> Metrics:
-  """One SGD step; updates ``model`` (parameters, BatchNorm statistics) and
-  ``optimizer`` in place.
-
-  Args:
-    model: the network.
-    optimizer: its ``nnx.Optimizer``.
-    batch: ``image`` uint8 ``[B, 32, 32, C]`` and ``label`` int ``[B]``.
-
-  Returns:
-    Sums over the batch: ``loss`` (cross-entropy), ``correct`` and ``count``.
-  """
-  images = preprocess(batch["image"])
-  labels = batch["label"]
-
-  def loss_fn(model):
-    logits = model(images, train=True)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return losses.mean(), (losses, logits)
-
-  (_, (losses, logits)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(
-      model)
-  optimizer.update(model, grads)
-  return {"loss": losses.sum(),
-          "correct": (logits.argmax(-1) == labels).sum().astype(jnp.float32),
-          "count": jnp.asarray(labels.shape[0], jnp.float32)}
-
-
-@nnx.jit
-def eval_step(model: models.ResNet, batch: Mapping[str, jax.Array]) -> Metrics:
-  """Sums of loss, correct predictions and examples over a masked batch."""
-  logits = model(preprocess(batch["image"]), train=False)
-  labels, mask = batch["label"], batch["mask"]
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  correct = (logits.argmax(-1) == labels).astype(jnp.float32)
-  return {"loss": (losses * mask).sum(), "correct": (correct * mask).sum(),
-          "count": mask.sum()}
-
-
-# ----------------------------------------------------------------------------
-# Loops.
-# ----------------------------------------------------------------------------
-
-
+train_step = functools.partial(loop.train_step, preprocess=preprocess)
+eval_step = functools.partial(loop.eval_step, preprocess=preprocess)
+evaluate = functools.partial(loop.evaluate, preprocess=preprocess)
 replicate = pipeline.replicate  # Part of this module's train-loop API.
-
-
-def _summarise(sums: Mapping[str, Any]) -> dict[str, float]:
-  count = float(sums["count"])
-  return {"loss": float(sums["loss"]) / count,
-          "accuracy": 100.0 * float(sums["correct"]) / count, "count": count}
-
-
-def evaluate(model: models.ResNet, images: np.ndarray, labels: np.ndarray, *,
-             batch_size: int, mesh: Mesh, prefetch: int = 2
-             ) -> dict[str, float]:
-  """Mean loss, accuracy (%) and wall seconds of ``model`` on every example."""
-  start = time.perf_counter()
-  stream = pipeline.batches({"image": images, "label": labels}, batch_size,
-                            drop_remainder=False)
-  totals = None
-  for batch in pipeline.prefetch_to_mesh(
-      stream, pipeline.batch_sharding(mesh), prefetch):
-    sums = eval_step(model, batch)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  result = _summarise(jax.device_get(totals))
-  return {**result, "seconds": time.perf_counter() - start}
-
-
-def _augmented(stream: Iterator[dict[str, np.ndarray]], rng: np.random.Generator,
-               flip: bool) -> Iterator[dict[str, np.ndarray]]:
-  for batch in stream:
-    yield {**batch, "image": input_pipeline.augment(batch["image"], rng,
-                                                    flip=flip)}
 
 
 def train_epoch(model: models.ResNet, optimizer: nnx.Optimizer,
                 images: np.ndarray, labels: np.ndarray, *, config: Config,
                 mesh: Mesh, rng: np.random.Generator, desc: str = ""
                 ) -> dict[str, float]:
-  """One shuffled pass over the training images (last short batch dropped).
-
-  Returns:
-    ``loss`` and ``accuracy`` (%) averaged over the epoch's steps,
-    ``count``, ``steps`` and ``seconds`` (wall time, compilation included on
-    the first call).
-  """
-  steps = pipeline.num_batches(len(images), config.batch_size, True)
-  if not steps:
-    raise ValueError(f"the training set ({len(images)} examples) is smaller "
-                     f"than one batch ({config.batch_size}).")
-  stream = pipeline.batches({"image": images, "label": labels},
-                            config.batch_size, rng=rng)
+  """One shuffled, augmented (``config.augment``) pass; see ``loop``."""
+  augment = None
   if config.augment:
-    stream = _augmented(stream, rng, flip=config.dataset == "cifar10")
-  stream = pipeline.prefetch_to_mesh(stream, pipeline.batch_sharding(mesh),
-                                     config.prefetch)
-  totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-  in_flight = collections.deque()
-
-  def collect(sums):
-    for k, v in jax.device_get(sums).items():
-      totals[k] += float(v)
-
-  start = time.perf_counter()
-  with tqdm.tqdm(total=steps, desc=desc, disable=not config.progress,
-                 leave=False, dynamic_ncols=True) as bar:
-    for step, batch in enumerate(stream, 1):
-      in_flight.append(train_step(model, optimizer, batch))
-      while len(in_flight) > _MAX_IN_FLIGHT:
-        collect(in_flight.popleft())
-      if step % config.log_every == 0 and totals["count"]:
-        running = _summarise(totals)
-        bar.set_postfix(loss=f"{running['loss']:.4f}",
-                        acc=f"{running['accuracy']:.2f}%")
-      bar.update(1)
-    while in_flight:
-      collect(in_flight.popleft())
-  seconds = time.perf_counter() - start
-  return {**_summarise(totals), "steps": steps, "seconds": seconds}
+    augment = functools.partial(input_pipeline.augment,
+                                flip=config.dataset == "cifar10")
+  return loop.train_epoch(model, optimizer, images, labels, config=config,
+                          mesh=mesh, rng=rng, preprocess=preprocess,
+                          augment=augment, desc=desc)
 
 
 def fit(model: models.ResNet, data: input_pipeline.Splits, *, config: Config,

@@ -18,10 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from examples._common import tfds_data
-from examples.mnist import input_pipeline as mnist_input
 
 MANUAL_DIR_ENV = "KFC_JAX_SVHN_DIR"
 # The files TFDS's svhn_cropped builder downloads (and accepts from
@@ -29,8 +26,7 @@ MANUAL_DIR_ENV = "KFC_JAX_SVHN_DIR"
 SVHN_FILES = ("train_32x32.mat", "test_32x32.mat", "extra_32x32.mat")
 TRAIN_SIZE = 73_257
 
-# The same container as MNIST's: images uint8 [N, 32, 32, 3], labels int32.
-SvhnSplits = mnist_input.MnistSplits
+SvhnSplits = tfds_data.Splits  # Images uint8 [N, 32, 32, 3], labels int32.
 
 
 def default_manual_dir() -> Path | None:
@@ -61,23 +57,11 @@ def load_svhn(*, data_dir: str | os.PathLike[str] | None = None,
       neither prepared from the files nor downloaded; the message says how to
       get it.
   """
-  if not 0 < num_validation < TRAIN_SIZE:
-    raise ValueError(f"num_validation must be in [1, {TRAIN_SIZE - 1}]; got "
-                     f"{num_validation}.")
-  if manual_dir is None:
-    manual_dir = default_manual_dir()
-  arrays = tfds_data.load_numpy_splits(
-      "svhn_cropped",
-      {"train": f"train[:-{num_validation}]",
-       "validation": f"train[-{num_validation}:]",
-       "test": "test"},
+  return tfds_data.load_with_validation(
+      "svhn_cropped", train_size=TRAIN_SIZE, num_validation=num_validation,
       data_dir=data_dir,
-      manual_dir=manual_dir,
-      manual_files=SVHN_FILES,
-      download=download,
+      manual_dir=manual_dir if manual_dir is not None else default_manual_dir(),
+      manual_files=SVHN_FILES, download=download,
       how_to_get=(
           "  (The files are at http://ufldl.stanford.edu/housenumbers/; set "
-          f"the manual dir with --manual_dir or ${MANUAL_DIR_ENV}.)"),
-  )
-  return SvhnSplits(**{k: (x, y.astype(np.int32))
-                       for k, (x, y) in arrays.items()})
+          f"the manual dir with --manual_dir or ${MANUAL_DIR_ENV}.)"))

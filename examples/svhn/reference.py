@@ -1,4 +1,6 @@
-"""The KFC paper's SVHN numbers (Zhou & Wu, arXiv 1507.05775; docs/DESIGN.md §4).
+"""The KFC paper's SVHN numbers (Zhou & Wu, arXiv 1507.05775).
+
+How our variants reach them: docs/DESIGN.md, "KFC formulations".
 
 ``layer_params``/``model_params`` as printed (rounded), ``None`` where our
 copy gives none; :func:`paper_points` fills those from the definitions for

@@ -24,11 +24,14 @@ if str(REPO) not in sys.path:
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import kfc_jax
-from examples.compress_mnist import compress_mnist
+from examples._common import loop
+from examples._common import tfds_data
+from examples.compress_mnist import head
 from examples.compress_mnist import main as cm_main
+from examples.compress_mnist import models
+from examples.compress_mnist import train
 from examples.compress_mnist.configs import default
-from examples.mnist import input_pipeline
-from examples.mnist import train as mnist_train
+from examples.mnist import models as mnist_models
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -39,7 +42,7 @@ def _split(rng, n):
 
 def _data(seed=0, n=16):
   rng = np.random.default_rng(seed)
-  return input_pipeline.MnistSplits(_split(rng, n), _split(rng, n), _split(rng, n))
+  return tfds_data.Splits(_split(rng, n), _split(rng, n), _split(rng, n))
 
 
 def _config(**overrides) -> default.Config:
@@ -52,15 +55,15 @@ def _config(**overrides) -> default.Config:
 @pytest.fixture(scope="module")
 def baseline():
   """An untrained Baseline CNN; the code under test compresses copies of it."""
-  return mnist_train.create_model("Baseline", seed=0)
+  return models.create_baseline(seed=0)
 
 
 def _images(n=4):
-  return mnist_train.preprocess(_split(np.random.default_rng(1), n)[0])
+  return head.preprocess(_split(np.random.default_rng(1), n)[0])
 
 
 def test_matched_budgets_are_equal_within_a_few_percent(baseline):
-  budgets = compress_mnist.matched_budgets(default.get_config())
+  budgets = models.matched_budgets(default.get_config())
   assert [b.kfc_rank for b in budgets] == [1, 2, 6, 12, 24]
   assert [b.kfc_params for b in budgets] == [2_084 * r for r in (1, 2, 6, 12, 24)]
   assert [b.low_rank for b in budgets] == [4, 8, 23, 46, 92]
@@ -72,9 +75,9 @@ def test_matched_budgets_are_equal_within_a_few_percent(baseline):
   for b in budgets[:1]:
     sizes = {}
     for method in ("kfc_nkp", "low_rank_svd", "kfc_scratch"):
-      new, report = compress_mnist.build_compressed(
+      new, report = models.build_compressed(
           method, b, model, config=default.get_config(), seed=0)
-      sizes[method] = compress_mnist.fc_params(new)
+      sizes[method] = models.fc_params(new)
       if report is not None:
         assert report.rows[0].params_after == sizes[method][0]
     assert sizes["kfc_nkp"] == sizes["kfc_scratch"] == (b.kfc_params + 256,
@@ -83,34 +86,44 @@ def test_matched_budgets_are_equal_within_a_few_percent(baseline):
   assert type(model.fc).__name__ == "Linear"  # Compressing copies.
 
 
+def test_the_mnist_examples_checkpoints_fit_the_baseline(tmp_path):
+  """Its Baseline saved with orbax loads here: the same parameter tree."""
+  mnist = mnist_models.MnistCNN("Baseline", rngs=nnx.Rngs(3))
+  params = loop.params_on_host(mnist)
+  loop.save_params(tmp_path / "seed_0", params)
+  restored = train.restore_baseline(
+      train.checkpoint_path(tmp_path, 0), seed=0)
+  chex.assert_trees_all_equal(loop.params_on_host(restored), params)
+
+
 def test_compressing_at_full_rank_keeps_the_logits(baseline):
   model = baseline
   x = _images()
   expected = model(x)
   config = dataclasses.replace(default.get_config(), kfc_ranks=(36,))
-  full = compress_mnist.Budget(kfc_rank=36, low_rank=256, kfc_params=36 * 2_084,
+  full = models.Budget(kfc_rank=36, low_rank=256, kfc_params=36 * 2_084,
                                low_rank_params=256 * 544)
   for method in ("kfc_nkp", "low_rank_svd"):
-    new, report = compress_mnist.build_compressed(method, full, model,
+    new, report = models.build_compressed(method, full, model,
                                                   config=config, seed=0)
     assert report.rows[0].relative_error < 1e-5
     chex.assert_trees_all_close(new(x), expected, atol=2e-5, rtol=1e-5)
   # The head on cached features is the model's own forward pass.
   chex.assert_trees_all_close(
-      compress_mnist.head_logits(model, model.features(x)), expected, atol=1e-6)
+      head.head_logits(model, model.features(x)), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("finetune", ["fc", "head"])
 def test_finetune_step_trains_only_what_it_should(finetune, baseline):
-  budget = compress_mnist.matched_budgets(_config())[0]
-  model, _ = compress_mnist.build_compressed("kfc_nkp", budget, baseline,
+  budget = models.matched_budgets(_config())[0]
+  model, _ = models.build_compressed("kfc_nkp", budget, baseline,
                                              config=_config(), seed=0)
   before = jax.device_get(nnx.state(model, nnx.Param))
-  optimizer = nnx.Optimizer(model, mnist_train.make_tx(1e-2, 1e-4),
-                            wrt=compress_mnist.trainable(finetune))
+  optimizer = nnx.Optimizer(model, loop.adam_with_l2(1e-2, 1e-4),
+                            wrt=models.trainable(finetune))
   feats = np.asarray(model.features(_images(8)))
   labels = np.arange(8, dtype=np.int32)
-  loss = compress_mnist.head_train_step(model, optimizer, feats, labels)
+  loss = head.head_train_step(model, optimizer, feats, labels)
   assert np.isfinite(loss)
   after = jax.device_get(nnx.state(model, nnx.Param))
   for name in ("convs", "fc", "classifier"):
@@ -119,14 +132,14 @@ def test_finetune_step_trains_only_what_it_should(finetune, baseline):
     frozen = name == "convs" or (name == "classifier" and finetune == "fc")
     assert changed != frozen, (name, finetune)
   # "all" trains every parameter, the conv stack included.
-  assert "convs" in nnx.state(model, compress_mnist.trainable("all"))
-  assert "convs" not in nnx.state(model, compress_mnist.trainable("head"))
+  assert "convs" in nnx.state(model, models.trainable("all"))
+  assert "convs" not in nnx.state(model, models.trainable("head"))
 
 
 def test_sweep_end_to_end_then_again_from_its_checkpoint(tmp_path, capsys):
   data = _data()
   config = _config(methods=("kfc_nkp", "low_rank_svd", "kfc_scratch"))
-  results = compress_mnist.run_sweep(config, tmp_path / "own", data=data)
+  results = train.run_sweep(config, tmp_path / "own", data=data)
   saved = json.loads((tmp_path / "own" / "results.json").read_text())
   assert saved["summary"] == json.loads(json.dumps(results["summary"]))
   assert len(saved["runs"]) == 3
@@ -151,7 +164,7 @@ def test_sweep_end_to_end_then_again_from_its_checkpoint(tmp_path, capsys):
 
   # The baseline's orbax checkpoint, loaded: the same errors before fine-tuning.
   checkpoints = str(Path(base["checkpoint"]).parent)  # .../Baseline/seed_0
-  again = compress_mnist.run_sweep(
+  again = train.run_sweep(
       dataclasses.replace(config, baseline_checkpoint=checkpoints,
                           methods=("kfc_nkp",), finetune_baseline=False),
       tmp_path / "loaded", data=data)
@@ -170,7 +183,7 @@ def test_command_line_rejects_bad_settings(tmp_path, capsys):
   err = capsys.readouterr().err
   assert "seed 1" in err and "seed_0" in err
   with pytest.raises(ValueError, match="finetune"):
-    compress_mnist.check_config(_config(finetune="conv"))
-  assert isinstance(compress_mnist.policy_for(
-      "low_rank_svd", compress_mnist.matched_budgets(_config())[0], _config()),
+    train.check_config(_config(finetune="conv"))
+  assert isinstance(models.policy_for(
+      "low_rank_svd", models.matched_budgets(_config())[0], _config()),
                     kfc_jax.CompressionPolicy)

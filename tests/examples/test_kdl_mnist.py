@@ -21,12 +21,12 @@ if str(REPO) not in sys.path:
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import kfc_jax
 from examples._common import pipeline
+from examples._common import tfds_data
 from examples.kdl_mnist import main as kdl_main
 from examples.kdl_mnist import models
 from examples.kdl_mnist import train
 from examples.kdl_mnist.configs import default
 from examples.kdl_mnist.configs import paper
-from examples.mnist import input_pipeline
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -87,9 +87,8 @@ def test_train_step_and_eval(variant):
 
 def test_train_and_evaluate_writes_the_report(tmp_path):
   rng = np.random.default_rng(1)
-  data = input_pipeline.MnistSplits(train=_split(rng, 16),
-                                    validation=_split(rng, 8),
-                                    test=_split(rng, 12))
+  data = tfds_data.Splits(train=_split(rng, 16), validation=_split(rng, 8),
+                          test=_split(rng, 12))
   results = train.train_and_evaluate(
       _config(variants=("KDL-Rank-1",), epochs=2), tmp_path, data=data)
   on_disk = json.loads((tmp_path / "results.json").read_text())

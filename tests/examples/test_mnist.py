@@ -1,4 +1,4 @@
-"""Tests of the MNIST example (examples/mnist and examples/_common).
+"""Tests of the MNIST example (examples/mnist, examples/_common's MNIST data).
 
 One train step and one evaluation on tiny data (synthetic arrays and
 ``tfds.testing.mock_data``), the sharded step on 8 fake CPU devices (in a
@@ -30,12 +30,13 @@ if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from examples._common import mnist_data
 from examples._common import pipeline
 from examples._common import reporting
 from examples._common import tfds_data
-from examples.mnist import input_pipeline
 from examples.mnist import main as mnist_main
 from examples.mnist import models
+from examples.mnist import reference
 from examples.mnist import train
 from examples.mnist.configs import default
 from examples.mnist.configs import paper
@@ -370,7 +371,7 @@ def test_train_and_evaluate_on_mock_tfds(tmp_path, monkeypatch):
                    manual_dir=str(tmp_path / "no_files"))
   workdir = tmp_path / "work"
   with tfds.testing.mock_data(num_examples=24):
-    data = input_pipeline.load_mnist(data_dir=config.data_dir,
+    data = mnist_data.load_mnist(data_dir=config.data_dir,
                                      manual_dir=config.manual_dir)
   # Loading (above) is the tested part of TFDS; reuse it (each mocked load
   # costs seconds of tf.data tracing).
@@ -413,27 +414,65 @@ def test_train_and_evaluate_on_mock_tfds(tmp_path, monkeypatch):
   assert got["error"] == pytest.approx(r["test_error"])
 
 
+def test_demo_says_what_it_is_and_ends_beside_the_committed_results(
+    tmp_path, capsys):
+  """`make demo`: a shortened run that ends with the committed full table."""
+  committed = reporting.load_json(train.COMMITTED_RESULTS)
+  assert committed is not None, f"{train.COMMITTED_RESULTS} is missing"
+  assert committed["config"]["epochs"] == 12
+  assert len(committed["config"]["seeds"]) == 3
+  demo = default.get_config()
+  intro = reporting.describe_run(demo, committed, train.COMMITTED_COMMAND)
+  assert "5 variants x 1 seed(s) x 2 epochs" in intro
+  assert "shortened run" in intro and "`make paper`" in intro
+  assert "minutes" in intro
+
+  rng = np.random.default_rng(3)
+  splits = [_images(rng, n) for n in (16, 8, 8)]
+  data = tfds_data.Splits(*[(s["image"], s["label"]) for s in splits])
+  config = _config(variants=("Baseline", "KFC-II"), epochs=1)
+  results = train.train_and_evaluate(config, tmp_path, data=data)
+  out = capsys.readouterr().out
+  assert out.startswith("This run: 2 variants x 1 seed(s) x 1 epochs")
+  final = out[out.index("Beside the committed full results"):]
+  assert "`make paper`" in final
+  ours = {s["variant"]: s for s in results["summary"]}
+  theirs = {s["variant"]: s for s in committed["summary"]}
+  rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+          for line in final.splitlines()[3:] if line.startswith("| ")}
+  assert set(rows) == set(theirs)  # Every committed variant, ours among them.
+  for variant, (this_run, full, paper_error) in rows.items():
+    if variant in ours:
+      assert this_run == f"{ours[variant]['test_error_mean']:.2f}"
+    else:
+      assert this_run == "—"
+    t = theirs[variant]
+    assert full == (f"{t['test_error_mean']:.2f} ± "
+                    f"{t['test_error_std']:.2f}")
+    assert paper_error == f"{reference.PAPER[variant]['test_error']:.2f}"
+
+
 def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch, capsys):
   empty = tmp_path / "manual"
   empty.mkdir()
-  (empty / input_pipeline.MNIST_FILES[0]).write_bytes(b"")
-  (empty / input_pipeline.MNIST_FILES[3]).write_bytes(b"")
+  (empty / mnist_data.MNIST_FILES[0]).write_bytes(b"")
+  (empty / mnist_data.MNIST_FILES[3]).write_bytes(b"")
   with pytest.raises(tfds_data.DatasetUnavailableError) as info:
-    input_pipeline.load_mnist(data_dir=tmp_path / "tfds", manual_dir=empty,
+    mnist_data.load_mnist(data_dir=tmp_path / "tfds", manual_dir=empty,
                               download=False)
   message = str(info.value)
   assert "downloading is disabled" in message
   assert str(empty) in message and "network" in message
-  assert input_pipeline.MANUAL_DIR_ENV in message
+  assert mnist_data.MANUAL_DIR_ENV in message
   lacks = message.split("lacks")[1].split("\n")[0]
-  assert input_pipeline.MNIST_FILES[1] in lacks
-  assert input_pipeline.MNIST_FILES[2] in lacks
-  assert input_pipeline.MNIST_FILES[0] not in lacks
+  assert mnist_data.MNIST_FILES[1] in lacks
+  assert mnist_data.MNIST_FILES[2] in lacks
+  assert mnist_data.MNIST_FILES[0] not in lacks
 
   monkeypatch.setattr(tfds_data, "network_available", lambda *a, **k: False)
   with pytest.raises(tfds_data.DatasetUnavailableError,
                      match="there is no network"):
-    input_pipeline.load_mnist(data_dir=tmp_path / "tfds", manual_dir=empty)
+    mnist_data.load_mnist(data_dir=tmp_path / "tfds", manual_dir=empty)
 
   # The command line prints the message and exits with 2, no stack trace.
   status = mnist_main.main([
@@ -458,13 +497,13 @@ def test_command_line_rejects_bad_arguments(tmp_path, capsys):
 
 
 def test_manual_dir_defaults(monkeypatch, tmp_path):
-  monkeypatch.setenv(input_pipeline.MANUAL_DIR_ENV, str(tmp_path))
-  assert input_pipeline.default_manual_dir() == tmp_path
-  monkeypatch.delenv(input_pipeline.MANUAL_DIR_ENV)
-  expected = (input_pipeline.PROJECT_MANUAL_DIR
-              if input_pipeline.PROJECT_MANUAL_DIR.is_dir() else None)
-  assert input_pipeline.default_manual_dir() == expected
-  assert input_pipeline.PROJECT_MANUAL_DIR == (
+  monkeypatch.setenv(mnist_data.MANUAL_DIR_ENV, str(tmp_path))
+  assert mnist_data.default_manual_dir() == tmp_path
+  monkeypatch.delenv(mnist_data.MANUAL_DIR_ENV)
+  expected = (mnist_data.PROJECT_MANUAL_DIR
+              if mnist_data.PROJECT_MANUAL_DIR.is_dir() else None)
+  assert mnist_data.default_manual_dir() == expected
+  assert mnist_data.PROJECT_MANUAL_DIR == (
       REPO.parent / "shared" / "data" / "mnist")
 
 
@@ -481,9 +520,9 @@ _REAL_MNIST_SCRIPT = textwrap.dedent("""
     repo, data_dir, out = sys.argv[1:4]
     sys.path.insert(0, repo)
     try:
-      from examples.mnist import input_pipeline
-      data = input_pipeline.load_mnist(
-          data_dir=data_dir, manual_dir=input_pipeline.PROJECT_MANUAL_DIR,
+      from examples._common import mnist_data
+      data = mnist_data.load_mnist(
+          data_dir=data_dir, manual_dir=mnist_data.PROJECT_MANUAL_DIR,
           download=False)
       summary = {}
       for name in ("train", "validation", "test"):
@@ -518,7 +557,7 @@ def real_mnist_job(tmp_path_factory):
   Yields:
     The JSON summary's path, or None when the files are not there.
   """
-  if not input_pipeline.PROJECT_MANUAL_DIR.is_dir():
+  if not mnist_data.PROJECT_MANUAL_DIR.is_dir():
     yield None
     return
   root = tmp_path_factory.getbasetemp()
@@ -547,7 +586,7 @@ def real_mnist_job(tmp_path_factory):
 
 def test_real_mnist_prepares_offline_with_the_paper_split(real_mnist_job):
   if real_mnist_job is None:
-    pytest.skip(f"{input_pipeline.PROJECT_MANUAL_DIR} does not exist")
+    pytest.skip(f"{mnist_data.PROJECT_MANUAL_DIR} does not exist")
   deadline = time.monotonic() + 600
   while not real_mnist_job.exists():
     assert time.monotonic() < deadline, "preparing MNIST took over 10 min"

@@ -30,7 +30,7 @@ if str(REPO) not in sys.path:
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from examples._common import pipeline
 from examples._common import tfds_data
-from examples.mnist import input_pipeline as mnist_input
+from examples._common import mnist_data as mnist_input
 from examples.resnet_gkpd import input_pipeline
 from examples.resnet_gkpd import main as resnet_main
 from examples.resnet_gkpd import models

@@ -95,7 +95,7 @@ def test_train_step_moves_every_parameter():
       {"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
        "label": rng.integers(0, 10, 8).astype(np.int32)},
       pipeline.batch_sharding(mesh))
-  chex.assert_shape(model.features(train.mnist_train.preprocess(
+  chex.assert_shape(model.features(train.preprocess(
       batch["image"])), (8, 5, 5, 256))
   before = jax.device_get(nnx.state(model, nnx.Param))
   sums = jax.device_get(train.train_step(model, optimizer, batch))

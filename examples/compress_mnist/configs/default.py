@@ -39,7 +39,8 @@ class Config:
       shuffling; the from-scratch KFC layer's initialisation).
     kfc_ranks: the budgets, as ranks of the KFC term; the low-rank layer of
       each budget gets the rank whose parameter count is nearest.
-    formulation: the KFC formulation of the term (docs/DESIGN.md section 4).
+    formulation: the KFC formulation of the term (docs/DESIGN.md, "KFC
+      formulations").
     out_factors: its output factors ``(O1, O2)``, ``O1 * O2 = 256``.
     methods: which of ``kfc_nkp`` (KFC, nearest-Kronecker init),
       ``low_rank_svd`` (low rank, truncated-SVD init) and ``kfc_scratch``

@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import dataclasses
 
-from examples.mnist.configs import default as mnist_default
+from examples._common import configs
 from examples.svhn import models
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(mnist_default.Config):
-  """The MNIST example's configuration with SVHN's defaults.
+class Config(configs.TrainConfig):
+  """The MNIST protocol's configuration with SVHN's defaults.
 
-  The fields mean what they mean there (``examples/mnist/configs/
-  default.py``); ``manual_dir`` holds the three SVHN ``.mat`` files and
-  ``num_validation`` is taken from the end of SVHN's ``train`` split. This
-  example writes no checkpoints (``save_checkpoints`` is ignored).
+  The fields are ``examples/_common/configs.py``'s ``TrainConfig``;
+  ``manual_dir`` holds the three SVHN ``.mat`` files and ``num_validation``
+  is taken from the end of SVHN's ``train`` split. This example writes no
+  checkpoints (``save_checkpoints`` is ignored).
   """
 
   variants: tuple[str, ...] = models.PAPER_VARIANTS

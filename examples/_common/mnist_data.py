@@ -1,10 +1,7 @@
-"""MNIST through tensorflow-datasets, split as in the paper, held in memory.
+"""MNIST through tensorflow-datasets, split as in the KFC paper, in memory.
 
 ``tfds``'s ``train`` split (60,000 images) is divided into its first 50,000
 (training) and its last 10,000 (validation); ``test`` is the usual 10,000.
-TFDS stores ``train`` in a fixed, shuffled order, so the validation images are
-the last 10,000 of that order, not of the original ``train-images-idx3-ubyte``
-file.
 
 Offline, TFDS prepares MNIST from the four original files in a manual
 directory: ``--manual_dir``, else ``$KFC_JAX_MNIST_DIR``, else this project's
@@ -14,11 +11,8 @@ own ``<data_dir>/downloads/manual``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
-
-import numpy as np
 
 from examples._common import tfds_data
 
@@ -27,18 +21,13 @@ MANUAL_DIR_ENV = "KFC_JAX_MNIST_DIR"
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 TRAIN_SIZE = 60_000
-# examples/mnist/input_pipeline.py -> the repository root is two levels up.
+# examples/_common/mnist_data.py -> the repository root is two levels up.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_MANUAL_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
+HOW_TO_GET = (f"  (Set it with --manual_dir or ${MANUAL_DIR_ENV}; this "
+              f"project keeps the files in {PROJECT_MANUAL_DIR}.)")
 
-
-@dataclasses.dataclass(frozen=True)
-class MnistSplits:
-  """Images ``uint8 [N, 28, 28, 1]`` and labels ``int32 [N]`` per split."""
-
-  train: tuple[np.ndarray, np.ndarray]
-  validation: tuple[np.ndarray, np.ndarray]
-  test: tuple[np.ndarray, np.ndarray]
+MnistSplits = tfds_data.Splits  # Images uint8 [N, 28, 28, 1], labels int32.
 
 
 def default_manual_dir() -> Path | None:
@@ -72,23 +61,8 @@ def load_mnist(*, data_dir: str | os.PathLike[str] | None = None,
       neither prepared from the files nor downloaded; the message says how to
       get it.
   """
-  if not 0 < num_validation < TRAIN_SIZE:
-    raise ValueError(f"num_validation must be in [1, {TRAIN_SIZE - 1}]; got "
-                     f"{num_validation}.")
-  if manual_dir is None:
-    manual_dir = default_manual_dir()
-  arrays = tfds_data.load_numpy_splits(
-      "mnist",
-      {"train": f"train[:-{num_validation}]",
-       "validation": f"train[-{num_validation}:]",
-       "test": "test"},
+  return tfds_data.load_with_validation(
+      "mnist", train_size=TRAIN_SIZE, num_validation=num_validation,
       data_dir=data_dir,
-      manual_dir=manual_dir,
-      manual_files=MNIST_FILES,
-      download=download,
-      how_to_get=(
-          f"  (Set it with --manual_dir or ${MANUAL_DIR_ENV}; this project "
-          f"keeps the files in {PROJECT_MANUAL_DIR}.)"),
-  )
-  return MnistSplits(**{k: (x, y.astype(np.int32))
-                        for k, (x, y) in arrays.items()})
+      manual_dir=manual_dir if manual_dir is not None else default_manual_dir(),
+      manual_files=MNIST_FILES, download=download, how_to_get=HOW_TO_GET)
