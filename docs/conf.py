@@ -93,7 +93,7 @@ _copy_sources()
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 exclude_patterns = [
   "_build",
-  "README.md",
+  "README.md",  # how to build the site, for the repository's readers
   "_generated/*/RESULTS.md",
   "_generated/*/results",
   "_generated/benchmarks/*.md",
