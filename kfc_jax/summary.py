@@ -18,8 +18,7 @@ from flax import nnx
 
 from kfc_jax import _checks
 from kfc_jax.compress._report import format_table, layer_path, ratio
-from kfc_jax.layers import KroneckerLayer, LayerCost, dense_conv_cost
-from kfc_jax.layers import dense_linear_cost
+from kfc_jax.layers import KroneckerLayer, LayerCost, dense_conv_cost, dense_linear_cost
 
 
 @dataclasses.dataclass(frozen=True)

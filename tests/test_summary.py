@@ -93,3 +93,21 @@ def test_linen_summary_matches_nnx():
       assert row.cost.params == ref.cost.params, row.path
       assert row.cost.flops == ref.cost.flops, row.path
   assert from_params.params == sum(v.size for v in jax.tree.leaves(variables))
+
+
+def test_layers_are_recognised_by_type_not_module_name():
+  # A user's subclass lives outside kfc_jax; it is still a kfc_jax layer.
+  class MyKFC(kfc_jax.nnx.KFC):
+    pass
+
+  class MyLinenConv(kfc_jax.linen.KroneckerConv):
+    pass
+
+  layer = MyKFC((3, 3, 8), 16, terms=[("II", (4, 4))], rngs=nnx.Rngs(0), **FAST_INIT)
+  (row,) = kfc_jax.summarize(layer).rows
+  assert row.cost == layer.cost()
+  conv = MyLinenConv(8, 8, 3, strategy="factored")
+  s = kfc_jax.summarize_linen(conv, None, jnp.ones((2, 6, 6, 8)), batch=2)
+  (row,) = s.rows
+  assert row.cost == conv.cost(2, input_size=(6, 6))
+  assert "@6x6" in row.cost.detail

@@ -1,4 +1,4 @@
-"""The Linen driver: :func:`compress_linen_params` replaces layers of a Linen model's params."""
+"""The Linen driver: :func:`compress_linen_params` compresses a Linen model's params."""
 
 from __future__ import annotations
 
@@ -14,8 +14,13 @@ from flax.core import meta as _meta
 from kfc_jax import _checks
 from kfc_jax import linen as kfc_linen
 from kfc_jax.compress._nnx import param_count
-from kfc_jax.compress._plan import Family, LayerPlan, TrainedLayer
-from kfc_jax.compress._plan import build_layers, select_layers
+from kfc_jax.compress._plan import (
+  Family,
+  LayerPlan,
+  TrainedLayer,
+  build_layers,
+  select_layers,
+)
 from kfc_jax.compress._policy import CompressionPolicy, rules_of
 from kfc_jax.compress._report import CompressionReport, layer_path
 
@@ -118,7 +123,8 @@ def _set_subtree(params: dict, parts: Sequence[str], value: Any) -> None:
 
 def compress_linen_params(module: nn.Module, variables: Any, policy: Any, *args: Any,
                           batch: int = 1, **kwargs: Any
-                          ) -> tuple[CompressedLinen, dict[str, Any], CompressionReport]:
+                          ) -> tuple[CompressedLinen, dict[str, Any],
+                                     CompressionReport]:
   """Compresses a Linen model's params: the Linen counterpart of :func:`compress`.
 
   The model is traced once on ``args`` (shapes only; ``jax.ShapeDtypeStruct``

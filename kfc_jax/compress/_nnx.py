@@ -8,11 +8,15 @@ import jax
 import numpy as np
 from flax import nnx
 
-from kfc_jax import _checks
-from kfc_jax import layers
+from kfc_jax import _checks, layers
 from kfc_jax import nnx as kfc_nnx
-from kfc_jax.compress._plan import Family, LayerPlan, TrainedLayer
-from kfc_jax.compress._plan import build_layers, select_layers
+from kfc_jax.compress._plan import (
+  Family,
+  LayerPlan,
+  TrainedLayer,
+  build_layers,
+  select_layers,
+)
 from kfc_jax.compress._policy import CompressionPolicy, rules_of
 from kfc_jax.compress._report import CompressionReport, layer_path
 
@@ -44,15 +48,16 @@ def param_count(tree: Any) -> int:
 
 
 def _replace(model: Any, parts: tuple[Any, ...], new: Any) -> None:
+  def indexed(parent, key):
+    return isinstance(key, int) or isinstance(parent, (nnx.Dict, dict))
+
   parent = model
   for key in parts[:-1]:
-    parent = parent[key] if isinstance(key, int) or isinstance(parent, (nnx.Dict, dict)) \
-        else getattr(parent, key)
-  key = parts[-1]
-  if isinstance(key, int) or isinstance(parent, (nnx.Dict, dict)):
-    parent[key] = new
+    parent = parent[key] if indexed(parent, key) else getattr(parent, key)
+  if indexed(parent, parts[-1]):
+    parent[parts[-1]] = new
   else:
-    setattr(parent, key, new)
+    setattr(parent, parts[-1], new)
 
 
 def _build(layer: TrainedLayer, plan: LayerPlan) -> tuple[Any, float, Any]:

@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from kfc_jax import formulations
-from kfc_jax import layers
+from kfc_jax import formulations, layers
 from kfc_jax.compress._policy import CompressionPolicy, LayerRule
 from kfc_jax.compress._report import LayerReport
 from kfc_jax.decompose import suggest_conv_factors
@@ -107,7 +106,7 @@ def _plan_kfc(rule: LayerRule, n_out: int, budget: int | None) -> LayerPlan:
   term = dataclasses.replace(terms[0], rank=1)
   layout = layers.kfc_layout(rule.in_shape, n_out, [term])
   sizes = [m * n for m, n in zip(layout.terms[0].in_factors,
-                                 layout.terms[0].out_factors)]
+                                 layout.terms[0].out_factors, strict=True)]
   full = min(sizes) if len(sizes) == 2 else layout.in_features * n_out
   rank = _fit_rank(budget, layout.params, full, f"KFC {term.label} layer")
   return LayerPlan(Family.KFC, dict(in_shape=rule.in_shape,
@@ -177,8 +176,8 @@ def select_layers(policy: CompressionPolicy, found: Sequence[TrainedLayer], *,
           f"layer {layer.path!r} (rule {index}, pattern {rule.pattern!r}) is a"
           f" {layer.type_name}; {supported}")
     selected.append((layer, index, rule))
-  listing = ", ".join(f"{l.path or '(root)'} ({l.type_name})"
-                      for l in sorted(found, key=lambda l: l.path)) or "none"
+  listing = ", ".join(f"{layer.path or '(root)'} ({layer.type_name})"
+                      for layer in sorted(found, key=lambda f: f.path)) or "none"
   for i, rule in enumerate(policy.rules):
     if i not in used:
       warnings.warn(

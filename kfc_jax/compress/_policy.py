@@ -63,12 +63,14 @@ class LayerRule:
 
   def __post_init__(self):
     if not isinstance(self.pattern, str):
-      raise TypeError(f"pattern must be a regular expression string, got {self.pattern!r}.")
+      raise TypeError(
+          f"pattern must be a regular expression string, got {self.pattern!r}.")
     try:
       re.compile(self.pattern)
     except re.error as e:
-      raise ValueError(f"pattern {self.pattern!r} is not a valid regular expression: {e}."
-                       ) from None
+      raise ValueError(
+          f"pattern {self.pattern!r} is not a valid regular expression: {e}."
+      ) from None
     if self.method not in METHODS:
       raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
     budget = self.compression is not None or self.max_params is not None
@@ -90,12 +92,11 @@ class LayerRule:
       raise ValueError(
           "pass either a budget (compression/max_params) or factor shapes/terms,"
           f" not both; got {sorted(shapes) or ['terms']} with a budget.")
-    if self.method == "kfc":
-      if self.in_shape is None or self.terms is None:
-        raise ValueError(
-            "method='kfc' needs in_shape=(H, W, C) (the feature map the layer reads"
-            " flattened) and terms (e.g. [('II', (64, 4))]); got"
-            f" in_shape={self.in_shape!r}, terms={self.terms!r}.")
+    if self.method == "kfc" and (self.in_shape is None or self.terms is None):
+      raise ValueError(
+          "method='kfc' needs in_shape=(H, W, C) (the feature map the layer reads"
+          " flattened) and terms (e.g. [('II', (64, 4))]); got"
+          f" in_shape={self.in_shape!r}, terms={self.terms!r}.")
     if self.method == "low_rank" and self.rank is None and not budget:
       raise ValueError("method='low_rank' needs rank, compression or max_params.")
 

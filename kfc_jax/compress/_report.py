@@ -30,8 +30,9 @@ def format_table(header: Sequence[str], sections: Sequence[Sequence[Sequence[str
   widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
 
   def fmt(row):
+    cells = zip(row, widths, strict=True)
     return "  ".join(c.ljust(w) if i < left_columns else c.rjust(w)
-                     for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+                     for i, (c, w) in enumerate(cells)).rstrip()
 
   rule = "-" * len(fmt(header))
   lines = [fmt(header)]

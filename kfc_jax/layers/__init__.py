@@ -26,9 +26,9 @@ from kfc_jax.layers._params import normal_init as normal_init
 from kfc_jax.layers._protocol import KroneckerLayer as KroneckerLayer
 
 __all__ = [
+    "EMPTY_METADATA",
     "ConvLayout",
     "DenseLayout",
-    "EMPTY_METADATA",
     "KDLLayout",
     "KroneckerLayer",
     "LayerCost",

@@ -16,8 +16,12 @@ import jax
 import numpy as np
 
 from kfc_jax import _checks
-from kfc_jax.decompose import KroneckerSumTerm, gkpd
-from kfc_jax.decompose import nearest_kronecker_sum, suggest_conv_factors
+from kfc_jax.decompose import (
+  KroneckerSumTerm,
+  gkpd,
+  nearest_kronecker_sum,
+  suggest_conv_factors,
+)
 from kfc_jax.layers import _params
 from kfc_jax.layers._cost import LayerCost
 from kfc_jax.ops import kron_conv_sum, kron_conv_sum_plan, kron_kernel
@@ -187,7 +191,7 @@ def _split(value: Any, name: str) -> tuple[int, int, int, int]:
 def _complete(given: tuple[int, ...], kernel_shape, name: str, other: str):
   """The other factor's shape: ``kernel_shape / given`` axis by axis."""
   out = []
-  for axis, k, g in zip(_AXES, kernel_shape, given):
+  for axis, k, g in zip(_AXES, kernel_shape, given, strict=True):
     if k % g:
       divisors = [d for d in range(1, k + 1) if k % d == 0]
       raise ValueError(
@@ -223,7 +227,7 @@ def _resolve_term(term: Any, where: str, kernel_shape) -> KronConvShape:
     a = _complete(b, kernel_shape, f"{where}b_shape", "a_shape")
   else:
     a, b = _split(a, f"{where}a_shape"), _split(b, f"{where}b_shape")
-    for axis, k, p, q in zip(_AXES, kernel_shape, a, b):
+    for axis, k, p, q in zip(_AXES, kernel_shape, a, b, strict=True):
       if p * q != k:
         raise ValueError(
             f"{where}a_shape {a} and b_shape {b} must multiply to the kernel"

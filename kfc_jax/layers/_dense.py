@@ -22,8 +22,13 @@ from kfc_jax.decompose import KroneckerSumTerm, nearest_kronecker_sum
 from kfc_jax.layers import _params
 from kfc_jax.layers._cost import LayerCost, replacing_dense
 from kfc_jax.ops import kron, kron_matmul_plan, padded_kron_matmul
-from kfc_jax.shapes import KroneckerShape, KroneckerTerm, factorize
-from kfc_jax.shapes import padded_size, suggest_factors
+from kfc_jax.shapes import (
+  KroneckerShape,
+  KroneckerTerm,
+  factorize,
+  padded_size,
+  suggest_factors,
+)
 
 Array = jax.Array
 
@@ -124,7 +129,7 @@ class DenseLayout:
     kwargs = dict(precision=precision, preferred_element_type=preferred_element_type,
                   strategy=strategy)
     y = None
-    for term, fs in zip(self.terms, factors):
+    for term, fs in zip(self.terms, factors, strict=True):
       if term.formulation is not None:
         xt = flat.reshape(*flat.shape[:-1], *self.in_shape)
         yt = term.formulation.apply(xt, fs, **kwargs)
@@ -136,7 +141,7 @@ class DenseLayout:
   def materialize(self, params: Mapping[str, Any], **kron_kwargs: Any) -> Array:
     """The effective dense kernel ``[in_features, out_features]``."""
     total = None
-    for term, fs in zip(self.terms, self.factors(params)):
+    for term, fs in zip(self.terms, self.factors(params), strict=True):
       if term.formulation is not None:
         w = term.formulation.materialize(fs, self.in_shape, **kron_kwargs)
       else:
@@ -165,9 +170,11 @@ class DenseLayout:
         sum_terms.append(KroneckerSumTerm(
             t.in_factors, t.out_factors, tuple((f, k + f) for f in range(k)), t.rank))
     dec = nearest_kronecker_sum(w, sum_terms, sweeps=sweeps)
-    params = {_params.factor_name(t, f): value.reshape(shape)
-              for t, (fs, term) in enumerate(zip(dec.factors, self.terms))
-              for f, (value, shape) in enumerate(zip(fs, term.factor_shapes))}
+    params = {
+        _params.factor_name(t, f): value.reshape(shape)
+        for t, (fs, term) in enumerate(zip(dec.factors, self.terms, strict=True))
+        for f, (value, shape) in enumerate(
+            zip(fs, term.factor_shapes, strict=True))}
     return (_params.with_bias(params, bias, self.out_features, use_bias),
             dec.relative_error)
 
@@ -189,7 +196,8 @@ def _resolve_linear_term(term: Any, where: str, in_features: int,
                          out_features: int) -> KroneckerTerm:
   if isinstance(term, KroneckerShape):
     term = KroneckerTerm(term.in_factors, term.out_factors, term.rank)
-  elif isinstance(term, Sequence) and not isinstance(term, str) and 2 <= len(term) <= 3:
+  elif (isinstance(term, Sequence) and not isinstance(term, str)
+        and 2 <= len(term) <= 3):
     term = KroneckerTerm(*term)
   elif not isinstance(term, KroneckerTerm):
     raise TypeError(
@@ -230,7 +238,8 @@ def linear_layout(in_features: int, out_features: int, *, in_factors: Any = None
         "pass either terms or in_factors/out_factors/rank, not both; got"
         f" terms={terms!r} with in_factors={in_factors!r},"
         f" out_factors={out_factors!r}, rank={rank!r}.")
-  if isinstance(terms, (str, KroneckerTerm)) or not isinstance(terms, Sequence) or not terms:
+  if (isinstance(terms, (str, KroneckerTerm)) or not isinstance(terms, Sequence)
+      or not terms):
     raise TypeError(
         "terms must be a non-empty list of (in_factors, out_factors[, rank])"
         f" tuples or KroneckerTerm objects, got {terms!r}.")
@@ -241,7 +250,8 @@ def linear_layout(in_features: int, out_features: int, *, in_factors: Any = None
 
 def kfc_layout(in_shape: Any, out_features: int, terms: Any) -> DenseLayout:
   """Validates ``KFC``'s arguments."""
-  if isinstance(in_shape, (str, bytes)) or not isinstance(in_shape, Sequence) or len(in_shape) != 3:
+  if (isinstance(in_shape, (str, bytes)) or not isinstance(in_shape, Sequence)
+      or len(in_shape) != 3):
     raise ValueError(
         f"in_shape must be (H, W, C), the feature map's height, width and"
         f" channels (NHWC), got {in_shape!r}.")

@@ -21,9 +21,9 @@ from kfc_jax.linen._linear import KroneckerLinear as KroneckerLinear
 from kfc_jax.linen._low_rank import LowRankLinear as LowRankLinear
 
 __all__ = [
-    "DenseConversion",
     "KDL",
     "KFC",
+    "DenseConversion",
     "KroneckerConv",
     "KroneckerLinear",
     "LowRankLinear",

@@ -7,6 +7,7 @@ at the first ``init`` or ``apply``, as Linen layers do.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -54,24 +55,30 @@ def boxed_init(init: Any, metadata: Mapping[str, Any], name: str) -> Any:
   return init if names is None else nn.with_partitioning(init, tuple(names))
 
 
-def dense_params(params: Any) -> tuple[np.ndarray, np.ndarray | None, Any]:
-  """Kernel (float64), bias and kernel dtype of a Linen ``Dense`` param dict."""
+def layer_params(params: Any, ndim: int, what: str, kernel_layout: str,
+                 note: str = "") -> tuple[np.ndarray, np.ndarray | None, Any]:
+  """Kernel (float64), bias and kernel dtype of a Linen layer's param dict."""
   if isinstance(params, Mapping) and "params" in params and "kernel" not in params:
     params = params["params"]
   params = nn.unbox(params) if isinstance(params, Mapping) else params
   if not isinstance(params, Mapping) or "kernel" not in params:
     raise TypeError(
-        "params must be a Linen Dense param dict {'kernel': [in_features,"
-        f" out_features], 'bias': [out_features]}}, got {type(params).__name__}"
+        f"params must be a Linen {what} param dict {{'kernel': {kernel_layout},"
+        f" 'bias': [out_features]}}, got {type(params).__name__}"
         f" with keys {sorted(params) if isinstance(params, Mapping) else '-'}.")
   kernel = params["kernel"]
-  if getattr(kernel, "ndim", 0) != 2:
+  if getattr(kernel, "ndim", 0) != ndim:
     raise ValueError(
-        f"params['kernel'] must be 2-D [in_features, out_features], got shape"
+        f"params['kernel'] must be {ndim}-D {kernel_layout}{note}, got shape"
         f" {tuple(np.shape(kernel))}.")
   bias = params.get("bias")
   return (np.asarray(kernel, np.float64),
           None if bias is None else np.asarray(bias), kernel.dtype)
+
+
+def dense_params(params: Any) -> tuple[np.ndarray, np.ndarray | None, Any]:
+  """Kernel (float64), bias and kernel dtype of a Linen ``Dense`` param dict."""
+  return layer_params(params, 2, "Dense", "[in_features, out_features]")
 
 
 def conversion_fields(params: Any, fields: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +117,17 @@ class KroneckerModule(nn.Module, layers.KroneckerLayer):
   """
 
   # Subclasses define `layout` as a functools.cached_property (not a field).
+  # The options every layer shares, keyword-only (after the subclass's fields).
+  _: dataclasses.KW_ONLY
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  preferred_element_type: Any = None
+  factor_init: Any = None
+  bias_init: Any = default_bias_init
+  factor_metadata: Any = None
+  bias_metadata: Mapping[str, Any] | None = None
 
   def _check_options(self) -> None:
     """Validates the fields the layout does not hold (strategy, activation)."""
@@ -140,6 +158,9 @@ class KroneckerModule(nn.Module, layers.KroneckerLayer):
 
 class KroneckerDenseBase(KroneckerModule):
   """Linen twin of ``kfc_jax.nnx``'s dense Kronecker base; subclasses add fields."""
+
+  _: dataclasses.KW_ONLY
+  strategy: Any = "auto"
 
   def _check_options(self) -> None:
     self.layout.check_strategy(self.strategy)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from kfc_jax import layers
@@ -19,22 +17,8 @@ Array = jax.Array
 
 def conv_params(params: Any) -> tuple[np.ndarray, np.ndarray | None, Any]:
   """Kernel (float64), bias and kernel dtype of a Linen ``Conv`` param dict."""
-  if isinstance(params, Mapping) and "params" in params and "kernel" not in params:
-    params = params["params"]
-  params = nn.unbox(params) if isinstance(params, Mapping) else params
-  if not isinstance(params, Mapping) or "kernel" not in params:
-    raise TypeError(
-        "params must be a Linen Conv param dict {'kernel': [kh, kw, in_features,"
-        f" out_features], 'bias': [out_features]}}, got {type(params).__name__}"
-        f" with keys {sorted(params) if isinstance(params, Mapping) else '-'}.")
-  kernel = params["kernel"]
-  if getattr(kernel, "ndim", 0) != 4:
-    raise ValueError(
-        f"params['kernel'] must be 4-D [kh, kw, in_features, out_features] (a"
-        f" 2-D conv), got shape {tuple(np.shape(kernel))}.")
-  bias = params.get("bias")
-  return (np.asarray(kernel, np.float64),
-          None if bias is None else np.asarray(bias), kernel.dtype)
+  return _common.layer_params(params, 4, "Conv", "[kh, kw, in_features, out_features]",
+                              " (a 2-D conv)")
 
 
 class KroneckerConv(_common.KroneckerModule):
@@ -64,15 +48,6 @@ class KroneckerConv(_common.KroneckerModule):
   b_shape: Sequence[int] | None = None
   rank: int = 1
   terms: Sequence[Any] | None = None
-  use_bias: bool = True
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-  preferred_element_type: Any = None
-  factor_init: Any = None
-  bias_init: Any = _common.default_bias_init
-  factor_metadata: Any = None
-  bias_metadata: Mapping[str, Any] | None = None
   strategy: Any = "auto"
 
   replaces = "conv"

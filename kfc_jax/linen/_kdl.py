@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from kfc_jax import layers
 from kfc_jax.linen import _common
@@ -35,15 +32,6 @@ class KDL(_common.KroneckerModule):
   out_factors: Sequence[int]
   rank: int = 1
   activation: Callable[[jax.Array], jax.Array] | None = jax.nn.relu
-  use_bias: bool = True
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-  preferred_element_type: Any = None
-  factor_init: Any = None
-  bias_init: Any = _common.default_bias_init
-  factor_metadata: Any = None
-  bias_metadata: Mapping[str, Any] | None = None
 
   @functools.cached_property
   def layout(self) -> layers.KDLLayout:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
-
-import jax.numpy as jnp
 
 from kfc_jax import layers
 from kfc_jax.linen import _common
@@ -30,16 +28,6 @@ class KFC(_common.KroneckerDenseBase):
   in_shape: Sequence[int]
   out_features: int
   terms: Sequence[Any]
-  use_bias: bool = True
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-  preferred_element_type: Any = None
-  factor_init: Any = None
-  bias_init: Any = _common.default_bias_init
-  factor_metadata: Any = None
-  bias_metadata: Mapping[str, Any] | None = None
-  strategy: Any = "auto"
 
   @functools.cached_property
   def layout(self) -> layers.DenseLayout:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
-
-import jax.numpy as jnp
 
 from kfc_jax import layers
 from kfc_jax.linen import _common
@@ -35,16 +33,6 @@ class KroneckerLinear(_common.KroneckerDenseBase):
   out_factors: Sequence[int] | None = None
   rank: int = 1
   terms: Sequence[Any] | None = None
-  use_bias: bool = True
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-  preferred_element_type: Any = None
-  factor_init: Any = None
-  bias_init: Any = _common.default_bias_init
-  factor_metadata: Any = None
-  bias_metadata: Mapping[str, Any] | None = None
-  strategy: Any = "auto"
 
   @functools.cached_property
   def layout(self) -> layers.DenseLayout:

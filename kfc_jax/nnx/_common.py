@@ -38,8 +38,9 @@ class KroneckerFactor(nnx.Param):
   """
 
 
-def make_param(cls: type[nnx.Variable], init: Any, key: Array, shape: tuple[int, ...],
-               dtype: Any, metadata: Mapping[str, Any] = EMPTY_METADATA) -> nnx.Variable:
+def make_param(cls: type[nnx.Variable], init: Any, key: Array,
+               shape: tuple[int, ...], dtype: Any,
+               metadata: Mapping[str, Any] = EMPTY_METADATA) -> nnx.Variable:
   """``cls(init(key, shape, dtype), **metadata)``, checking the result's shape."""
   value = init(key, shape, dtype)
   if tuple(value.shape) != tuple(shape):
@@ -139,9 +140,9 @@ class KroneckerModule(nnx.Module, layers.KroneckerLayer):
     return self.layout.materialize(self.param_values, precision=self.precision)
 
   def _fit(self, kernel: Any, bias: Any, **fit_kwargs: Any) -> None:
-    """Sets the params nearest to a trained ``(kernel, bias)``, and ``relative_error``."""
-    params, self.relative_error = self.layout.fit(kernel, bias, use_bias=self.use_bias,
-                                                  **fit_kwargs)
+    """Sets the params nearest to a trained ``(kernel, bias)`` and the error."""
+    params, self.relative_error = self.layout.fit(
+        kernel, bias, use_bias=self.use_bias, **fit_kwargs)
     load_params(self, params)
 
 

@@ -111,7 +111,7 @@ class KDL(_common.KroneckerModule):
                              **self.compute_options)
 
   def materialize(self) -> jax.Array:
-    """``sum_r L[r] ⊗ R[r]``: the block's kernel when it is linear (no biases, identity)."""
+    """``sum_r L[r] ⊗ R[r]``: the block's kernel when linear (no biases, identity)."""
     return self.layout.materialize(self.param_values, precision=self.precision)
 
   def cost(self, batch: int = 1) -> layers.LayerCost:

@@ -1,197 +1,22 @@
-"""KroneckerConv (NNX and Linen): the cross-cutting checks over a table of convs.
+"""KroneckerConv (NNX and Linen): what only convolutions have.
 
-References are float64 NumPy: the kernel from ``np.kron`` of the layer's own
-params, convolved by the NumPy reference of ``test_conv`` (itself checked
-against ``lax.conv_general_dilated``).
+Costs at an input size, the default split and init, ``from_conv`` (GKPD),
+summaries and argument errors. The cross-cutting checks (float64 reference,
+dtypes, gradients, jit, Linen twin, metadata, counts) run over the conv cases
+of the shared table (``layer_cases.CASES``, ``test_layer_table.py``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.test_util import check_grads
 
 import kfc_jax
-from layer_cases import FAST_INIT, nnx_params, randomize
-from test_conv import np_kernel, reference
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvCase:
-  id: str
-  args: tuple                 # (in_features, out_features, kernel_size[, strides])
-  kwargs: dict
-  hw: tuple[int, int] = (7, 8)
-
-  @property
-  def in_features(self) -> int:
-    return self.args[0]
-
-  @property
-  def out_features(self) -> int:
-    return self.args[1]
-
-  def conv_kwargs(self) -> dict:
-    """strides/padding/kernel_dilation as the reference conv takes them."""
-    return dict(strides=self.args[3] if len(self.args) > 3 else 1,
-                padding=self.kwargs.get("padding", "SAME"),
-                dilation=self.kwargs.get("kernel_dilation", 1))
-
-  def nnx(self, rngs=None, **overrides):
-    kw = {**FAST_INIT, **self.kwargs, **overrides}
-    return kfc_jax.nnx.KroneckerConv(*self.args, **kw, rngs=rngs or nnx.Rngs(0))
-
-  def linen(self, **overrides):
-    return kfc_jax.linen.KroneckerConv(*self.args, **{**FAST_INIT, **self.kwargs,
-                                                      **overrides})
-
-
-CASES = [
-    ConvCase("3x3(x)1x1-r2", (8, 6, 3),
-             dict(a_shape=(3, 3, 4, 3), b_shape=(1, 1, 2, 2), rank=2)),
-    ConvCase("2x2(x)2x2-stride2-valid", (6, 4, 4, 2),
-             dict(a_shape=(2, 2, 2, 2), b_shape=(2, 2, 3, 2), padding="VALID"), (9, 10)),
-    ConvCase("terms-dilated", (4, 8, (3, 3)),
-             dict(terms=[((3, 1, 2, 2), (1, 3, 2, 4), 2), ((3, 3, 4, 2), None)],
-                  kernel_dilation=2)),
-    ConvCase("default-split-no-bias-explicit-pad", (8, 8, (2, 3), 2),
-             dict(use_bias=False, padding=((1, 0), (2, 1)))),
-]
-cases = pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-
-
-def np_forward(case, params, x):
-  """float64 reference from the params alone."""
-  n_terms = len([k for k in params if k.endswith("_0")])
-  kernel = sum(np_kernel(params[f"factor_{t}_0"], params[f"factor_{t}_1"])
-               for t in range(n_terms))
-  y = reference(x, kernel, **case.conv_kwargs())
-  return y + params["bias"] if "bias" in params else y
-
-
-def _x(rng, case, batch_shape=(2,), dtype=np.float64):
-  return rng.standard_normal((*batch_shape, *case.hw, case.in_features)).astype(dtype)
-
-
-def _params64(layer):
-  return {k: np.asarray(v, np.float64) for k, v in nnx_params(layer).items()}
-
-
-@cases
-@pytest.mark.parametrize("batch_shape", [(), (2, 1)], ids=str)
-def test_matches_float64_reference(x64, rng, case, batch_shape):
-  layer = case.nnx(param_dtype=jnp.float64)
-  randomize(layer, rng)
-  x = _x(rng, case, batch_shape)
-  y = nnx.jit(lambda m, v: m(v))(layer, jnp.asarray(x))
-  flat = x.reshape(-1, *x.shape[-3:])
-  ref = np_forward(case, _params64(layer), flat)
-  chex.assert_shape(y, (*batch_shape, *ref.shape[1:]))
-  np.testing.assert_allclose(np.asarray(y).reshape(ref.shape), ref, rtol=1e-10,
-                             atol=1e-10)
-
-
-@cases
-def test_materialize_is_the_effective_kernel(x64, rng, case):
-  layer = case.nnx(param_dtype=jnp.float64)
-  randomize(layer, rng)
-  params = _params64(layer)
-  kernel = np.asarray(layer.materialize())
-  n_terms = len(layer.layout.terms)
-  np.testing.assert_allclose(kernel, sum(np_kernel(params[f"factor_{t}_0"],
-                                                   params[f"factor_{t}_1"])
-                                         for t in range(n_terms)), rtol=1e-12)
-  chex.assert_shape(kernel, (*layer.kernel_size, case.in_features, case.out_features))
-
-
-@pytest.mark.parametrize("dtype,param_dtype,tol", [
-    (None, jnp.float32, 2e-6), (jnp.bfloat16, jnp.bfloat16, 3e-2),
-    (jnp.float16, jnp.float32, 4e-3), (None, jnp.bfloat16, 3e-2)], ids=str)
-def test_dtypes(rng, dtype, param_dtype, tol):
-  case = CASES[0]
-  layer = case.nnx(dtype=dtype, param_dtype=param_dtype)
-  randomize(layer, rng)
-  x = _x(rng, case, (2,), np.float32)
-  y = nnx.jit(lambda m, v: m(v))(layer, jnp.asarray(x))
-  compute = jnp.dtype(dtype or jnp.float32)
-  assert y.dtype == compute
-  assert all(v.dtype == jnp.dtype(param_dtype) for v in nnx_params(layer).values())
-  seen = lambda v: np.asarray(jnp.asarray(v, compute), np.float64)
-  ref = np_forward(case, {k: seen(v) for k, v in nnx_params(layer).items()}, seen(x))
-  assert np.linalg.norm(np.asarray(y, np.float64) - ref) / np.linalg.norm(ref) < tol
-
-
-@cases
-def test_gradients(x64, rng, case):
-  layer = case.nnx(param_dtype=jnp.float64)
-  randomize(layer, rng)
-  graphdef, state = nnx.split(layer)
-  x = jnp.asarray(_x(rng, case, (1,)))
-
-  @jax.jit
-  def f(state, x):
-    return nnx.merge(graphdef, state)(x)
-
-  check_grads(f, (state, x), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
-
-
-def test_jit_without_retracing(rng):
-  chex.clear_trace_counter()
-  case = CASES[1]
-  layer = case.nnx()
-
-  @nnx.jit
-  @chex.assert_max_traces(n=1)
-  def apply(layer, x):
-    return layer(x)
-
-  for _ in range(3):
-    x = jnp.asarray(_x(rng, case, (2,), np.float32))
-    np.testing.assert_allclose(apply(layer, x), layer(x), rtol=1e-5, atol=1e-5)
-
-
-@cases
-def test_linen_twin_matches_nnx(rng, case):
-  layer = case.nnx()
-  randomize(layer, rng)
-  x = jnp.asarray(_x(rng, case, (2,), np.float32))
-  twin = case.linen()
-  variables = twin.init(jax.random.key(0), x)
-  assert (jax.tree.map(jnp.shape, variables["params"])
-          == {k: v.shape for k, v in nnx_params(layer).items()})
-  copied = {"params": {k: jnp.asarray(v) for k, v in nnx_params(layer).items()}}
-  np.testing.assert_array_equal(twin.apply(copied, x), layer(x))
-  np.testing.assert_array_equal(twin.apply(copied, method="materialize"),
-                                layer.materialize())
-  assert twin.cost(4, input_size=case.hw) == layer.cost(4, input_size=case.hw)
-
-
-@cases
-def test_metadata_filter_and_param_count(case):
-  layer = case.nnx(factor_metadata=({"tag": "A"}, {"tag": "B"}),
-                   bias_metadata={"tag": "bias"})
-  factors = nnx.to_flat_state(nnx.state(layer, kfc_jax.nnx.KroneckerFactor))
-  assert {path[0]: var.get_metadata()["tag"] for path, var in factors} == {
-      f"factor_{t}_{f}": "AB"[f] for t in range(len(layer.layout.terms))
-      for f in range(2)}
-  params = nnx_params(layer)
-  count = sum(v.size for v in params.values())
-  cost = layer.cost()
-  assert cost.params == count
-  bias = case.out_features if layer.use_bias else 0
-  kernel = math.prod(layer.kernel_size) * case.in_features * case.out_features
-  assert cost.dense_params == kernel + bias
-  assert cost.dense_flops == 2 * kernel
-  twin = case.linen().init(jax.random.key(0), jnp.ones((1, *case.hw, case.in_features)))
-  assert sum(v.size for v in jax.tree.leaves(twin["params"])) == count
+from references import np_conv_kernel
 
 
 def test_cost_at_an_input_size_is_the_plan():
@@ -247,7 +72,7 @@ class TestFromConv:
 
   def test_recovers_a_kronecker_kernel(self, x64, rng):
     a, b = rng.standard_normal((2, 2, 3, 2, 4)), rng.standard_normal((2, 2, 1, 3, 2))
-    conv = self._conv_with_kernel(np_kernel(a, b), strides=2, padding="VALID")
+    conv = self._conv_with_kernel(np_conv_kernel(a, b), strides=2, padding="VALID")
     layer = kfc_jax.nnx.KroneckerConv.from_conv(conv, a_shape=(2, 3, 2, 4), rank=2)
     assert layer.relative_error < 1e-12
     assert layer.strides == (2, 2) and layer.padding == "VALID"

@@ -2,7 +2,8 @@
 
 Float64 reference, dtype x param_dtype x precision grid, gradients, the jitted
 path without retracing, split/merge and state round trip, Linen <-> NNX
-consistency, metadata on every factor, parameter counts.
+consistency, metadata on every factor, parameter counts, the
+``KroneckerLayer`` protocol. Dense layers and convolutions alike.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from jax.test_util import check_grads
 
 import kfc_jax
 from layer_cases import CASE_IDS, CASES, nnx_params, randomize
+from references import np_conv
 
 cases = pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 
@@ -32,6 +34,11 @@ def _rel(y, ref):
   return np.linalg.norm(y - ref) / np.linalg.norm(ref)
 
 
+def _examples(case, x):
+  """``x: [*batch, *x_shape]`` as ``[N, *x_shape]``, for the references."""
+  return x.reshape(-1, *case.x_shape)
+
+
 @cases
 @pytest.mark.parametrize("batch_shape", [(), (2, 3)], ids=str)
 def test_matches_float64_reference(x64, rng, case, batch_shape):
@@ -39,12 +46,12 @@ def test_matches_float64_reference(x64, rng, case, batch_shape):
   randomize(layer, rng)
   x = _x(rng, case, batch_shape)
   y = nnx.jit(lambda m, v: m(v))(layer, jnp.asarray(x))
-  chex.assert_shape(y, (*batch_shape, case.args[1]))
-  flat = x.reshape(*batch_shape, case.in_features)
-  ref = case.reference(nnx_params(layer), flat.reshape(-1, case.in_features))
-  np.testing.assert_allclose(np.asarray(y).reshape(ref.shape), ref, rtol=1e-11,
-                             atol=1e-11)
-  if x.shape[-1] != case.in_features:  # KFC also takes the flattened map
+  ref = case.reference(nnx_params(layer), _examples(case, x))
+  chex.assert_shape(y, (*batch_shape, *ref.shape[1:]))
+  np.testing.assert_allclose(np.asarray(y).reshape(ref.shape), ref, rtol=1e-10,
+                             atol=1e-10)
+  if case.conv is None and len(case.x_shape) > 1:  # KFC also takes the flat map
+    flat = x.reshape(*batch_shape, case.in_features)
     np.testing.assert_allclose(layer(jnp.asarray(flat)), y, rtol=1e-12, atol=1e-12)
 
 
@@ -63,7 +70,8 @@ def _grid():
             (None, jnp.bfloat16, jax.lax.Precision.HIGHEST)]
   name = lambda d: "infer" if d is None else jnp.dtype(d).name
   for case in CASES:
-    grid = full if case.id in ("kfc-combined", "linear-terms") else corner
+    grid = (full if case.id in ("kfc-combined", "linear-terms", "conv-terms-dilated")
+            else corner)
     for dtype, param_dtype, precision in grid:
       yield pytest.param(case, dtype, param_dtype, precision, id=(
           f"{case.id}-{name(dtype)}-p{name(param_dtype)}-{precision}"))
@@ -73,14 +81,14 @@ def _grid():
 def test_dtype_grid(rng, case, dtype, param_dtype, precision):
   layer = case.nnx(dtype=dtype, param_dtype=param_dtype, precision=precision)
   randomize(layer, rng)
-  x = _x(rng, case, (8,), np.float32)
+  x = _x(rng, case, (4,), np.float32)
   y = nnx.jit(lambda m, v: m(v))(layer, jnp.asarray(x))
   compute = jnp.dtype(dtype or jnp.float32)  # float32 x promotes low params
   assert y.dtype == compute
   for name, value in nnx_params(layer).items():
     assert value.dtype == jnp.dtype(param_dtype), name
   # Reference from what the computation actually sees: x in the compute dtype.
-  x_seen = np.asarray(jnp.asarray(x, compute), np.float64).reshape(8, -1)
+  x_seen = np.asarray(jnp.asarray(x, compute), np.float64)
   params = {k: np.asarray(jnp.asarray(v, compute), np.float64)
             for k, v in nnx_params(layer).items()}
   assert _rel(y, case.reference(params, x_seen)) < TOLERANCES[compute.name]
@@ -98,6 +106,12 @@ def test_gradients(x64, rng, case):
     return nnx.merge(graphdef, state)(x)
 
   check_grads(f, (state, x), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+  # And against the closed form: for a dense linear layer d sum(y) / dx = W @ 1.
+  if case.linear and case.conv is None:
+    w = case.kernel(nnx_params(layer))
+    gx = jax.grad(lambda v: f(state, v).sum())(x)
+    np.testing.assert_allclose(np.asarray(gx).reshape(3, -1),
+                               np.tile(w.sum(axis=1), (3, 1)), rtol=1e-10)
 
 
 @cases
@@ -145,6 +159,7 @@ def test_linen_twin_matches_nnx(rng, case):
   if case.linear:
     np.testing.assert_array_equal(twin.apply(copied, method="materialize"),
                                   layer.materialize())
+  assert twin.cost_for_input(4, x.shape) == layer.cost_for_input(4, x.shape)
 
 
 @cases
@@ -173,12 +188,22 @@ def test_param_count_matches_cost(case):
   count = sum(v.size for v in nnx_params(layer).values())
   cost = layer.cost()
   assert cost.params == count
-  assert cost.dense_params == case.in_features * case.args[1] + case.args[1]
-  assert cost.dense_flops == 2 * case.in_features * case.args[1]
+  bias = case.args[1] if case.kwargs.get("use_bias", True) else 0
+  assert cost.dense_params == case.kernel_size + bias
+  assert cost.dense_flops == 2 * case.kernel_size
   assert 0 < cost.flops
   twin_params = case.linen().init(jax.random.key(0),
-                                  jnp.ones((1, case.in_features)))["params"]
+                                  jnp.ones((1, *case.x_shape)))["params"]
   assert sum(v.size for v in jax.tree.leaves(twin_params)) == count
+
+
+@cases
+def test_is_a_kronecker_layer(case):
+  layer, twin = case.nnx(), case.linen()
+  for module in (layer, twin):
+    assert isinstance(module, kfc_jax.layers.KroneckerLayer)
+    assert module.replaces == ("conv" if case.conv else "linear")
+  assert layer.layout == twin.layout  # the same layout, read the same way
 
 
 @cases
@@ -188,9 +213,14 @@ def test_materialize_is_the_effective_kernel(x64, rng, case):
   randomize(layer, rng)
   x = _x(rng, case, (4,))
   w = np.asarray(layer.materialize())
-  chex.assert_shape(w, (case.in_features, case.args[1]))
-  np.testing.assert_allclose(layer(jnp.asarray(x)), x.reshape(4, -1) @ w,
-                             rtol=1e-11, atol=1e-11)
+  if case.linear:
+    np.testing.assert_allclose(w, case.kernel(nnx_params(layer)), rtol=1e-12,
+                               atol=1e-12)
+  chex.assert_shape(w, (*layer.kernel_size, *case.args[:2]) if case.conv
+                    else (case.in_features, case.args[1]))
+  y = np.asarray(layer(jnp.asarray(x)))
+  np.testing.assert_allclose(y.reshape(-1), case.apply_kernel(x, w).reshape(-1),
+                             rtol=1e-10, atol=1e-10)
 
 
 @cases
@@ -198,15 +228,25 @@ def test_linen_errors_at_first_call_not_construction(case):
   is_kfc = case.linen_cls is kfc_jax.linen.KFC
   bad = case.linen(terms=[("II", (7, 7))]) if is_kfc else case.linen(rank=0)
   with pytest.raises(ValueError, match="rank|out_factors"):
-    bad.init(jax.random.key(0), jnp.ones((1, case.in_features)))
+    bad.init(jax.random.key(0), jnp.ones((1, *case.x_shape)))
 
 
 def test_every_layer_is_in_the_table():
-  # KroneckerConv (NHWC in, HWIO kernel) has its own table in test_conv_layers.py.
-  covered = {c.nnx_cls for c in CASES} | {kfc_jax.nnx.KroneckerConv}
   public = {getattr(kfc_jax.nnx, n) for n in kfc_jax.nnx.__all__}
-  assert public - covered == {kfc_jax.nnx.KroneckerFactor}
-  assert {c.linen_cls for c in CASES} | {kfc_jax.linen.KroneckerConv} >= {getattr(kfc_jax.linen, n)
-                                          for n in kfc_jax.linen.__all__
-                                          if isinstance(getattr(kfc_jax.linen, n), type)
-                                          and issubclass(getattr(kfc_jax.linen, n), nn.Module)}
+  assert public - {c.nnx_cls for c in CASES} == {kfc_jax.nnx.KroneckerFactor}
+  linen = {getattr(kfc_jax.linen, n) for n in kfc_jax.linen.__all__}
+  modules = {m for m in linen if isinstance(m, type) and issubclass(m, nn.Module)}
+  assert {c.linen_cls for c in CASES} == modules
+
+
+@pytest.mark.parametrize("strides,padding,dilation", [
+    (1, "SAME", 1), (2, "SAME", 1), (2, "VALID", 1), (1, "SAME", 2),
+    ((2, 1), ((1, 0), (2, 1)), 1)], ids=str)
+def test_numpy_conv_reference_is_lax_conv(x64, rng, strides, padding, dilation):
+  x, w = rng.standard_normal((2, 9, 8, 3)), rng.standard_normal((2, 3, 3, 4))
+  pair = lambda v: (v, v) if isinstance(v, int) else v
+  expected = jax.lax.conv_general_dilated(
+      x, w, pair(strides), padding, rhs_dilation=pair(dilation),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(np_conv(x, w, strides, padding, dilation), expected,
+                             rtol=1e-12, atol=1e-12)
