@@ -77,10 +77,12 @@ def strategy(value: Any, num_factors: int | None = None) -> str | tuple[int, ...
   Args:
     value: the ``strategy`` argument.
     num_factors: for :func:`kfc_jax.kron_matmul`, the number of factors; a
-      permutation of ``range(num_factors)`` (the contraction order) is then
-      accepted too. ``None`` (convolutions) accepts the names only.
+      permutation of ``range(num_factors)`` (the contraction order) and
+      ``"autotune"`` are then accepted too. ``None`` (convolutions) accepts
+      the names only.
   """
-  if isinstance(value, str) and value in STRATEGY_NAMES:
+  names = STRATEGY_NAMES if num_factors is None else (*STRATEGY_NAMES, "autotune")
+  if isinstance(value, str) and value in names:
     return value
   if (num_factors is not None and isinstance(value, Sequence)
       and not isinstance(value, str)
@@ -91,7 +93,7 @@ def strategy(value: Any, num_factors: int | None = None) -> str | tuple[int, ...
             f" or a permutation of {tuple(range(num_factors))} (the factor"
             " contraction order)")
   raise ValueError(
-      f"strategy must be one of {STRATEGY_NAMES}{orders}, got {value!r}.")
+      f"strategy must be one of {names}{orders}, got {value!r}.")
 
 
 def pair(value: Any, name: str) -> tuple[int, int]:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from kfc_jax import _checks
+from kfc_jax.ops import _autotune
 
 Strategy = Union[Literal["auto", "factored", "materialize"], tuple[int, ...]]
 
@@ -102,8 +103,15 @@ def builtin_cost_model(platform: str) -> CostModel:
 
 
 def default_cost_model(platform: str | None = None) -> CostModel:
-  """The cost model used by ``strategy="auto"`` on ``platform`` (default backend)."""
-  return builtin_cost_model(platform or jax.default_backend())
+  """The cost model used by ``strategy="auto"`` on ``platform`` (default backend).
+
+  The constants ``python -m kfc_jax.calibrate`` fitted on this kind of device,
+  if it was run (see :func:`kfc_jax.calibrate.main`); else the shipped ones.
+  """
+  platform = platform or jax.default_backend()
+  model = builtin_cost_model(platform)
+  calibrated = _autotune.load_calibrated(platform)
+  return dataclasses.replace(model, **calibrated) if calibrated else model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,9 +279,14 @@ def kron_matmul_plan(
     dtype: element type (sets the bytes per element).
     strategy: ``"auto"`` (cheapest by the cost model, never forming a ``W``
       larger than ``x`` and ``y`` together), ``"factored"`` (best contraction
-      order, ``W`` never formed), ``"materialize"`` (form ``W``, one GEMM), or a
-      permutation of factor indices (contract factors in that order).
-    cost_model: device model; defaults to :func:`default_cost_model`.
+      order, ``W`` never formed), ``"materialize"`` (form ``W``, one GEMM), a
+      permutation of factor indices (contract factors in that order), or
+      ``"autotune"`` (the plan measured fastest, forward + backward, on this
+      device: timed on first use of these shapes and dtype, then cached in
+      memory and in ``$KFC_JAX_CACHE_DIR/autotune.json`` when set).
+    cost_model: device model; defaults to :func:`default_cost_model` (the
+      constants ``python -m kfc_jax.calibrate`` fitted on this device, if
+      any).
 
   Returns:
     A :class:`KronMatmulPlan`; ``plan.chosen`` is what runs.
@@ -295,6 +308,9 @@ def kron_matmul_plan(
         f" sizes {ms}), got x_shape {x_shape}."
     )
   strategy = _checks.strategy(strategy, len(shapes))
+  if strategy == "autotune":  # the measured-fastest plan (timed once, cached)
+    strategy = _checks.strategy(_autotune.autotuned_strategy(
+        x_shape, shapes, dtype, None, None), len(shapes))
   return matmul_plan(
       math.prod(x_shape[:-1]), ms, ns, shapes[0][0],
       jnp.dtype(dtype).itemsize, strategy, cost_model or default_cost_model())

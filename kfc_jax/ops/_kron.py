@@ -10,14 +10,16 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from kfc_jax import _checks
-from kfc_jax.ops._cost import CostModel, Strategy, kron_matmul_plan
+from kfc_jax.ops import _vjp
+from kfc_jax.ops._cost import (CostModel, Strategy, default_cost_model,
+                                kron_matmul_plan)
 
 Array = jax.Array
 PrecisionLike = Any
@@ -133,6 +135,7 @@ def kron_matmul(
     preferred_element_type: Any = None,
     strategy: Strategy = "auto",
     cost_model: CostModel | None = None,
+    backward: Literal["planned", "autodiff"] = "planned",
 ) -> Array:
   """Computes ``x @ sum_r kron(F_1[r], ..., F_k[r])`` without forming the product.
 
@@ -150,10 +153,14 @@ def kron_matmul(
     precision: ``lax.Precision`` for every contraction.
     preferred_element_type: accumulation/result dtype of every contraction;
       intermediates (a materialised ``W`` included) are held in it.
-    strategy: ``"auto"``, ``"factored"``, ``"materialize"`` or a permutation of
-      factor indices; see :func:`kron_matmul_plan`.
+    strategy: ``"auto"``, ``"factored"``, ``"materialize"``, ``"autotune"``
+      or a permutation of factor indices; see :func:`kron_matmul_plan`.
     cost_model: device model for the plan; defaults to
       :func:`default_cost_model`.
+    backward: ``"planned"`` (default): a factored plan gets a custom VJP whose
+      ``dx`` and factor gradients are planned too (``kfc_jax/ops/_vjp.py``);
+      reverse mode only, so ``jax.jvp``/``jacfwd``/``hessian`` raise.
+      ``"autodiff"``: JAX differentiates the forward (every mode works).
 
   Returns:
     ``[*batch, prod(n_t)]``, of dtype ``preferred_element_type`` or the
@@ -168,6 +175,9 @@ def kron_matmul(
     (8, 20)
   """
   fs = _checks.factor_list(factors)
+  if backward not in ("planned", "autodiff"):
+    raise ValueError(
+        f'backward must be "planned" or "autodiff", got {backward!r}.')
   if not hasattr(x, "ndim"):
     x = jnp.asarray(x)
   ms = tuple(f.shape[1] for f in fs)
@@ -193,6 +203,9 @@ def kron_matmul(
     # every plan rounds the same way.
     w = kron(fs, precision=precision, preferred_element_type=preferred_element_type)
     y = _dot(x2, w, (((1,), (0,)), ((), ())), precision, preferred_element_type)
+  elif backward == "planned":
+    y = _vjp.planned_matmul(x2, fs, plan, precision, preferred_element_type,
+                            cost_model or default_cost_model())
   elif plan.chosen.chunk_rows:
     y = _chunked(functools.partial(_factored, factors=fs, order=plan.order,
                                    precision=precision, pet=preferred_element_type),

@@ -332,4 +332,13 @@ def planned_matmul(x, fs, plan, precision, pet, model) -> jax.Array:
                            jnp.dtype(x.dtype).itemsize, model)
   config = _Config(tuple(plan.order), plan.chosen.chunk_rows, backward,
                    precision, None if pet is None else jnp.dtype(pet))
-  return planned_factored(config, x, tuple(fs))
+  try:
+    return planned_factored(config, x, tuple(fs))
+  except TypeError as e:
+    if "forward-mode" not in str(e):
+      raise
+    raise TypeError(
+        "kron_matmul's planned backward (backward=\"planned\", the default) is"
+        " reverse-mode only: jax.jvp, jax.jacfwd, jax.hessian and forward-over-"
+        "reverse cannot go through it. Pass backward=\"autodiff\" to"
+        " kron_matmul (or the layer) for forward-mode derivatives.") from e
