@@ -124,8 +124,9 @@ def distill(
   opt = nnx.Optimizer(model, optimizer or optax.adam(1e-4), wrt=wrt)
   student_call = student_call or (lambda m, x: m(x))
   teacher_call = teacher_call or (lambda t, x: t(x))
+  # A function teacher runs as given (jit it yourself if it is pure).
   teacher_fn = nnx.jit(teacher_call) if isinstance(teacher, nnx.Module) else \
-      jax.jit(lambda x: teacher_call(teacher, x))
+      (lambda x: teacher_call(teacher, x))
 
   def loss_fn(m, x, t_out, labels):
     out = student_call(m, x)
