@@ -186,3 +186,109 @@ def test_backward_plan_blocks_and_residuals():
   assert plan.flops == 5 * step
   gpu = kfc_jax.default_cost_model("gpu")
   assert _vjp.backward_plan(1024, ms, ns, 1, (0, 1), False, 4, gpu).chunk_rows is None
+
+
+# ---------------------------------------------------------------------------
+# Through kron_matmul: every strategy, dtype, factor count, rank, batch rank
+# ---------------------------------------------------------------------------
+
+
+def _strategies(k):
+  return (["auto", "factored", "materialize"]
+          + [tuple(o) for o in itertools.permutations(range(k))] if k > 1
+          else ["auto", "materialize"])
+
+
+def _kron_matmul_grads(x, factors, cotangent, dtype, **kwargs):
+  def loss(x, fs):
+    y = kfc_jax.kron_matmul(x, fs, **kwargs)
+    return jnp.sum(cotangent.astype(y.dtype) * y)
+  return jax.jit(jax.grad(loss, (0, 1)))(
+      jnp.asarray(x, dtype), [jnp.asarray(f, dtype) for f in factors])
+
+
+@pytest.mark.parametrize("in_factors,out_factors", SHAPES, ids=str)
+@pytest.mark.parametrize("rank,batch_shape", [(1, (7,)), (2, (2, 3)), (3, (2, 1, 3))],
+                         ids=str)
+def test_kron_matmul_gradients_every_strategy(rng, x64, in_factors, out_factors,
+                                              rank, batch_shape):
+  factors = random_factors(rng, in_factors, out_factors, rank)
+  x = rng.standard_normal((*batch_shape, math.prod(in_factors)))
+  cotangent = rng.standard_normal((*batch_shape, math.prod(out_factors)))
+  rows = math.prod(batch_shape)
+  dx_ref, dfs_ref = _dense_grads(x.reshape(rows, -1), factors,
+                                 cotangent.reshape(rows, -1))
+  for strategy in _strategies(len(in_factors)):
+    dx, dfs = _kron_matmul_grads(x, factors, cotangent, jnp.float64,
+                                 strategy=strategy)
+    assert dx.shape == x.shape
+    _assert_close(dx.reshape(rows, -1), dx_ref, jnp.float64, f"dx, {strategy}")
+    for t, (g, g_ref) in enumerate(zip(dfs, dfs_ref)):
+      _assert_close(g, g_ref, jnp.float64, f"dF_{t}, {strategy}")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("strategy", ["auto", "materialize", (1, 0)], ids=str)
+def test_kron_matmul_gradients_low_precision(rng, dtype, strategy):
+  x, factors, cotangent = _inputs(rng, (8, 4), (4, 8), 2, rows=33)
+  dx_ref, dfs_ref = _dense_grads(x, factors, cotangent)
+  dx, dfs = _kron_matmul_grads(x, factors, cotangent, dtype, strategy=strategy)
+  _assert_close(dx, dx_ref, dtype, "dx")
+  for t, (g, g_ref) in enumerate(zip(dfs, dfs_ref)):
+    _assert_close(g, g_ref, dtype, f"dF_{t}")
+
+
+@pytest.mark.parametrize("chunk_bytes,keep", [(4096, False), (6000, True)])
+def test_kron_matmul_blocked_backward_matches(rng, x64, chunk_bytes, keep):
+  """A tiny cache budget forces row blocks (with a remainder): the forward in
+  blocks and the backward recomputing, or the forward whole and the backward
+  in blocks of the kept intermediates."""
+  model = kfc_jax.CostModel(1e11, 1e10, 0.0, full_speed_dim=64,
+                            chunk_bytes=chunk_bytes)
+  x, factors, cotangent = _inputs(rng, (4, 3, 2), (2, 3, 4), 2, rows=23)
+  plan = kfc_jax.kron_matmul_plan(x.shape, [f.shape for f in factors],
+                                  dtype=jnp.float64, strategy="factored",
+                                  cost_model=model)
+  assert bool(plan.chosen.chunk_rows) != keep
+  backward = _vjp.backward_plan(23, plan.in_factors, plan.out_factors, 2, plan.order,
+                                bool(plan.chosen.chunk_rows), 8, model)
+  assert backward.keep_intermediates == keep
+  assert backward.chunk_rows and backward.chunk_rows < 23 and 23 % backward.chunk_rows
+  dx_ref, dfs_ref = _dense_grads(x, factors, cotangent)
+  dx, dfs = _kron_matmul_grads(x, factors, cotangent, jnp.float64,
+                               strategy="factored", cost_model=model)
+  _assert_close(dx, dx_ref, jnp.float64, "dx")
+  for t, (g, g_ref) in enumerate(zip(dfs, dfs_ref)):
+    _assert_close(g, g_ref, jnp.float64, f"dF_{t}")
+
+
+def test_factored_plans_use_the_planned_backward(rng):
+  x, factors, _ = _inputs(rng, (4, 4), (4, 4), 1, rows=8)
+  fs = [jnp.asarray(f, jnp.float32) for f in factors]
+  x = jnp.asarray(x, jnp.float32)
+  primitives = lambda **kw: {e.primitive.name for e in jax.make_jaxpr(
+      lambda x, fs: kfc_jax.kron_matmul(x, fs, **kw))(x, fs).eqns}
+  assert any("custom_vjp" in p for p in primitives(strategy="factored"))
+  assert not any("custom_vjp" in p for p in primitives(strategy="factored",
+                                                        backward="autodiff"))
+  assert not any("custom_vjp" in p for p in primitives(strategy="materialize"))
+
+
+def test_forward_mode_needs_autodiff_backward(rng, x64):
+  x, factors, _ = _inputs(rng, (2, 3), (3, 2), 2, rows=3)
+  x = jnp.asarray(x)
+  fs = [jnp.asarray(f) for f in factors]
+  with pytest.raises(TypeError, match='backward="autodiff"'):
+    jax.jacfwd(lambda x: kfc_jax.kron_matmul(x, fs, strategy="factored"))(x)
+  jac = jax.jacfwd(lambda x: kfc_jax.kron_matmul(x, fs, strategy="factored",
+                                                 backward="autodiff"))(x)
+  w = np.asarray(kfc_jax.kron(fs))
+  # d y[i, j] / d x[k, l] = delta_ik W[l, j]
+  expected = np.einsum("ik,lj->ijkl", np.eye(3), w)
+  np.testing.assert_allclose(jac, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_bad_backward_argument():
+  with pytest.raises(ValueError, match="backward"):
+    kfc_jax.kron_matmul(jnp.ones((2, 4)), [jnp.ones((2, 2)), jnp.ones((2, 2))],
+                        backward="forward")
