@@ -51,16 +51,15 @@ from typing import Any
 import numpy as np
 
 from kfc_jax import _checks
+from kfc_jax.decompose import _covariance
 
 _OVERSAMPLE = 10
 _POWER_ITERS = 1   # small matrices, and W itself
-_REFINE_ITERS = 2  # the best screened splits of a large weight
-_RESCREEN = 6      # how many beyond ``keep`` are re-scored after screening
+_REFINE_ITERS = 1  # the best screened splits of a large weight
+_RESCREEN = 2      # how many beyond ``keep`` are re-scored after screening
 _BIG = 1 << 20     # weights with this many entries are screened in float32
 # Gram + eigvalsh is about 12x dearer per n^3 than the GEMM forming the Gram.
 _EIG_COST = 25.0
-# Relative ridge added to covariances before taking their square root.
-RIDGE = 1e-6
 
 
 # ---------------------------------------------------------------------------
@@ -217,36 +216,16 @@ def _lower_bound(s2: np.ndarray, rank: int, total: float) -> float:
 # ---------------------------------------------------------------------------
 
 
-def check_covariance(cov: Any, size: int, name: str = "input_cov") -> np.ndarray:
-  """``cov`` as a float64 ``[size, size]`` symmetric PSD matrix, or raises."""
-  c = _checks.finite_matrix(cov, name)
-  if c.shape != (size, size):
-    raise ValueError(f"{name} must have shape [{size}, {size}] (the layer's input"
-                     f" size squared), got {list(c.shape)}.")
-  scale = max(float(np.abs(c).max()), np.finfo(float).tiny)
-  if np.abs(c - c.T).max() > 1e-6 * scale:
-    raise ValueError(f"{name} must be symmetric; |C - C^T| reaches"
-                     f" {np.abs(c - c.T).max():.3g} (max |C| {scale:.3g}).")
-  c = (c + c.T) / 2
-  if np.trace(c) <= 0:
-    raise ValueError(f"{name} must be positive semi-definite with a positive trace,"
-                     f" got trace {np.trace(c):.3g}.")
-  return c
+def covariance_root(cov: np.ndarray, cov_reg: float = 0.0) -> np.ndarray:
+  """Symmetric ``L`` with ``L Lᵀ = cov + cov_reg * mean(diag(cov)) * I``.
 
-
-def covariance_root(cov: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
-  """``L`` with ``L Lᵀ = cov + ridge * mean(diag(cov)) * I`` (symmetric root).
-
-  The ridge keeps singular covariances (fewer samples than features, dead
-  inputs) invertible: directions the data never excites still weigh
-  ``ridge`` relative to an average one, so the weights there stay defined.
+  ``cov`` is PSD up to rounding (negative rounding is clipped); the ridge
+  keeps it invertible (a Kronecker factor of a regularised covariance needs
+  its own).
   """
   c = (cov + cov.T) / 2
   values, vectors = np.linalg.eigh(c)
-  floor = ridge * max(float(np.trace(c)) / len(c), np.finfo(float).tiny)
-  if values.min() < -1e-6 * max(values.max(), floor):
-    raise ValueError("input_cov must be positive semi-definite; its smallest"
-                     f" eigenvalue is {values.min():.3g} (largest {values.max():.3g}).")
+  floor = cov_reg * max(float(np.trace(c)) / len(c), np.finfo(float).tiny)
   values = np.clip(values, 0.0, None) + floor
   return (vectors * np.sqrt(values)) @ vectors.T
 
@@ -319,7 +298,7 @@ def _score_splits(w: np.ndarray, cov: np.ndarray | None, splits: list[_Split],
   """
   rng = np.random.default_rng(seed)
   m, n = w.shape
-  root = None if cov is None else covariance_root(cov)
+  root = None if cov is None else covariance_root(cov.reg)
   target = w if root is None else root.T @ w
   total = float(np.vdot(target, target))
   big = m * n >= _BIG
@@ -368,7 +347,9 @@ def _score_splits(w: np.ndarray, cov: np.ndarray | None, splits: list[_Split],
 
 def _whitening(split: _Split) -> tuple[np.ndarray, np.ndarray]:
   c1, c2 = _kron_factor_cov(split.cov4())
-  return covariance_root(c1), covariance_root(c2)
+  # Factors of a regularised covariance are positive definite up to rounding.
+  floor = _covariance.DEFAULT_COV_REG
+  return covariance_root(c1, floor), covariance_root(c2, floor)
 
 
 def _rearranged(split: _Split, dtype: Any = np.float64) -> np.ndarray:
@@ -385,7 +366,6 @@ def _rearranged(split: _Split, dtype: Any = np.float64) -> np.ndarray:
 
 def _refine(w, cov, root, scored, splits, refine, fit):
   """Re-measures the best ``refine`` splits under the true covariance."""
-  norm = float(np.linalg.norm(root.T @ w))
   done = 0
   out = []
   for c in scored:
@@ -395,7 +375,7 @@ def _refine(w, cov, root, scored, splits, refine, fit):
       continue
     done += 1
     w_hat = fit(c) if fit is not None else _closed_form(split, c.rank)
-    error = float(np.linalg.norm(root.T @ (w - w_hat)) / norm) if norm > 0 else 0.0
+    error = _covariance.data_error(w, w_hat, cov.raw)
     out.append(dataclasses.replace(c, relative_error=error, exact=True))
   out.sort(key=lambda c: (c.relative_error, c.params))
   return out
@@ -431,6 +411,7 @@ def search_dense(
     exhaustive: bool = False,
     refine: int = 4,
     fit: Callable[[Candidate], np.ndarray] | None = None,
+    cov_reg: float = _covariance.DEFAULT_COV_REG,
     seed: int = 0,
 ) -> SearchResult:
   """Scores every Kronecker split, KFC formulation and low rank within a budget.
@@ -456,6 +437,8 @@ def search_dense(
       the full covariance.
     fit: with ``input_cov``, ``fit(candidate) -> Ŵ [m, n]`` to re-measure with
       (e.g. an ALS solver); by default the Kronecker-factored closed form.
+    cov_reg: the ridge on ``input_cov`` relative to its mean variance, as
+      for :func:`kfc_jax.nearest_kronecker` (checked the same way).
     seed: for the randomized spectra.
 
   Returns:
@@ -480,9 +463,11 @@ def search_dense(
       raise ValueError(f"methods must be among 'kronecker', 'low_rank', 'kfc', got"
                        f" {method!r}.")
   keep = _checks.positive_int(keep, "keep")
-  cov = None if input_cov is None else check_covariance(input_cov, m)
+  cov = None if input_cov is None else _covariance.check_input_cov(input_cov, m, cov_reg)
   splits: list[_Split] = []
   low_rank_rank = min(budget // (m + n), m, n) if "low_rank" in methods else 0
+  # Large weights are screened in float32: read them once at half the bytes.
+  source = w.astype(np.float32) if w.size >= _BIG else w
   if "kronecker" in methods:
     for (m1, m2), (n1, n2) in itertools.product(_ordered_pairs(m), _ordered_pairs(n)):
       if (n1 == 1 and m2 == 1) or (m1 == 1 and n2 == 1):
@@ -495,12 +480,14 @@ def search_dense(
         continue
       cand = Candidate("kronecker", rank, rank * (m1 * n1 + m2 * n2), math.nan,
                        in_factors=(m1, m2), out_factors=(n1, n2))
-      splits.append(_dense_split(w, cov, cand, (m1, m2), (n1, n2)))
+      splits.append(_dense_split(source, None if cov is None else cov.reg, cand,
+                                 (m1, m2), (n1, n2)))
   if "kfc" in methods:
     if in_shape is None:
       raise ValueError("methods with 'kfc' need in_shape=(H, W, C), the feature map"
                        " the layer reads flattened.")
-    splits.extend(_kfc_splits(w, cov, _checks.int_tuple(in_shape, "in_shape"), budget))
+    splits.extend(_kfc_splits(source, None if cov is None else cov.reg,
+                              _checks.int_tuple(in_shape, "in_shape"), budget))
   if low_rank_rank < 1 and not splits:
     raise ValueError(f"no candidate of {methods} fits a budget of {budget} parameters"
                      f" for a {m}x{n} weight (low rank 1 needs {m + n}).")
@@ -567,6 +554,7 @@ def search_conv(
     exhaustive: bool = False,
     refine: int = 4,
     fit: Callable[[Candidate], np.ndarray] | None = None,
+    cov_reg: float = _covariance.DEFAULT_COV_REG,
     seed: int = 0,
 ) -> SearchResult:
   """Scores every GKPD split of a conv kernel within a budget (and low rank).
@@ -584,7 +572,7 @@ def search_conv(
     input_cov: the second moment of the conv's input patches,
       ``[kh*kw*C_in, kh*kw*C_in]`` with the patch flattened in ``(h, w, c)``
       order (the kernel's row order): score output errors on that data.
-    keep, exhaustive, refine, fit, seed: as for :func:`search_dense`; ``fit``
+    keep, exhaustive, refine, fit, cov_reg, seed: as for :func:`search_dense`; ``fit``
       returns the kernel as ``[kh*kw*C_in, C_out]``.
 
   Returns:
@@ -596,8 +584,10 @@ def search_conv(
   patch, c_out = math.prod(shape[:3]), shape[3]
   budget = _budget(math.prod(shape), max_params, compression)
   keep = _checks.positive_int(keep, "keep")
-  cov = None if input_cov is None else check_covariance(input_cov, patch)
+  cov = None if input_cov is None else _covariance.check_input_cov(input_cov, patch,
+                                                                   cov_reg)
   w = k.reshape(patch, c_out)
+  source = k.astype(np.float32) if k.size >= _BIG else k
   splits = []
   for pairs in itertools.product(*(_ordered_pairs(d) for d in shape)):
     a = tuple(p for p, _ in pairs)
@@ -612,7 +602,7 @@ def search_conv(
     if rank < 1:
       continue
     cand = Candidate("kronecker", rank, rank * per_rank, math.nan, a_shape=a, b_shape=b)
-    splits.append(_conv_split(k, cov, cand, a, b))
+    splits.append(_conv_split(source, None if cov is None else cov.reg, cand, a, b))
   low_rank_rank = min(budget // (patch + c_out), patch, c_out)
   if low_rank_rank < 1 and not splits:
     raise ValueError(f"no GKPD split or low rank of a {shape} kernel fits a budget of"

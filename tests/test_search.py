@@ -270,7 +270,7 @@ def test_conv_search_is_the_exhaustive_gkpd_optimum():
 
 
 @pytest.mark.parametrize("cov,match", [
-    (np.eye(5), "input_cov must have shape"),
+    (np.eye(5), r"input_cov must be \[6, 6\]"),
     (np.triu(np.ones((6, 6))), "input_cov must be symmetric"),
     (np.full((6, 6), np.nan), "input_cov must be finite"),
     (-np.eye(6), "input_cov must be positive semi-definite"),
