@@ -284,6 +284,13 @@ def _budget(dense_params: int, max_params: int | None, compression: float | None
   return _checks.positive_int(max_params, "max_params")
 
 
+def _rank_in_budget(budget: int, per_rank: int, full: int, fixed: int | None) -> int:
+  """The largest rank (or ``fixed``) that fits; 0 when none does."""
+  if fixed is not None:
+    return fixed if fixed <= full and fixed * per_rank <= budget else 0
+  return min(budget // per_rank, full)
+
+
 def _ordered_pairs(n: int) -> list[tuple[int, int]]:
   return [(d, n // d) for d in range(1, n + 1) if n % d == 0]
 
@@ -406,6 +413,7 @@ def search_dense(
     compression: float | None = None,
     methods: Sequence[str] = ("kronecker", "low_rank"),
     in_shape: Sequence[int] | None = None,
+    rank: int | None = None,
     input_cov: Any = None,
     keep: int = 2,
     exhaustive: bool = False,
@@ -428,6 +436,8 @@ def search_dense(
     compression: dense over factor parameters.
     methods: any of ``"kronecker"``, ``"low_rank"``, ``"kfc"``.
     in_shape: ``(H, W, C)`` for ``"kfc"``.
+    rank: score every candidate at this rank (those it does not fit are
+      left out) instead of the largest that fits.
     input_cov: the input's second moment ``E[x xᵀ]``, ``[m, m]``: score the
       output error on that data instead of the weight error.
     keep: how many of the best candidates must be scored exactly; splits whose
@@ -465,7 +475,9 @@ def search_dense(
   keep = _checks.positive_int(keep, "keep")
   cov = None if input_cov is None else _covariance.check_input_cov(input_cov, m, cov_reg)
   splits: list[_Split] = []
-  low_rank_rank = min(budget // (m + n), m, n) if "low_rank" in methods else 0
+  fixed = None if rank is None else _checks.positive_int(rank, "rank")
+  low_rank_rank = _rank_in_budget(budget, m + n, min(m, n), fixed) \
+      if "low_rank" in methods else 0
   # Large weights are screened in float32: read them once at half the bytes.
   source = w.astype(np.float32) if w.size >= _BIG else w
   if "kronecker" in methods:
@@ -475,10 +487,10 @@ def search_dense(
       if m1 * n1 == 1 or m2 * n2 == 1:
         continue  # one factor is a scalar: the dense weight again
       full = min(m1 * n1, m2 * n2)
-      rank = min(budget // (m1 * n1 + m2 * n2), full)
-      if rank < 1:
+      r = _rank_in_budget(budget, m1 * n1 + m2 * n2, full, fixed)
+      if r < 1:
         continue
-      cand = Candidate("kronecker", rank, rank * (m1 * n1 + m2 * n2), math.nan,
+      cand = Candidate("kronecker", r, r * (m1 * n1 + m2 * n2), math.nan,
                        in_factors=(m1, m2), out_factors=(n1, n2))
       splits.append(_dense_split(source, None if cov is None else cov.reg, cand,
                                  (m1, m2), (n1, n2)))
@@ -487,7 +499,7 @@ def search_dense(
       raise ValueError("methods with 'kfc' need in_shape=(H, W, C), the feature map"
                        " the layer reads flattened.")
     splits.extend(_kfc_splits(source, None if cov is None else cov.reg,
-                              _checks.int_tuple(in_shape, "in_shape"), budget))
+                              _checks.int_tuple(in_shape, "in_shape"), budget, fixed))
   if low_rank_rank < 1 and not splits:
     raise ValueError(f"no candidate of {methods} fits a budget of {budget} parameters"
                      f" for a {m}x{n} weight (low rank 1 needs {m + n}).")
@@ -506,7 +518,7 @@ def _dense_split(w, cov, cand, ms, ns) -> _Split:
       lambda t: t.reshape(m1 * m2, n1 * n2))
 
 
-def _kfc_splits(w, cov, in_shape, budget) -> list[_Split]:
+def _kfc_splits(w, cov, in_shape, budget, fixed) -> list[_Split]:
   from kfc_jax import formulations as _formulations  # formulations imports decompose
   if len(in_shape) != 3:
     raise ValueError(f"in_shape must be (H, W, C), got {in_shape}.")
@@ -521,7 +533,7 @@ def _kfc_splits(w, cov, in_shape, budget) -> list[_Split]:
     p1, p2 = form.in_factors(in_shape)
     out_splits = [(n, 1)] if form.fixed_out is not None else _ordered_pairs(n)
     for n1, n2 in out_splits:
-      rank = min(budget // (p1 * n1 + p2 * n2), p1 * n1, p2 * n2)
+      rank = _rank_in_budget(budget, p1 * n1 + p2 * n2, min(p1 * n1, p2 * n2), fixed)
       if rank < 1:
         continue
       cand = Candidate("kfc", rank, rank * (p1 * n1 + p2 * n2), math.nan,
@@ -549,6 +561,7 @@ def search_conv(
     *,
     max_params: int | None = None,
     compression: float | None = None,
+    rank: int | None = None,
     input_cov: Any = None,
     keep: int = 2,
     exhaustive: bool = False,
@@ -569,6 +582,7 @@ def search_conv(
     kernel: HWIO ``[kh, kw, C_in, C_out]``.
     max_params: the budget in factor parameters, or
     compression: dense over factor parameters.
+    rank: score every split at this rank instead of the largest that fits.
     input_cov: the second moment of the conv's input patches,
       ``[kh*kw*C_in, kh*kw*C_in]`` with the patch flattened in ``(h, w, c)``
       order (the kernel's row order): score output errors on that data.
@@ -584,6 +598,7 @@ def search_conv(
   patch, c_out = math.prod(shape[:3]), shape[3]
   budget = _budget(math.prod(shape), max_params, compression)
   keep = _checks.positive_int(keep, "keep")
+  fixed = None if rank is None else _checks.positive_int(rank, "rank")
   cov = None if input_cov is None else _covariance.check_input_cov(input_cov, patch,
                                                                    cov_reg)
   w = k.reshape(patch, c_out)
@@ -598,12 +613,12 @@ def search_conv(
     if pa * a[3] == 1 or pb * b[3] == 1:
       continue  # one factor is a scalar
     per_rank = math.prod(a) + math.prod(b)
-    rank = min(budget // per_rank, math.prod(a), math.prod(b))
-    if rank < 1:
+    r = _rank_in_budget(budget, per_rank, min(math.prod(a), math.prod(b)), fixed)
+    if r < 1:
       continue
-    cand = Candidate("kronecker", rank, rank * per_rank, math.nan, a_shape=a, b_shape=b)
+    cand = Candidate("kronecker", r, r * per_rank, math.nan, a_shape=a, b_shape=b)
     splits.append(_conv_split(source, None if cov is None else cov.reg, cand, a, b))
-  low_rank_rank = min(budget // (patch + c_out), patch, c_out)
+  low_rank_rank = _rank_in_budget(budget, patch + c_out, min(patch, c_out), fixed)
   if low_rank_rank < 1 and not splits:
     raise ValueError(f"no GKPD split or low rank of a {shape} kernel fits a budget of"
                      f" {budget} parameters.")
