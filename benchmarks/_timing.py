@@ -60,7 +60,8 @@ def environment(dtype: str) -> dict[str, Any]:
   cpu = platform.processor() or platform.machine()
   try:
     with open("/proc/cpuinfo") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+      cpu = next(line.split(":", 1)[1].strip() for line in f
+                 if line.startswith("model name"))
   except (OSError, StopIteration):
     pass
   return {
@@ -72,7 +73,7 @@ def environment(dtype: str) -> dict[str, Any]:
       "jax": jax.__version__,
       "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
       "python": sys.version.split()[0],
-      "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+      "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
       "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
   }
 

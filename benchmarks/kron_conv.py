@@ -46,9 +46,9 @@ import numpy as np
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _timing  # noqa: E402
+import _timing
 
-import kfc_jax  # noqa: E402
+import kfc_jax
 
 
 @dataclasses.dataclass(frozen=True)

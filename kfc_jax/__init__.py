@@ -5,6 +5,17 @@ re-exported here; Flax layers live in ``kfc_jax.nnx`` (primary) and
 ``kfc_jax.linen``.
 """
 
+from kfc_jax import formulations as formulations
+from kfc_jax import linen as linen
+from kfc_jax import nnx as nnx
+from kfc_jax.compress import CompressedLinen as CompressedLinen
+from kfc_jax.compress import CompressionPolicy as CompressionPolicy
+from kfc_jax.compress import CompressionReport as CompressionReport
+from kfc_jax.compress import LayerReport as LayerReport
+from kfc_jax.compress import LayerRule as LayerRule
+from kfc_jax.compress import compress as compress
+from kfc_jax.compress import compress_linen_params as compress_linen_params
+from kfc_jax.compress import distillation_loss as distillation_loss
 from kfc_jax.decompose import KroneckerDecomposition as KroneckerDecomposition
 from kfc_jax.decompose import KroneckerSumDecomposition as KroneckerSumDecomposition
 from kfc_jax.decompose import KroneckerSumTerm as KroneckerSumTerm
@@ -14,6 +25,12 @@ from kfc_jax.decompose import nearest_kronecker as nearest_kronecker
 from kfc_jax.decompose import nearest_kronecker_sum as nearest_kronecker_sum
 from kfc_jax.decompose import nearest_kronecker_tensor as nearest_kronecker_tensor
 from kfc_jax.decompose import suggest_conv_factors as suggest_conv_factors
+from kfc_jax.formulations import FORMULATIONS as FORMULATIONS
+from kfc_jax.formulations import Formulation as Formulation
+from kfc_jax.formulations import KFCTerm as KFCTerm
+from kfc_jax.formulations import get_formulation as get_formulation
+from kfc_jax.formulations import resolve_terms as resolve_terms
+from kfc_jax.layers import LayerCost as LayerCost
 from kfc_jax.ops import CostModel as CostModel
 from kfc_jax.ops import KronConvPlan as KronConvPlan
 from kfc_jax.ops import KronConvSumPlan as KronConvSumPlan
@@ -35,39 +52,19 @@ from kfc_jax.shapes import KroneckerTerm as KroneckerTerm
 from kfc_jax.shapes import factorize as factorize
 from kfc_jax.shapes import padded_size as padded_size
 from kfc_jax.shapes import suggest_factors as suggest_factors
-
-# Layers and their helpers import the core above.
-from kfc_jax import formulations as formulations
-from kfc_jax.layers import LayerCost as LayerCost
-from kfc_jax.formulations import FORMULATIONS as FORMULATIONS
-from kfc_jax.formulations import Formulation as Formulation
-from kfc_jax.formulations import KFCTerm as KFCTerm
-from kfc_jax.formulations import get_formulation as get_formulation
-from kfc_jax.formulations import resolve_terms as resolve_terms
-from kfc_jax import linen as linen
 from kfc_jax.summary import LayerSummary as LayerSummary
 from kfc_jax.summary import ModelSummary as ModelSummary
 from kfc_jax.summary import summarize as summarize
 from kfc_jax.summary import summarize_linen as summarize_linen
-from kfc_jax import nnx as nnx
-# Whole-model compression uses the layers of both APIs.
-from kfc_jax.compress import CompressedLinen as CompressedLinen
-from kfc_jax.compress import CompressionPolicy as CompressionPolicy
-from kfc_jax.compress import CompressionReport as CompressionReport
-from kfc_jax.compress import LayerReport as LayerReport
-from kfc_jax.compress import LayerRule as LayerRule
-from kfc_jax.compress import compress as compress
-from kfc_jax.compress import compress_linen_params as compress_linen_params
-from kfc_jax.compress import distillation_loss as distillation_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FORMULATIONS",
     "CompressedLinen",
     "CompressionPolicy",
     "CompressionReport",
     "CostModel",
-    "FORMULATIONS",
     "Formulation",
     "KFCTerm",
     "KronConvPlan",

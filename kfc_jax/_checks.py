@@ -45,7 +45,8 @@ def finite_matrix(w: Any, name: str, ndim: int = 2) -> np.ndarray:
     arr = np.asarray(w)
   except Exception as e:  # pragma: no cover - exotic array types
     raise TypeError(f"{name} must be an array, got {type(w).__name__}.") from e
-  if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+  if not (np.issubdtype(arr.dtype, np.floating)
+          or np.issubdtype(arr.dtype, np.integer)):
     raise TypeError(
         f"{name} must hold real numbers, got dtype {arr.dtype}."
     )
@@ -71,8 +72,10 @@ STRATEGY_NAMES = ("auto", "factored", "materialize")
 PADDING_NAMES = ("SAME", "VALID", "SAME_LOWER", "CIRCULAR")
 
 
-def strategy(value: Any, num_factors: int | None = None) -> str | tuple[int, ...]:
+def strategy(value: Any, num_factors: int | None = None) -> Any:
   """Returns a plan strategy: one of ``STRATEGY_NAMES``, or a factor order.
+
+  Typed ``Any`` so callers keep their own ``Literal`` strategy types.
 
   Args:
     value: the ``strategy`` argument.
@@ -243,7 +246,7 @@ def conv_term(factors: Any, name: str = "factors") -> tuple[Any, Any]:
         f"{name} must be a pair (A, B) of kernel factors, got {len(factors)}"
         " factors.")
   out = []
-  for label, f in zip("AB", factors):
+  for label, f in zip("AB", factors, strict=True):
     if not hasattr(f, "ndim"):
       f = jnp.asarray(f)
     if f.ndim == 4:
@@ -273,7 +276,7 @@ def conv_term_shapes(shapes: Any, name: str) -> tuple[tuple[int, ...], tuple[int
         f"{name} must be a pair (A shape, B shape), each (rank, h, w, in, out)"
         f" or (h, w, in, out), got {shapes!r}.")
   out = []
-  for label, s in zip("AB", shapes):
+  for label, s in zip("AB", shapes, strict=True):
     s = int_tuple(s, f"{name} {label}")
     if len(s) == 4:
       s = (1, *s)
@@ -301,7 +304,7 @@ def conv_input_shape(x_shape: Sequence[int], a: Sequence[int], b: Sequence[int],
 
 def same_kernel_shape(shapes: Sequence[tuple[Sequence[int], Sequence[int]]]) -> None:
   """Checks that every ``(A shape, B shape)`` (5-D) composes to one kernel shape."""
-  kernels = [tuple(p * q for p, q in zip(a[1:], b[1:])) for a, b in shapes]
+  kernels = [tuple(p * q for p, q in zip(a[1:], b[1:], strict=True)) for a, b in shapes]
   for i, k in enumerate(kernels[1:], 1):
     if k != kernels[0]:
       raise ValueError(

@@ -46,11 +46,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from kfc_jax import _checks
-from kfc_jax.decompose import KroneckerDecomposition
-from kfc_jax.decompose import KroneckerSumTerm
-from kfc_jax.decompose import nearest_kronecker_tensor
-from kfc_jax.ops import kron
-from kfc_jax.ops import kron_matmul
+from kfc_jax.decompose import (
+  KroneckerDecomposition,
+  KroneckerSumTerm,
+  nearest_kronecker_tensor,
+)
+from kfc_jax.ops import kron, kron_matmul
 from kfc_jax.shapes import KroneckerTerm, factorize
 
 AXES = ("H", "W", "C")
@@ -96,7 +97,7 @@ class Formulation:
 
   def in_factors(self, in_shape: Sequence[int]) -> tuple[int, ...]:
     """Each factor's input size: the product of its group's axis sizes."""
-    sizes = dict(zip(AXES, in_shape))
+    sizes: dict[str, int] = dict(zip(AXES, in_shape, strict=True))
     return tuple(math.prod(sizes[a] for a in g) for g in self.groups)
 
   def default_out_factors(self, out_features: int) -> tuple[int, ...]:
@@ -111,7 +112,7 @@ class Formulation:
                     rank: int = 1) -> tuple[tuple[int, int, int], ...]:
     """``(rank, m_f, n_f)`` of each factor."""
     return tuple((rank, m, n)
-                 for m, n in zip(self.in_factors(in_shape), out_factors))
+                 for m, n in zip(self.in_factors(in_shape), out_factors, strict=True))
 
   def params(self, in_shape: Sequence[int], out_factors: Sequence[int],
              rank: int = 1) -> int:
@@ -151,7 +152,7 @@ class Formulation:
                rank: int = 1) -> KroneckerSumTerm:
     """This term as a cut of ``W.reshape(H, W, C, *out_factors)``."""
     axes = tuple(
-        tuple(AXES.index(a) for a in g) + (3 + f,)
+        (*(AXES.index(a) for a in g), 3 + f)
         for f, g in enumerate(self.groups))
     return KroneckerSumTerm(tuple(in_shape), tuple(out_factors), axes, rank)
 
@@ -169,14 +170,15 @@ class Formulation:
     w = _checks.finite_matrix(w, "w")
     if w.shape != (math.prod(in_shape), math.prod(out_factors)):
       raise ValueError(
-          f"w must have shape [H*W*C, O] = {[math.prod(in_shape), math.prod(out_factors)]}"
+          "w must have shape [H*W*C, O] ="
+          f" {[math.prod(in_shape), math.prod(out_factors)]}"
           f" for in_shape {in_shape} and out_factors {tuple(out_factors)}, got"
           f" {list(w.shape)}.")
     term = self.sum_term(in_shape, out_factors, rank)
     dec = nearest_kronecker_tensor(w.reshape(*in_shape, *out_factors),
                                    term.factor_axes, rank)
     factors = tuple(f.reshape(rank, m, n) for f, (_, m, n) in zip(
-        dec.factors, self.factor_shapes(in_shape, out_factors, rank)))
+        dec.factors, self.factor_shapes(in_shape, out_factors, rank), strict=True))
     return dec._replace(factors=factors)
 
 
@@ -259,11 +261,18 @@ class KFCTerm:
     rank = f", rank {self.rank}" if self.rank != 1 else ""
     return f"{self.spec.name}{tuple(self.out_factors or ())}{rank}"
 
+  def _out(self) -> tuple[int, ...]:
+    if self.out_factors is None:
+      raise ValueError(
+          f"{self!r} has no out_factors yet; resolve_terms(terms, out_features)"
+          " picks them.")
+    return tuple(self.out_factors)
+
   def factor_shapes(self, in_shape: Sequence[int]) -> tuple[tuple[int, int, int], ...]:
-    return self.spec.factor_shapes(in_shape, self.out_factors, self.rank)
+    return self.spec.factor_shapes(in_shape, self._out(), self.rank)
 
   def params(self, in_shape: Sequence[int]) -> int:
-    return self.spec.params(in_shape, self.out_factors, self.rank)
+    return self.spec.params(in_shape, self._out(), self.rank)
 
   def kronecker_term(self, in_shape: Sequence[int]) -> KroneckerTerm:
     """This term over an ``(H, W, C)`` map, as the layers hold it.
@@ -271,7 +280,7 @@ class KFCTerm:
     ``out_factors`` must be set (see :func:`resolve_terms`).
     """
     spec = self.spec
-    return KroneckerTerm(spec.in_factors(in_shape), self.out_factors, self.rank, spec)
+    return KroneckerTerm(spec.in_factors(in_shape), self._out(), self.rank, spec)
 
 
 def _resolve_term(term: Any, i: int, out_features: int) -> KFCTerm:

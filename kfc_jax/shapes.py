@@ -117,19 +117,22 @@ class KroneckerShape:
           f"in_factors and out_factors must have the same length, got"
           f" in_factors={ms} and out_factors={ns}.")
     if math.prod(ms) < self.in_features:
+      example = suggest_factors(self.in_features, self.in_features, k=len(ms))
       raise ValueError(
           f"in_factors {ms} multiply to {math.prod(ms)}, fewer than"
           f" in_features={self.in_features}; they must multiply to at least it,"
-          f" e.g. {suggest_factors(self.in_features, self.in_features, k=len(ms)).in_factors}.")
+          f" e.g. {example.in_factors}.")
     if math.prod(ns) < self.out_features:
+      example = suggest_factors(self.out_features, self.out_features, k=len(ns))
       raise ValueError(
           f"out_factors {ns} multiply to {math.prod(ns)}, fewer than"
           f" out_features={self.out_features}; they must multiply to at least"
-          f" it, e.g. {suggest_factors(self.out_features, self.out_features, k=len(ns)).out_factors}.")
+          f" it, e.g. {example.out_factors}.")
 
   @property
   def factor_shapes(self) -> tuple[tuple[int, int, int], ...]:
-    return tuple((self.rank, m, n) for m, n in zip(self.in_factors, self.out_factors))
+    return tuple((self.rank, m, n)
+                 for m, n in zip(self.in_factors, self.out_factors, strict=True))
 
   @property
   def term(self) -> KroneckerTerm:
@@ -143,7 +146,8 @@ class KroneckerShape:
 
   @property
   def params(self) -> int:
-    return self.rank * sum(m * n for m, n in zip(self.in_factors, self.out_factors))
+    pairs = zip(self.in_factors, self.out_factors, strict=True)
+    return self.rank * sum(m * n for m, n in pairs)
 
   @property
   def dense_params(self) -> int:
@@ -237,7 +241,7 @@ def suggest_factors(
   balanced = (factorize(m, k), factorize(n, k))
 
   def imbalance(ms, ns):
-    sizes = [a * b for a, b in zip(ms, ns)]
+    sizes = [a * b for a, b in zip(ms, ns, strict=True)]
     return max(sizes) / min(sizes)
 
   if max_params is None:
@@ -247,14 +251,14 @@ def suggest_factors(
   best = None
   for ms in in_choices:
     for ns in out_choices:
-      per_rank = sum(a * b for a, b in zip(ms, ns))
+      per_rank = sum(a * b for a, b in zip(ms, ns, strict=True))
       max_rank = min(per_rank and max_params // per_rank,
-                     (m * n) // max(a * b for a, b in zip(ms, ns)))
+                     (m * n) // max(a * b for a, b in zip(ms, ns, strict=True)))
       ranks = [rank] if rank is not None else [max_rank]
       for r in ranks:
         if r < 1 or r * per_rank > max_params:
           continue
-        proper = all(a > 1 and b > 1 for a, b in zip(ms, ns))
+        proper = all(a > 1 and b > 1 for a, b in zip(ms, ns, strict=True))
         key = (proper, r * per_rank, -imbalance(ms, ns),
                -max(ms) - max(ns), ms, ns)
         if best is None or key > best[0]:
@@ -316,7 +320,7 @@ class KroneckerTerm:
   @property
   def factor_shapes(self) -> tuple[tuple[int, int, int], ...]:
     """``(rank, m_t, n_t)`` of each factor."""
-    return tuple((self.rank, m, n) for m, n in zip(*self._resolved()))
+    return tuple((self.rank, m, n) for m, n in zip(*self._resolved(), strict=True))
 
   @property
   def params(self) -> int:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from layer_cases import kfc_term_kernel
 
 import kfc_jax
 from kfc_jax import formulations
-from layer_cases import kfc_term_kernel
 
 H, W, C = 3, 4, 5
 
@@ -34,10 +34,10 @@ def _factors(rng, name, rank):
 @pytest.mark.parametrize("name", list(EINSUMS))
 @pytest.mark.parametrize("batch_shape", [(2,), (2, 3)], ids=str)
 def test_apply_matches_the_einsum_form(x64, rng, name, batch_shape):
-  eq, out, group_shapes = EINSUMS[name]
+  eq, _, group_shapes = EINSUMS[name]
   fs = _factors(rng, name, rank=2)
   x = rng.standard_normal((*batch_shape, H, W, C))
-  unflat = [f.reshape(2, *g, f.shape[-1]) for f, g in zip(fs, group_shapes)]
+  unflat = [f.reshape(2, *g, f.shape[-1]) for f, g in zip(fs, group_shapes, strict=True)]
   expected = np.einsum(eq, x.reshape(-1, H, W, C), *unflat).reshape(*batch_shape, -1)
   y = kfc_jax.get_formulation(name).apply(jnp.asarray(x), [jnp.asarray(f) for f in fs])
   np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)

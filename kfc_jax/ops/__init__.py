@@ -48,7 +48,8 @@ _MOVED_TO_SHAPES = ("KroneckerShape", "factorize", "padded_size", "suggest_facto
 def __getattr__(name):
   if name in _MOVED_TO_SHAPES:
     from kfc_jax import shapes
-    warnings.warn(f"kfc_jax.ops.{name} moved to kfc_jax.shapes (also kfc_jax.{name});"
-                  " the alias goes in the next release.", DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        f"kfc_jax.ops.{name} moved to kfc_jax.shapes (also kfc_jax.{name}); the"
+        " alias goes in the next release.", DeprecationWarning, stacklevel=2)
     return getattr(shapes, name)
   raise AttributeError(f"module 'kfc_jax.ops' has no attribute {name!r}")

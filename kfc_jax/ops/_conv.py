@@ -19,6 +19,7 @@ in the first and the stride applied in the second.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,8 +28,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from kfc_jax import _checks
-from kfc_jax.ops._conv_plan import (ConvStrategy, PaddingLike, conv_geometry,
-                                    first_stride, route, sum_plan)
+from kfc_jax.ops._conv_plan import (
+  ConvStrategy,
+  PaddingLike,
+  conv_geometry,
+  first_stride,
+  route,
+  sum_plan,
+)
 from kfc_jax.ops._cost import CostModel, default_cost_model
 from kfc_jax.ops._kron import kron_matmul
 
@@ -74,7 +81,7 @@ def kron_kernel(
   dtype = jnp.result_type(a, b)
   k = jnp.einsum("rabcd,refgh->aebfcgdh", a.astype(dtype), b.astype(dtype),
                  precision=precision, preferred_element_type=preferred_element_type)
-  return k.reshape(*(p * q for p, q in zip(a.shape[1:], b.shape[1:])))
+  return k.reshape(*(p * q for p, q in zip(a.shape[1:], b.shape[1:], strict=True)))
 
 
 def _factored(x, a, b, strides, pads, dil, precision, pet):
@@ -116,12 +123,12 @@ def _factored(x, a, b, strides, pads, dil, precision, pet):
       y = dot("nahwrb,raq->nhwqb", z.astype(x.dtype), a.reshape(r, ai, ao))
       return y.reshape(*y.shape[:3], ao * bo)
     z = z.transpose(0, 5, 2, 3, 1, 4)
-    a_strides = tuple(s // gi for s, gi in zip(strides, g))
+    a_strides = tuple(s // gi for s, gi in zip(strides, g, strict=True))
     a_pads = ((0, 0), (0, 0))
     # A factor of size 1 on an axis has no taps to space out (and then g may
     # exceed B's span, so the formula would give 0).
     a_dil = tuple(1 if ak == 1 else bk * d // gi
-                  for ak, bk, d, gi in zip((ah, aw), (bh, bw), dil, g))
+                  for ak, bk, d, gi in zip((ah, aw), (bh, bw), dil, g, strict=True))
   # The intermediate is stored in the compute dtype, like a layer's output.
   _, _, h1, w1, _, _ = z.shape
   z = z.astype(x.dtype).reshape(n * bo, h1, w1, ai * r)
@@ -142,7 +149,8 @@ def _prepare(x, terms, strides, padding, kernel_dilation, strategy, cost_model):
   dtype = jnp.result_type(x, *(f for t in terms for f in t))
   strategy = _checks.strategy(strategy)
   shapes = [tuple(tuple(int(d) for d in f.shape) for f in t) for t in terms]
-  geo = conv_geometry(x.shape, *shapes[0], strides, padding, kernel_dilation)
+  a0, b0 = shapes[0]
+  geo = conv_geometry(x.shape, a0, b0, strides, padding, kernel_dilation)
   batch_shape = x.shape[:-3]
   x = x.astype(dtype).reshape(-1, *x.shape[-3:])
   if geo.wrap is not None:  # CIRCULAR: wrap around, then no padding
@@ -273,7 +281,9 @@ def kron_conv_sum(
 def _run(x, terms, strategy, geo, precision, pet):
   """One dense conv by the summed kernel, or every term factored."""
   if strategy == "materialize":
-    k = sum(kron_kernel(t, precision=precision) for t in terms)
+    k = functools.reduce(operator.add, [kron_kernel(t, precision=precision)
+                                        for t in terms])
     return _conv(x, k, geo.strides, geo.pads, geo.dilation, precision, pet)
-  return sum(_factored(x, a, b, geo.strides, geo.pads, geo.dilation, precision, pet)
-             for a, b in terms)
+  return functools.reduce(operator.add, [
+      _factored(x, a, b, geo.strides, geo.pads, geo.dilation, precision, pet)
+      for a, b in terms])

@@ -57,9 +57,10 @@ def _explicit_pads(padding, in_hw, kernel_hw, strides, dilation) -> Pads:
   """``K``'s padding as ``((top, bottom), (left, right))``."""
   if not isinstance(padding, str):
     return padding
-  eff = tuple((k - 1) * d + 1 for k, d in zip(kernel_hw, dilation))
+  eff = tuple((k - 1) * d + 1 for k, d in zip(kernel_hw, dilation, strict=True))
   mode = "SAME" if padding == "CIRCULAR" else padding
-  return tuple(tuple(p) for p in lax.padtype_to_pads(in_hw, eff, strides, mode))
+  (top, bottom), (left, right) = lax.padtype_to_pads(in_hw, eff, strides, mode)
+  return ((top, bottom), (left, right))
 
 
 def conv_geometry(x_shape: Sequence[int], a: Sequence[int], b: Sequence[int],
@@ -73,18 +74,18 @@ def conv_geometry(x_shape: Sequence[int], a: Sequence[int], b: Sequence[int],
   hw = tuple(int(d) for d in x_shape[-3:-1])
   khw = (a[1] * b[1], a[2] * b[2])
   pads = _explicit_pads(padding, hw, khw, strides, dil)
-  for axis, size, p, k, d in zip(("height", "width"), hw, pads, khw, dil):
+  for axis, size, p, k, d in zip(("height", "width"), hw, pads, khw, dil, strict=True):
     if size + p[0] + p[1] < (k - 1) * d + 1:
       raise ValueError(
           f"x's {axis} {size} padded by {p} is {size + p[0] + p[1]}, smaller"
           f" than the (dilated) kernel {axis} {(k - 1) * d + 1}; use a larger"
           f" input or padding='SAME' (got padding={padding!r}).")
   n = math.prod(int(d) for d in x_shape[:-3])
-  x4 = (n, *hw, int(x_shape[-1]))
+  (h, w), c = hw, int(x_shape[-1])
   if padding == "CIRCULAR":
-    wrapped = (n, *(s + p[0] + p[1] for s, p in zip(hw, pads)), x4[3])
+    wrapped = (n, h + sum(pads[0]), w + sum(pads[1]), c)
     return ConvGeometry(wrapped, strides, ((0, 0), (0, 0)), dil, pads)
-  return ConvGeometry(x4, strides, pads, dil, None)
+  return ConvGeometry((n, h, w, c), strides, pads, dil, None)
 
 
 def first_stride(strides, a_hw, b_hw, dilation) -> tuple[int, int]:
@@ -93,8 +94,9 @@ def first_stride(strides, a_hw, b_hw, dilation) -> tuple[int, int]:
   A output row ``y`` reads B's output at rows ``y*s + p1*bh*d``, all multiples
   of ``gcd(s, bh*d)`` (of ``s`` when ``ah == 1``): B need not compute the others.
   """
-  return tuple(s if ak == 1 else math.gcd(s, bk * d)
-               for s, ak, bk, d in zip(strides, a_hw, b_hw, dilation))
+  sh, sw = (s if ak == 1 else math.gcd(s, bk * d)
+            for s, ak, bk, d in zip(strides, a_hw, b_hw, dilation, strict=True))
+  return (sh, sw)
 
 
 def route(a: Sequence[int], b: Sequence[int]) -> str:
@@ -148,7 +150,9 @@ class KronConvPlan:
   @property
   def kernel_shape(self) -> tuple[int, int, int, int]:
     """Shape of the composite kernel ``K`` (HWIO)."""
-    return tuple(a * b for a, b in zip(self.a_shape[1:], self.b_shape[1:]))
+    kh, kw, c, o = (a * b for a, b in zip(self.a_shape[1:], self.b_shape[1:],
+                                          strict=True))
+    return (kh, kw, c, o)
 
   @property
   def dense_flops(self) -> int:
@@ -215,7 +219,7 @@ def _materialize_cost(geo: ConvGeometry, a, b, itemsize, model) -> PlanCost:
   n, h, w, c = geo.x_shape
   strides, pads, dil = geo.strides, geo.pads, geo.dilation
   r = a[0]
-  kh, kw, _, o = (p * q for p, q in zip(a[1:], b[1:]))
+  kh, kw, _, o = (p * q for p, q in zip(a[1:], b[1:], strict=True))
   k_size = kh * kw * c * o
   y = out_size(h, pads[0], kh, strides[0], dil[0])
   x = out_size(w, pads[1], kw, strides[1], dil[1])

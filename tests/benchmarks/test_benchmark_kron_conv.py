@@ -15,7 +15,7 @@ BENCHMARKS = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "benc
 def test_quick_run_writes_results(tmp_path, monkeypatch):
   monkeypatch.syspath_prepend(BENCHMARKS)
   monkeypatch.setattr(sys, "argv", ["kron_conv.py", "--quick"])
-  import kron_conv  # noqa: PLC0415 - the script, imported from benchmarks/
+  import kron_conv
 
   assert kron_conv.main(["--quick", "--repeats", "1", "--out", str(tmp_path)]) == 0
   stem = tmp_path / "kron_conv_cpu_float32_quick"

@@ -23,13 +23,13 @@ def _explicit_pads(padding, hw, kernel_hw, strides, dilation):
   if isinstance(padding, int):
     return ((padding, padding),) * 2
   if isinstance(padding, str):
-    eff = [(k - 1) * d + 1 for k, d in zip(kernel_hw, dilation)]
+    eff = [(k - 1) * d + 1 for k, d in zip(kernel_hw, dilation, strict=True)]
     return lax.padtype_to_pads(hw, eff, strides, padding)
   return padding
 
 
 def reference(x, kernel, strides=1, padding="SAME", dilation=1):
-  """float64 NumPy convolution (test_conv.py checks it against lax.conv_general_dilated).
+  """float64 NumPy convolution (test_conv.py checks it against lax.conv).
 
   Compiling a float64 ``lax.conv`` takes ~1 s per shape on CPU; this takes
   milliseconds, so the grids can be wide.
@@ -38,9 +38,13 @@ def reference(x, kernel, strides=1, padding="SAME", dilation=1):
   dilation = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
   x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
   kh, kw, _, _ = kernel.shape
-  (t, b), (l, r) = _explicit_pads(padding, x.shape[1:3], (kh, kw), strides, dilation)
-  xp = np.pad(x, ((0, 0), (max(t, 0), max(b, 0)), (max(l, 0), max(r, 0)), (0, 0)))
-  xp = xp[:, max(-t, 0):xp.shape[1] - max(-b, 0), max(-l, 0):xp.shape[2] - max(-r, 0)]
+  (top, bottom), (left, right) = _explicit_pads(padding, x.shape[1:3], (kh, kw),
+                                                strides, dilation)
+  # Positive pads are zeros; negative ones crop.
+  xp = np.pad(x, ((0, 0), (max(top, 0), max(bottom, 0)), (max(left, 0), max(right, 0)),
+                  (0, 0)))
+  xp = xp[:, max(-top, 0):xp.shape[1] - max(-bottom, 0),
+          max(-left, 0):xp.shape[2] - max(-right, 0)]
   eh, ew = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1
   win = np.lib.stride_tricks.sliding_window_view(xp, (eh, ew), axis=(1, 2))
   win = win[:, ::strides[0], ::strides[1], :, ::dilation[0], ::dilation[1]]

@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conv_reference import np_kernel, random_term, reference
 from jax import lax
 from jax.test_util import check_grads
 
 import kfc_jax
-from conv_reference import np_kernel, random_term, reference
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -267,7 +267,7 @@ class TestErrors:
   def test_not_a_pair(self):
     with pytest.raises(TypeError, match=r"factors must be a pair \(A, B\).*got ArrayImpl"):
       kfc_jax.kron_conv(jnp.ones((1, 4, 4, 6)), jnp.ones((2, 2, 6, 6)))
-    with pytest.raises(ValueError, match="must be a pair.*got 3 factors"):
+    with pytest.raises(ValueError, match=r"must be a pair.*got 3 factors"):
       kfc_jax.kron_conv(jnp.ones((1, 4, 4, 6)), (self.A, self.B, self.B))
 
   def test_list_of_pairs_points_to_kron_conv_sum(self):

@@ -9,9 +9,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from conv_reference import np_kernel, random_term, reference
 
 import kfc_jax
-from conv_reference import np_kernel, random_term, reference
 
 # Bytes free: fewer FLOPs wins (factored). FLOPs free: fewer bytes wins.
 FAST_MEMORY = kfc_jax.CostModel(1e9, 1e15, 0.0, full_speed_dim=1)
@@ -82,7 +82,7 @@ class TestSumPlan:
   # Two rank-1 terms that cut a 3x3 kernel differently, each two real convs.
   A1, B1 = (3, 1, 2, 4), (1, 3, 4, 2)
   A2, B2 = (1, 3, 4, 2), (3, 1, 2, 4)
-  SHAPES = [((1, *A1), (1, *B1)), ((2, *A2), (2, *B2))]
+  SHAPES = (((1, *A1), (1, *B1)), ((2, *A2), (2, *B2)))
 
   def test_factored_flops_are_the_terms_convs(self):
     n, h, w = 2, 10, 12

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
+from references import np_kron, random_factors
 
 import kfc_jax
-from references import np_kron, random_factors
 
 # (in_factors, out_factors): rectangular, size-1 and k = 1..4.
 SHAPES = [

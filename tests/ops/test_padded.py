@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from references import np_kron, random_factors
 
 import kfc_jax
-from references import np_kron, random_factors
 
 
 @pytest.mark.parametrize("in_features,out_features", [(97, 101), (12, 6), (7, 13)])
