@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 # Older test modules import these from here; new ones from `references`.
-from references import np_kron as np_kron  # noqa: F401
-from references import random_factors as random_factors  # noqa: F401
+from references import np_kron as np_kron
+from references import random_factors as random_factors
 
 
 @pytest.fixture

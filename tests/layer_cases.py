@@ -18,9 +18,9 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from references import np_conv, np_conv_kernel, np_kron
 
 import kfc_jax
-from references import np_conv, np_conv_kernel, np_kron
 
 AXES = ("H", "W", "C")
 
@@ -29,7 +29,7 @@ def kfc_term_kernel(factors, in_shape, groups) -> np.ndarray:
   """``np.kron`` of a KFC term, rows reordered from group order to NHWC."""
   w = np_kron(factors)  # rows indexed row-major over the axes in group order
   order = [a for g in groups for a in g]
-  sizes = dict(zip(AXES, in_shape))
+  sizes = dict(zip(AXES, in_shape, strict=True))
   h, wi, c = np.meshgrid(*(np.arange(s) for s in in_shape), indexing="ij")
   coords = dict(H=h.ravel(), W=wi.ravel(), C=c.ravel())  # NHWC row order
   kron_rows = np.ravel_multi_index([coords[a] for a in order],
@@ -113,7 +113,7 @@ def _kron_linear_kernel(in_features, out_features, n_terms, n_factors):
   def kernel(params):
     return sum(np_kron([_p(params, f"factor_{t}_{f}") for f in range(k)])
                [:in_features, :out_features]
-               for t, k in zip(range(n_terms), n_factors))
+               for t, k in zip(range(n_terms), n_factors, strict=True))
   return kernel
 
 

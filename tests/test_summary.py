@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
+from layer_cases import FAST_INIT
 
 import kfc_jax
-from layer_cases import FAST_INIT
 
 TERMS = [("II", (64, 4)), ("III", (128, 2)), ("IV", (128, 2))]
 
@@ -89,7 +89,7 @@ def test_linen_summary_matches_nnx():
   for s in (from_params, from_shapes):
     assert [r.path for r in s.rows] == [r.path.replace("/", "_")
                                         for r in reference.rows]
-    for row, ref in zip(s.rows, reference.rows):
+    for row, ref in zip(s.rows, reference.rows, strict=True):
       assert row.cost.params == ref.cost.params, row.path
       assert row.cost.flops == ref.cost.flops, row.path
   assert from_params.params == sum(v.size for v in jax.tree.leaves(variables))

@@ -28,15 +28,18 @@ _BUILDERS = {
 }
 
 
-def _kind(module: Any) -> str | None:
-  """``"linear"``, ``"conv"`` (2-D), or ``None`` when compress cannot convert it."""
+def _kind_and_kernel(module: Any) -> tuple[str | None, np.ndarray | None]:
+  """``"linear"`` or ``"conv"`` (2-D) and the kernel; ``(None, None)`` when
+  compress cannot convert the layer."""
   if isinstance(module, layers.KroneckerLayer):
-    return None  # already compressed
-  if isinstance(module, nnx.Linear):
-    return "linear"
-  if isinstance(module, nnx.Conv) and module.kernel[...].ndim == 4:
-    return "conv"
-  return None
+    return None, None  # already compressed
+  if isinstance(module, (nnx.Linear, nnx.Conv)):
+    kernel = np.asarray(module.kernel[...], np.float64)
+    if kernel.ndim == 2 and isinstance(module, nnx.Linear):
+      return "linear", kernel
+    if kernel.ndim == 4 and isinstance(module, nnx.Conv):
+      return "conv", kernel
+  return None, None
 
 
 def _owns_params(module: Any) -> bool:
@@ -126,8 +129,7 @@ def compress(model: Any, policy: Any, *, inplace: bool = False, batch: int = 1
   found = []
   for parts, module in nnx.iter_modules(target):
     if _owns_params(module):  # containers: their layers are visited themselves
-      kind = _kind(module)
-      kernel = None if kind is None else np.asarray(module.kernel[...], np.float64)
+      kind, kernel = _kind_and_kernel(module)
       found.append(TrainedLayer(layer_path(parts), type(module).__name__, kind,
                                 kernel, (tuple(parts), module)))
   found.sort(key=lambda layer: layer.path)

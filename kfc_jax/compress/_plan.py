@@ -105,8 +105,7 @@ def _plan_kfc(rule: LayerRule, n_out: int, budget: int | None) -> LayerPlan:
                      f" out_factors) to choose the rank of, got {rule.terms!r}.")
   term = dataclasses.replace(terms[0], rank=1)
   layout = layers.kfc_layout(rule.in_shape, n_out, [term])
-  sizes = [m * n for m, n in zip(layout.terms[0].in_factors,
-                                 layout.terms[0].out_factors, strict=True)]
+  sizes = [m * n for _, m, n in layout.terms[0].factor_shapes]
   full = min(sizes) if len(sizes) == 2 else layout.in_features * n_out
   rank = _fit_rank(budget, layout.params, full, f"KFC {term.label} layer")
   return LayerPlan(Family.KFC, dict(in_shape=rule.in_shape,
@@ -135,6 +134,9 @@ def _plan_kronecker(rule: LayerRule, n_in: int, n_out: int, budget: int | None
 def plan_layer(rule: LayerRule, layer: TrainedLayer) -> LayerPlan:
   """The replacement ``rule`` asks for ``layer``: method and factor shapes."""
   kernel = layer.kernel
+  if kernel is None:
+    raise TypeError(f"layer {layer.path!r} ({layer.type_name}) has no kernel to plan"
+                    " from.")
   budget = _budget(rule, math.prod(kernel.shape))
   if layer.kind == "conv":
     return _plan_conv(rule, kernel, budget)
@@ -212,7 +214,8 @@ def build_layers(selected: Sequence[tuple[TrainedLayer, int, LayerRule]],
       cost = new_layer.cost(batch)
     except (ValueError, TypeError) as e:
       raise _layer_error(layer, index, rule, e) from e
-    row = LayerReport.of(layer.path, layer.type_name, _shape_label(layer.kernel),
+    row = LayerReport.of(layer.path, layer.type_name,
+                         "" if layer.kernel is None else _shape_label(layer.kernel),
                          cost, error)
     built.append((layer, value, row))
   return built

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -29,6 +29,7 @@ from kfc_jax.shapes import KronConvShape, factorize
 
 Array = jax.Array
 _AXES = ("height", "width", "in_features", "out_features")
+Shape4 = tuple[int, int, int, int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,11 +114,8 @@ class ConvLayout:
 
   def materialize(self, params: Mapping[str, Any], **kwargs: Any) -> Array:
     """The effective HWIO kernel ``[kh, kw, in_features, out_features]``."""
-    total = None
-    for fs in self.factors(params):
-      k = kron_kernel(fs, **kwargs)
-      total = k if total is None else total + k
-    return total
+    kernels = [kron_kernel(fs, **kwargs) for fs in self.factors(params)]
+    return sum(kernels[1:], kernels[0])
 
   def check_kernel(self, kernel: Any) -> np.ndarray:
     """``kernel`` as float64 NumPy, checked against the layout's kernel shape."""
@@ -240,7 +238,8 @@ def _resolve_term(term: Any, where: str, kernel_shape) -> KronConvShape:
         f"{where}rank must be at most min(prod(a_shape), prod(b_shape)) ="
         f" {limit} for a_shape {tuple(a)} and b_shape {tuple(b)} (a higher rank"
         f" only repeats terms), got rank={rank}.")
-  return KronConvShape(tuple(kernel_shape), tuple(a), tuple(b), rank)
+  return KronConvShape(cast(Shape4, tuple(kernel_shape)), cast(Shape4, tuple(a)),
+                       cast(Shape4, tuple(b)), rank)
 
 
 def conv_layout(in_features: Any, out_features: Any, kernel_size: Any,

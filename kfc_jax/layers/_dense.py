@@ -33,6 +33,12 @@ from kfc_jax.shapes import (
 Array = jax.Array
 
 
+def _factors(term: KroneckerTerm) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """A resolved term's ``(in_factors, out_factors)``."""
+  assert term.in_factors is not None and term.out_factors is not None
+  return term.in_factors, term.out_factors
+
+
 @dataclasses.dataclass(frozen=True)
 class DenseLayout:
   """Sizes and terms of a layer ``y = x @ sum_t W_t + b`` with Kronecker ``W_t``.
@@ -51,12 +57,18 @@ class DenseLayout:
 
   @property
   def padded(self) -> bool:
-    return any(math.prod(t.in_factors) != self.in_features
-               or math.prod(t.out_factors) != self.out_features for t in self.terms)
+    return any(math.prod(ms) != self.in_features or math.prod(ns) != self.out_features
+               for ms, ns in map(_factors, self.terms))
 
   @property
   def total_rank(self) -> int:
     return sum(t.rank for t in self.terms)
+
+  @property
+  def feature_map(self) -> tuple[int, int, int]:
+    """``in_shape`` of a KFC layout (its terms have formulations)."""
+    assert self.in_shape is not None
+    return self.in_shape
 
   def flatten_input(self, x: Any) -> Array:
     """Checks ``x`` and returns it as ``[*batch, in_features]``."""
@@ -93,9 +105,9 @@ class DenseLayout:
     """
     out = []
     for t in self.terms:
-      c = (math.prod(t.in_factors) / (self.in_features * self.total_rank)
-           ) ** (1 / t.num_factors)
-      out.append([math.sqrt(c / m) for m in t.in_factors])
+      ms, _ = _factors(t)
+      c = (math.prod(ms) / (self.in_features * self.total_rank)) ** (1 / len(ms))
+      out.append([math.sqrt(c / m) for m in ms])
     return out
 
   def param_specs(self, factor_metadata: Any = None, bias_metadata: Any = None
@@ -128,26 +140,24 @@ class DenseLayout:
     factors = [[next(it) for _ in fs] for fs in factors]
     kwargs = dict(precision=precision, preferred_element_type=preferred_element_type,
                   strategy=strategy)
-    y = None
+    ys = []
     for term, fs in zip(self.terms, factors, strict=True):
       if term.formulation is not None:
-        xt = flat.reshape(*flat.shape[:-1], *self.in_shape)
-        yt = term.formulation.apply(xt, fs, **kwargs)
+        xt = flat.reshape(*flat.shape[:-1], *self.feature_map)
+        ys.append(term.formulation.apply(xt, fs, **kwargs))
       else:
-        yt = padded_kron_matmul(flat, fs, self.out_features, **kwargs)
-      y = yt if y is None else y + yt
-    return _params.add_bias(y, bias)
+        ys.append(padded_kron_matmul(flat, fs, self.out_features, **kwargs))
+    return _params.add_bias(sum(ys[1:], ys[0]), bias)
 
   def materialize(self, params: Mapping[str, Any], **kron_kwargs: Any) -> Array:
     """The effective dense kernel ``[in_features, out_features]``."""
-    total = None
+    ws = []
     for term, fs in zip(self.terms, self.factors(params), strict=True):
       if term.formulation is not None:
-        w = term.formulation.materialize(fs, self.in_shape, **kron_kwargs)
+        ws.append(term.formulation.materialize(fs, self.feature_map, **kron_kwargs))
       else:
-        w = kron(fs, **kron_kwargs)[:self.in_features, :self.out_features]
-      total = w if total is None else total + w
-    return total
+        ws.append(kron(fs, **kron_kwargs)[:self.in_features, :self.out_features])
+    return sum(ws[1:], ws[0])
 
   def fit(self, w: Any, bias: Any = None, *, use_bias: bool, sweeps: int = 20
           ) -> tuple[dict[str, np.ndarray], float]:
@@ -163,12 +173,13 @@ class DenseLayout:
           f" {[self.in_features, self.out_features]}, got {list(w.shape)}.")
     sum_terms = []
     for t in self.terms:
+      ms, ns = _factors(t)
       if t.formulation is not None:
-        sum_terms.append(t.formulation.sum_term(self.in_shape, t.out_factors, t.rank))
+        sum_terms.append(t.formulation.sum_term(self.feature_map, ns, t.rank))
       else:
-        k = t.num_factors
+        k = len(ms)
         sum_terms.append(KroneckerSumTerm(
-            t.in_factors, t.out_factors, tuple((f, k + f) for f in range(k)), t.rank))
+            ms, ns, tuple((f, k + f) for f in range(k)), t.rank))
     dec = nearest_kronecker_sum(w, sum_terms, sweeps=sweeps)
     params = {
         _params.factor_name(t, f): value.reshape(shape)
@@ -181,7 +192,7 @@ class DenseLayout:
   def cost(self, kind: str, *, use_bias: bool, batch: int, strategy: Any,
            dtype: Any) -> LayerCost:
     """Parameters and FLOPs (the plan ``kron_matmul`` runs) against the dense layer."""
-    flops = sum(kron_matmul_plan((batch, math.prod(t.in_factors)), t.factor_shapes,
+    flops = sum(kron_matmul_plan((batch, math.prod(_factors(t)[0])), t.factor_shapes,
                                  dtype=dtype or jnp.float32,
                                  strategy=strategy).chosen.flops
                 for t in self.terms)
@@ -211,7 +222,7 @@ def _resolve_linear_term(term: Any, where: str, in_features: int,
   else:
     ms = None if ms is None else _checks.int_tuple(ms, f"{where}in_factors")
     ns = None if ns is None else _checks.int_tuple(ns, f"{where}out_factors")
-    k = len(ms or ns)
+    k = len(ms) if ms is not None else len(ns or ())
     if ms is None:
       ms = factorize(padded_size(in_features, k), k)
     if ns is None:

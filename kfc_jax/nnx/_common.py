@@ -149,6 +149,8 @@ class KroneckerModule(nnx.Module, layers.KroneckerLayer):
 class KroneckerDenseBase(KroneckerModule):
   """``y = x @ sum_t W_t + b`` for Kronecker-structured ``W_t`` (a dense layout)."""
 
+  strategy: Any  # set by each subclass from its layout's check_strategy
+
   def __call__(self, x: Array) -> Array:
     """Applies the layer to ``x: [*batch, in_features]``."""
     return self.layout.apply(self.param_values, x, strategy=self.strategy,

@@ -12,9 +12,9 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
+from references import np_kron
 
 import kfc_jax
-from references import np_kron
 from kfc_jax import CompressionPolicy, LayerRule, compress, compress_linen_params
 
 F64 = jnp.float64
@@ -250,11 +250,11 @@ def test_linen_errors_leave_nothing_half_done():
   module = LinenMLP()
   x = jnp.ones((1, 64))
   variables = module.init(jax.random.key(0), x)
-  with pytest.raises(TypeError, match="LayerNorm_0.*LayerNorm"):
+  with pytest.raises(TypeError, match=r"LayerNorm_0.*LayerNorm"):
     compress_linen_params(module, variables, LayerRule("LayerNorm_0"), x)
   with pytest.warns(UserWarning, match="Dense_0 \\(Dense\\), Dense_1 \\(Dense\\)"):
     compress_linen_params(module, variables, LayerRule("nothing"), x)
-  with pytest.raises(ValueError, match="Dense_0.*max_params=2"):
+  with pytest.raises(ValueError, match=r"Dense_0.*max_params=2"):
     compress_linen_params(module, variables, LayerRule("Dense_.", max_params=2), x)
   with pytest.raises(TypeError, match="'params' collection"):
     compress_linen_params(module, {"kernel": 1}, LayerRule("Dense_0"), x)
@@ -377,7 +377,7 @@ def test_already_compressed_layer_is_a_type_error():
     compress(model, LayerRule("fc1", method="low_rank", rank=1))
   with pytest.raises(ValueError, match="in place"):
     compress(_linear(4, 4, nnx.Rngs(0)), LayerRule(""), inplace=True)
-  with pytest.raises(TypeError, match="nnx.Module"):
+  with pytest.raises(TypeError, match=r"nnx\.Module"):
     compress({"w": 1}, LayerRule("w"))
   with pytest.raises(TypeError, match="policy"):
     compress(model, "fc1")

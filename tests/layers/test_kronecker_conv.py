@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from references import np_conv_kernel
 
 import kfc_jax
-from references import np_conv_kernel
 
 
 def test_cost_at_an_input_size_is_the_plan():

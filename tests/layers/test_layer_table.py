@@ -9,6 +9,7 @@ consistency, metadata on every factor, parameter counts, the
 from __future__ import annotations
 
 import itertools
+
 import chex
 import flax.linen as nn
 import jax
@@ -17,10 +18,10 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.test_util import check_grads
-
-import kfc_jax
 from layer_cases import CASE_IDS, CASES, nnx_params, randomize
 from references import np_conv
+
+import kfc_jax
 
 cases = pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 
@@ -191,7 +192,7 @@ def test_param_count_matches_cost(case):
   bias = case.args[1] if case.kwargs.get("use_bias", True) else 0
   assert cost.dense_params == case.kernel_size + bias
   assert cost.dense_flops == 2 * case.kernel_size
-  assert 0 < cost.flops
+  assert cost.flops > 0
   twin_params = case.linen().init(jax.random.key(0),
                                   jnp.ones((1, *case.x_shape)))["params"]
   assert sum(v.size for v in jax.tree.leaves(twin_params)) == count
@@ -227,7 +228,7 @@ def test_materialize_is_the_effective_kernel(x64, rng, case):
 def test_linen_errors_at_first_call_not_construction(case):
   is_kfc = case.linen_cls is kfc_jax.linen.KFC
   bad = case.linen(terms=[("II", (7, 7))]) if is_kfc else case.linen(rank=0)
-  with pytest.raises(ValueError, match="rank|out_factors"):
+  with pytest.raises(ValueError, match=r"rank|out_factors"):
     bad.init(jax.random.key(0), jnp.ones((1, *case.x_shape)))
 
 
