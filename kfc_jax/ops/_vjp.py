@@ -95,6 +95,19 @@ def _chain_sizes(ms, ns, r, order):
   return p_sizes, q_sizes
 
 
+def _divisor_at_most(batch: int, rows: int) -> int:
+  """``rows``, lowered to a divisor of ``batch`` if one is at least half of it.
+
+  Blocks that divide the batch need no remainder block, whose ``dx`` would be
+  concatenated to the others' (a copy of all of ``dx``: 16 MiB of scratch on
+  the 64x64 (x) 64x64 benchmark row).
+  """
+  for d in range(rows, (rows + 1) // 2 - 1, -1):
+    if batch % d == 0:
+      return d
+  return rows
+
+
 def backward_plan(batch: int, ms: tuple[int, ...], ns: tuple[int, ...], r: int,
                   order: tuple[int, ...], forward_chunked: bool, itemsize: int,
                   model: Any) -> BackwardPlan:
@@ -126,14 +139,17 @@ def backward_plan(batch: int, ms: tuple[int, ...], ns: tuple[int, ...], r: int,
     per_rank = (p_sizes[j - 1] // (r if j > 1 else 1))
     flops = 2 * r * per_rank * ns[t]
     steps.append((flops, p_sizes[j - 1] + q_sizes[k - j], model.full_speed_dim))
-  # A block's working set is every P_j and Q_s of its rows (they are all live
-  # until the gradients are formed); blocks of it fit in model.chunk_bytes
-  # (measured: 16-row blocks ran up to 2x faster than 64-row ones on 64x64 (x)
-  # 64x64, whose peak tensor alone fits the budget at 64 rows).
+  # A block's working set is every P_j and Q_s of its rows (all live until the
+  # gradients are formed). Blocks hold at most 2 * chunk_bytes of it and at
+  # most 16 rows: measured on the 2-core CPU (f32, interleaved, loaded
+  # machine), 16-row blocks beat 8, 32 and 64 rows on both 64x64 (x) 64x64
+  # (batch 1024: 45 vs 85, 56, 52 ms) and 32x32 (x) 32x32 (batch 4096: 53 vs
+  # 56, 88, 58 ms).
   working_set = sum(p_sizes[:k]) + sum(q_sizes)
   chunk_rows = None
   if model.chunk_bytes and batch > 1 and itemsize * batch * working_set > model.chunk_bytes:
-    chunk_rows = max(1, model.chunk_bytes // (itemsize * working_set))
+    budget_rows = 2 * model.chunk_bytes // (itemsize * working_set)
+    chunk_rows = _divisor_at_most(batch, max(1, min(16, budget_rows)))
   bandwidth = (model.cache_bytes_per_second or model.bytes_per_second
                if chunk_rows else model.bytes_per_second)
   seconds, flops = 0.0, 0

@@ -176,9 +176,11 @@ def test_backward_plan_blocks_and_residuals():
   plan = _vjp.backward_plan(1024, ms, ns, 1, (0, 1), True, 4, model)
   assert not plan.keep_intermediates
   assert plan.chunk_rows is not None and plan.chunk_rows < 1024
-  # P_0, P_1, Q_0, Q_1, Q_2 of one block fit the budget.
-  assert 5 * 4096 * 4 * plan.chunk_rows <= model.chunk_bytes
-  assert 5 * 4096 * 4 * (plan.chunk_rows + 1) > model.chunk_bytes
+  # P_0, P_1, Q_0, Q_1, Q_2 of one block fit twice the budget; at most 16
+  # rows; blocks divide the batch.
+  assert 5 * 4096 * 4 * plan.chunk_rows <= 2 * model.chunk_bytes
+  assert plan.chunk_rows <= 16 and 1024 % plan.chunk_rows == 0
+  assert _vjp.backward_plan(1000, ms, ns, 1, (0, 1), True, 4, model).chunk_rows == 10
   small = _vjp.backward_plan(8, (4, 4), (4, 4), 1, (1, 0), False, 4, model)
   assert small.keep_intermediates and small.chunk_rows is None
   # Forward k steps; backward k chain steps, k gradients, k - 1 recomputed.
