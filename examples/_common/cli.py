@@ -15,8 +15,7 @@ from typing import Any
 
 from tqdm.contrib import logging as tqdm_logging
 
-from examples._common import configs
-from examples._common import tfds_data
+from examples._common import configs, tfds_data
 
 
 def csv(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:

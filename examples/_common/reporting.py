@@ -55,11 +55,11 @@ def format_mean_std(mean: float, std: float, count: int,
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   """A Markdown table with padded columns (readable as plain text too)."""
-  widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+  widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
 
   def line(cells):
     return "| " + " | ".join(
-        str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+        str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
   sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
   return "\n".join([line(headers), sep] + [line(r) for r in rows])

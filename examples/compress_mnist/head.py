@@ -19,8 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from examples._common import cnn
-from examples._common import loop
+from examples._common import cnn, loop
 
 
 def preprocess(images: jax.Array) -> jax.Array:
@@ -93,9 +92,10 @@ def evaluate_head(model: cnn.PaperCNN, features: np.ndarray,
   loss = correct = 0.0
   for start, stop in _chunks(len(labels), batch_size):
     mask = _pad(np.ones(stop - start, np.float32), batch_size)
-    l, c = _head_eval_step(model, _pad(features[start:stop], batch_size),
-                           _pad(labels[start:stop], batch_size), mask)
-    loss, correct = loss + float(l), correct + float(c)
+    batch_loss, batch_correct = _head_eval_step(
+        model, _pad(features[start:stop], batch_size),
+        _pad(labels[start:stop], batch_size), mask)
+    loss, correct = loss + float(batch_loss), correct + float(batch_correct)
   n = len(labels)
   return {"loss": loss / n, "error": 100.0 * (1.0 - correct / n)}
 

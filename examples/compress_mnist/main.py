@@ -30,6 +30,7 @@ if __package__ in (None, ""):
 from examples._common import cli
 from examples.compress_mnist import train
 from examples.compress_mnist.configs import default
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FIELDS = ("baseline_checkpoint", "baseline_epochs", "seeds", "kfc_ranks",

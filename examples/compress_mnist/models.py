@@ -2,7 +2,7 @@
 
 * the baseline: the KFC paper's MNIST CNN with its dense FC layer 288 -> 256
   (``examples/_common/cnn.py``; the MNIST example's ``Baseline``, so that
-  example's orbax checkpoints load into it);
+  example's orbax checkpoints load into it: :func:`restore_baseline`);
 * :func:`matched_budgets` -- KFC ranks and the low ranks with (nearly) the
   same number of FC-layer parameters;
 * :func:`build_compressed` -- the three methods on one budget: ``kfc_nkp``
@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import jax
 from flax import nnx
 
 import kfc_jax
-from examples._common import cnn
+from examples._common import cnn, loop
 from examples.compress_mnist.configs import default
 
 FEATURE_SHAPE = cnn.MNIST.feature_shape  # 3 x 3 x 32
@@ -43,6 +45,39 @@ def create_baseline(*, seed: int = 0, dropout_rate: float = 0.5
   params_key, dropout_key = jax.random.split(jax.random.key(seed))
   return cnn.PaperCNN(cnn.MNIST, "Baseline", dropout_rate=dropout_rate,
                       rngs=nnx.Rngs(params=params_key, dropout=dropout_key))
+
+
+def checkpoint_path(checkpoint: str | os.PathLike[str], seed: int) -> Path:
+  """``<checkpoint>/seed_<seed>`` when it exists, else ``checkpoint`` itself.
+
+  Raises:
+    FileNotFoundError: neither exists, or ``checkpoint`` holds ``seed_*``
+      directories but not this seed's.
+  """
+  root = Path(checkpoint).resolve()
+  per_seed = root / f"seed_{seed}"
+  if per_seed.is_dir():
+    return per_seed
+  if root.is_dir() and not any(root.glob("seed_*")):
+    return root
+  found = sorted(p.name for p in root.glob("seed_*")) if root.is_dir() else []
+  raise FileNotFoundError(
+      f"no baseline checkpoint for seed {seed}: {per_seed} does not exist"
+      + (f" (found {', '.join(found)})" if found else
+         f" and {root} is not a checkpoint directory") +
+      ". Pass --seeds matching the checkpoints, or leave --baseline_checkpoint"
+      " out to train the baselines here.")
+
+
+def restore_baseline(path: str | os.PathLike[str], *, seed: int,
+                     dropout_rate: float = 0.5) -> cnn.PaperCNN:
+  """The Baseline CNN with the params of an orbax checkpoint (MNIST example's).
+
+  Dropout draws from ``seed``'s stream (as the MNIST example's models do).
+  """
+  model = create_baseline(seed=seed, dropout_rate=dropout_rate)
+  loop.restore_params(path, model)
+  return model
 
 
 def fc_params(model: cnn.PaperCNN) -> tuple[int, int]:

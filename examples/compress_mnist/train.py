@@ -24,13 +24,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from examples._common import configs
-from examples._common import loop
-from examples._common import mnist_data
-from examples._common import pipeline
-from examples.compress_mnist import head
-from examples.compress_mnist import models
-from examples.compress_mnist import report
+from examples._common import configs, loop, mnist_data, pipeline
+from examples.compress_mnist import head, models, report
 from examples.compress_mnist.configs import default
 
 logger = logging.getLogger(__name__)
@@ -75,46 +70,13 @@ def check_config(config: Config) -> list[models.Budget]:
                      f" {too_big}.")
   if config.baseline_checkpoint is not None:
     for seed in config.seeds:  # Fail before loading data or compiling.
-      checkpoint_path(config.baseline_checkpoint, seed)
+      models.checkpoint_path(config.baseline_checkpoint, seed)
   return budgets
 
 
 # ----------------------------------------------------------------------------
 # The baseline.
 # ----------------------------------------------------------------------------
-
-
-def checkpoint_path(checkpoint: str | os.PathLike[str], seed: int) -> Path:
-  """``<checkpoint>/seed_<seed>`` when it exists, else ``checkpoint`` itself.
-
-  Raises:
-    FileNotFoundError: neither exists, or ``checkpoint`` holds ``seed_*``
-      directories but not this seed's.
-  """
-  root = Path(checkpoint).resolve()
-  per_seed = root / f"seed_{seed}"
-  if per_seed.is_dir():
-    return per_seed
-  if root.is_dir() and not any(root.glob("seed_*")):
-    return root
-  found = sorted(p.name for p in root.glob("seed_*")) if root.is_dir() else []
-  raise FileNotFoundError(
-      f"no baseline checkpoint for seed {seed}: {per_seed} does not exist"
-      + (f" (found {', '.join(found)})" if found else
-         f" and {root} is not a checkpoint directory") +
-      ". Pass --seeds matching the checkpoints, or leave --baseline_checkpoint"
-      " out to train the baselines here.")
-
-
-def restore_baseline(path: str | os.PathLike[str], *, seed: int,
-                     dropout_rate: float = 0.5) -> nnx.Module:
-  """The Baseline CNN with the params of an orbax checkpoint (MNIST example's).
-
-  Dropout draws from ``seed``'s stream (as the MNIST example's models do).
-  """
-  model = models.create_baseline(seed=seed, dropout_rate=dropout_rate)
-  loop.restore_params(path, model)
-  return model
 
 
 def baseline_model(seed: int, data: mnist_data.MnistSplits, *, config: Config,
@@ -126,9 +88,10 @@ def baseline_model(seed: int, data: mnist_data.MnistSplits, *, config: Config,
     trained here, ``train_seconds``.
   """
   if config.baseline_checkpoint is not None:
-    path = checkpoint_path(config.baseline_checkpoint, seed)
-    return (restore_baseline(path, seed=seed, dropout_rate=config.dropout_rate),
-            {"checkpoint": str(path), "trained_here": False})
+    path = models.checkpoint_path(config.baseline_checkpoint, seed)
+    model = models.restore_baseline(path, seed=seed,
+                                    dropout_rate=config.dropout_rate)
+    return model, {"checkpoint": str(path), "trained_here": False}
   train_config = configs.TrainConfig(
       variants=("Baseline",), seeds=(seed,), epochs=config.baseline_epochs,
       batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
@@ -150,7 +113,7 @@ def baseline_model(seed: int, data: mnist_data.MnistSplits, *, config: Config,
       best_dir=own / "checkpoints" / "Baseline" / f"seed_{seed}",
       resume_dir=own / "resume" / "Baseline" / f"seed_{seed}")
   seconds = time.perf_counter() - start
-  model = restore_baseline(record["checkpoint"], seed=seed,
+  model = models.restore_baseline(record["checkpoint"], seed=seed,
                            dropout_rate=config.dropout_rate)
   return model, {"checkpoint": record["checkpoint"], "trained_here": True,
                  "train_seconds": seconds}

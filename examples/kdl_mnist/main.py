@@ -25,8 +25,8 @@ if __package__ in (None, ""):
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from examples._common import cli
-from examples.kdl_mnist import models
-from examples.kdl_mnist import train
+from examples.kdl_mnist import models, train
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 

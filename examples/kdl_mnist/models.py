@@ -3,8 +3,9 @@
 Hogue, Kirby & Narayan (arXiv 2204.04273; docs/DESIGN.md, "KDL block")
 report, for MNIST after 20 epochs, a rank-1 KDL network with 6,534 parameters
 at 96.94% test accuracy against a dense MLP with 1.24M parameters at 97.72%.
-Neither network is spelled out in the copy we hold; both counts are reproduced *exactly* by
-the MLP with two hidden layers as wide as the input, 784 -> 784 -> 784 -> 10:
+Neither network is spelled out in the copy we hold; both counts are
+reproduced *exactly* by the MLP with two hidden layers as wide as the input,
+784 -> 784 -> 784 -> 10:
 
 * ``Dense``: ``3 * (784 * 784 + 784) - (784 * 784 + 784) + (784 * 10 + 10)
   = 615,440 + 615,440 + 7,850 = 1,238,730`` parameters ("1.24M").
@@ -27,6 +28,7 @@ softmax is in the loss. Rank r > 1 (``KDL-Rank-<r>``) sums r branches per block.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 
@@ -94,7 +96,7 @@ class MLP(nnx.Module):
     sizes += [(HIDDEN, HIDDEN_FACTORS)] * NUM_HIDDEN_LAYERS
     sizes += [(NUM_CLASSES, OUT_FACTORS)]
     layers = []
-    for i, ((m, m_f), (n, n_f)) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, ((m, m_f), (n, n_f)) in enumerate(itertools.pairwise(sizes)):
       last = i == len(sizes) - 2
       if rank is None:
         layers.append(nnx.Linear(m, n, rngs=rngs))

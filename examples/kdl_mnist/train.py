@@ -23,12 +23,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from examples._common import loop
-from examples._common import mnist_data
-from examples._common import pipeline
-from examples._common import reporting
-from examples.kdl_mnist import models
-from examples.kdl_mnist import reference
+from examples._common import loop, mnist_data, pipeline, reporting
+from examples.kdl_mnist import models, reference
 from examples.kdl_mnist.configs import default
 
 logger = logging.getLogger(__name__)

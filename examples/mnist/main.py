@@ -27,8 +27,8 @@ if __package__ in (None, ""):
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from examples._common import cli
-from examples.mnist import models
-from examples.mnist import train
+from examples.mnist import models, train
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 

@@ -28,12 +28,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from examples._common import loop
-from examples._common import mnist_data
-from examples._common import pipeline
-from examples._common import reporting
-from examples.mnist import models
-from examples.mnist import reference
+from examples._common import loop, mnist_data, pipeline, reporting
+from examples.mnist import models, reference
 from examples.mnist.configs import default
 
 logger = logging.getLogger(__name__)

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from examples._common import tfds_data
-from examples._common import mnist_data
+from examples._common import mnist_data, tfds_data
 
 DATASETS = ("cifar10", "mnist")
 CIFAR10_MANUAL_DIR_ENV = "KFC_JAX_CIFAR10_DIR"

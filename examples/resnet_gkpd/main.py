@@ -27,8 +27,8 @@ if __package__ in (None, ""):
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from examples._common import cli
-from examples.resnet_gkpd import input_pipeline
-from examples.resnet_gkpd import train
+from examples.resnet_gkpd import input_pipeline, train
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FIELDS = ("dataset", "depth", "num_train", "epochs", "finetune_epochs",

@@ -17,13 +17,19 @@ BatchNorms stay.
 from __future__ import annotations
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+
+import kfc_jax
 
 NUM_CLASSES = 10
 STAGE_CHANNELS = (16, 32, 64)
+SPLITS = ("suggest", "blocks")
+_BLOCK = 4  # channel block of split="blocks"
 
 
 def he_normal(key: jax.Array, shape: tuple[int, ...],
@@ -150,3 +156,62 @@ def block_conv_paths(model: ResNet) -> list[str]:
   """Paths (as ``kfc_jax.compress`` spells them) of the blocks' 3x3 convs."""
   return [f"blocks/{i}/{name}" for i in range(len(model.blocks))
           for name in ("conv1", "conv2")]
+
+
+# ----------------------------------------------------------------------------
+# GKPD compression of the block convs.
+# ----------------------------------------------------------------------------
+
+
+def _block_rule(path: str, kernel_shape: tuple[int, ...],
+                compression: float) -> kfc_jax.LayerRule:
+  kh, kw, c_in, c_out = kernel_shape
+  if c_in % _BLOCK or c_out % _BLOCK:
+    raise ValueError(f"split='blocks' needs channels divisible by {_BLOCK}; "
+                     f"layer {path!r} has {c_in} -> {c_out}.")
+  a = (kh, kw, c_in // _BLOCK, c_out // _BLOCK)
+  b = (1, 1, _BLOCK, _BLOCK)
+  per_rank = int(np.prod(a)) + int(np.prod(b))
+  rank = max(1, round(np.prod(kernel_shape) / compression / per_rank))
+  return kfc_jax.LayerRule(re.escape(path), a_shape=a, b_shape=b,
+                           rank=int(rank))
+
+
+def compression_policy(model: ResNet, *, compression: float = 5.0,
+                       split: str = "suggest") -> kfc_jax.CompressionPolicy:
+  """The policy that turns every block conv of ``model`` into a KroneckerConv.
+
+  The stem conv (``3 -> 16`` or ``1 -> 16``: 432 or 144 weights) and the
+  classifier stay dense; so do the BatchNorms.
+
+  Args:
+    model: the (trained) ResNet.
+    compression: dense / Kronecker parameters of each block conv.
+    split: ``"suggest"`` (per-layer search by GKPD error) or ``"blocks"``
+      (4x4 channel blocks, see ``configs/default.py``).
+
+  Returns:
+    A ``kfc_jax.CompressionPolicy``.
+
+  Raises:
+    ValueError: an unknown ``split`` or ``compression < 1``.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}; got {split!r}.")
+  if not compression >= 1:
+    raise ValueError(f"compression must be >= 1; got {compression!r}.")
+  if split == "suggest":
+    return kfc_jax.CompressionPolicy(
+        [kfc_jax.LayerRule(r"blocks/\d+/conv[12]", compression=compression)])
+  rules = []
+  for path in block_conv_paths(model):
+    block, name = path.split("/")[1:]
+    conv = getattr(model.blocks[int(block)], name)
+    rules.append(_block_rule(path, conv.kernel.shape, compression))
+  return kfc_jax.CompressionPolicy(rules)
+
+
+def conv_params(model: ResNet) -> int:
+  """Parameters of the block convs (dense kernels or Kronecker factors)."""
+  return sum(count_params(getattr(b, n))
+             for b in model.blocks for n in ("conv1", "conv2"))

@@ -9,9 +9,9 @@
   ``_common/loop.py`` with this example's preprocessing (BatchNorm
   statistics are updated in place by the training step); batches are sharded
   over the local devices and the state replicated;
-* :func:`compression_policy`, :func:`compress` -- the ``kfc_jax.compress``
-  policy that turns every block's 3x3 conv into a ``KroneckerConv`` at
-  ``config.compression`` (GKPD, Hameed et al. 2022), and its application;
+* :func:`compress` -- ``kfc_jax.compress`` with ``models.compression_policy``,
+  which turns every block's 3x3 conv into a ``KroneckerConv`` at
+  ``config.compression`` (GKPD, Hameed et al. 2022);
 * :func:`train_and_evaluate` -- dense training, compression, fine-tuning,
   with test accuracy, parameter counts and wall times after each phase,
   written to ``results.json`` and ``report.md`` in the work directory.
@@ -25,9 +25,7 @@ import json
 import logging
 import os
 import platform
-import re
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +37,15 @@ from flax import nnx
 from jax.sharding import Mesh
 
 import kfc_jax
-from examples._common import loop
-from examples._common import pipeline
-from examples.resnet_gkpd import input_pipeline
-from examples.resnet_gkpd import models
+from examples._common import loop, pipeline
+from examples.resnet_gkpd import input_pipeline, models, report
 from examples.resnet_gkpd.configs import default
 
 logger = logging.getLogger(__name__)
 
 Config = default.Config
 
-SPLITS = ("suggest", "blocks")
-# The GKPD paper's ResNet-32 on CIFAR-10 (Hameed et al. 2022, Table 3).
-PAPER = {"model": "ResNet-32", "dataset": "CIFAR-10", "dense_accuracy": 92.55,
-         "compression": 5.0, "compressed_accuracy": 91.52}
-
-_BLOCK = 4  # channel block of split="blocks"
+SPLITS = models.SPLITS
 
 
 # ----------------------------------------------------------------------------
@@ -96,71 +87,12 @@ def create_optimizer(model: nnx.Module, config: Config, total_steps: int, *,
   return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
-# ----------------------------------------------------------------------------
-# Compression.
-# ----------------------------------------------------------------------------
-
-
-def _block_rule(path: str, kernel_shape: tuple[int, ...],
-                compression: float) -> kfc_jax.LayerRule:
-  kh, kw, c_in, c_out = kernel_shape
-  if c_in % _BLOCK or c_out % _BLOCK:
-    raise ValueError(f"split='blocks' needs channels divisible by {_BLOCK}; "
-                     f"layer {path!r} has {c_in} -> {c_out}.")
-  a = (kh, kw, c_in // _BLOCK, c_out // _BLOCK)
-  b = (1, 1, _BLOCK, _BLOCK)
-  per_rank = int(np.prod(a)) + int(np.prod(b))
-  rank = max(1, round(np.prod(kernel_shape) / compression / per_rank))
-  return kfc_jax.LayerRule(re.escape(path), a_shape=a, b_shape=b,
-                           rank=int(rank))
-
-
-def compression_policy(model: models.ResNet, *, compression: float = 5.0,
-                       split: str = "suggest") -> kfc_jax.CompressionPolicy:
-  """The policy that turns every block conv of ``model`` into a KroneckerConv.
-
-  The stem conv (``3 -> 16`` or ``1 -> 16``: 432 or 144 weights) and the
-  classifier stay dense; so do the BatchNorms.
-
-  Args:
-    model: the (trained) ResNet.
-    compression: dense / Kronecker parameters of each block conv.
-    split: ``"suggest"`` (per-layer search by GKPD error) or ``"blocks"``
-      (4x4 channel blocks, see ``configs/default.py``).
-
-  Returns:
-    A ``kfc_jax.CompressionPolicy``.
-
-  Raises:
-    ValueError: an unknown ``split`` or ``compression < 1``.
-  """
-  if split not in SPLITS:
-    raise ValueError(f"split must be one of {SPLITS}; got {split!r}.")
-  if not compression >= 1:
-    raise ValueError(f"compression must be >= 1; got {compression!r}.")
-  if split == "suggest":
-    return kfc_jax.CompressionPolicy(
-        [kfc_jax.LayerRule(r"blocks/\d+/conv[12]", compression=compression)])
-  rules = []
-  for path in models.block_conv_paths(model):
-    block, name = path.split("/")[1:]
-    conv = getattr(model.blocks[int(block)], name)
-    rules.append(_block_rule(path, conv.kernel.shape, compression))
-  return kfc_jax.CompressionPolicy(rules)
-
-
 def compress(model: models.ResNet, config: Config
              ) -> tuple[models.ResNet, kfc_jax.CompressionReport]:
   """A compressed copy of ``model`` (``model`` itself is left as it was)."""
-  policy = compression_policy(model, compression=config.compression,
-                              split=config.split)
+  policy = models.compression_policy(model, compression=config.compression,
+                                     split=config.split)
   return kfc_jax.compress(model, policy)
-
-
-def conv_params(model: models.ResNet) -> int:
-  """Parameters of the block convs (dense kernels or Kronecker factors)."""
-  return sum(models.count_params(getattr(b, n))
-             for b in model.blocks for n in ("conv1", "conv2"))
 
 
 # ----------------------------------------------------------------------------
@@ -252,26 +184,8 @@ def _phase(name: str, model: models.ResNet, test: dict[str, float],
            seconds: float) -> dict[str, Any]:
   return {"phase": name, "test_accuracy": test["accuracy"],
           "test_loss": test["loss"], "params": models.count_params(model),
-          "conv_params": conv_params(model), "seconds": seconds,
+          "conv_params": models.conv_params(model), "seconds": seconds,
           "eval_seconds": test["seconds"]}
-
-
-def report_markdown(results: Mapping[str, Any]) -> str:
-  """The phases as a Markdown table, the GKPD paper's numbers below."""
-  lines = ["| phase | test accuracy % | params | block-conv params | "
-           "train (or compress) s | test eval s |",
-           "|---|---|---|---|---|---|"]
-  dense = results["phases"][0]
-  for p in results["phases"]:
-    ratio = dense["conv_params"] / p["conv_params"]
-    lines.append(f"| {p['phase']} | {p['test_accuracy']:.2f} | "
-                 f"{p['params']:,} | {p['conv_params']:,} ({ratio:.2f}x) | "
-                 f"{p['seconds']:.1f} | {p['eval_seconds']:.1f} |")
-  paper = results["paper"]
-  lines += ["", f"GKPD paper ({paper['model']}, {paper['dataset']}): "
-            f"{paper['dense_accuracy']}% dense, {paper['compressed_accuracy']}%"
-            f" at {paper['compression']:g}x after fine-tuning."]
-  return "\n".join(lines) + "\n"
 
 
 def train_and_evaluate(config: Config, workdir: str | os.PathLike[str] | None,
@@ -318,9 +232,9 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike[str] | None,
                    seconds)]
 
   start = time.perf_counter()
-  small, report = compress(model, config)
+  small, compression = compress(model, config)
   compress_seconds = time.perf_counter() - start
-  logger.info("compressed in %.1f s:\n%s", compress_seconds, report)
+  logger.info("compressed in %.1f s:\n%s", compress_seconds, compression)
   phases.append(_phase("compressed (no fine-tune)", small,
                        evaluate(small, *data.test, **eval_kw),
                        compress_seconds))
@@ -349,16 +263,16 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike[str] | None,
       "num_train": len(data.train[0]), "num_test": len(data.test[0]),
       "load_seconds": load_seconds,
       "phases": phases,
-      "compression": [dataclasses.asdict(r) for r in report.rows],
-      "compression_table": report.table(),
+      "compression": [dataclasses.asdict(r) for r in compression.rows],
+      "compression_table": compression.table(),
       "history": {"dense": dense_history, "finetune": finetune_history},
-      "paper": PAPER,
+      "paper": report.PAPER,
   }
   if workdir is not None:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
-    (workdir / "report.md").write_text(report_markdown(results))
-    (workdir / "compression.txt").write_text(report.table() + "\n")
-  print(report_markdown(results))
+    (workdir / "report.md").write_text(report.markdown(results))
+    (workdir / "compression.txt").write_text(compression.table() + "\n")
+  print(report.markdown(results))
   return results

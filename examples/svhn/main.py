@@ -26,8 +26,8 @@ if __package__ in (None, ""):
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from examples._common import cli
-from examples.svhn import models
-from examples.svhn import train
+from examples.svhn import models, train
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 

@@ -3,10 +3,11 @@
 Zhou & Wu (arXiv 1507.05775, Section 4; docs/DESIGN.md, "KFC formulations")
 use for SVHN "a larger network of the same shape" as for MNIST: its conv
 stack ends in a 5x5x256 map, the FC layer maps it to 256 (1.64M parameters)
-and the whole baseline has 2.20M. Our stack (``examples/_common/cnn.py`` has its layer table; NHWC,
-32x32x3 input, ReLU after each conv and the FC layer) keeps the MNIST net's
-shape -- two full-resolution 3x3 convs, a pool, a 5x5 and a smaller conv, a
-pool -- with the last conv 3x3 so that 32x32 ends at 5x5.
+and the whole baseline has 2.20M. Our stack (``examples/_common/cnn.py``
+has its layer table; NHWC, 32x32x3 input, ReLU after each conv and the FC
+layer) keeps the MNIST net's shape -- two full-resolution 3x3 convs, a pool,
+a 5x5 and a smaller conv, a pool -- with the last conv 3x3 so that 32x32
+ends at 5x5.
 
 558,216 conv parameters and 2,199,442 in all (the paper: 2.20M). The
 channel widths are our choice (the paper gives only the totals): they grow

@@ -39,7 +39,7 @@ def paper_points(counts: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
     derived = []
     layer, model = p["layer_params"], p["model_params"]
     if layer is None and ours is not None:
-      layer, derived = ours["layer"], derived + ["layer_params"]
+      layer, derived = ours["layer"], [*derived, "layer_params"]
     if model is None and layer is not None:
       # The paper's model count: its baseline's, less what the layer saves.
       model = base["model_params"] - base["layer_params"] + layer

@@ -22,12 +22,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from examples._common import loop
-from examples._common import pipeline
-from examples._common import reporting
-from examples.svhn import input_pipeline
-from examples.svhn import models
-from examples.svhn import reference
+from examples._common import loop, pipeline, reporting
+from examples.svhn import input_pipeline, models, reference
 from examples.svhn.configs import default
 
 logger = logging.getLogger(__name__)

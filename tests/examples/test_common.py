@@ -5,6 +5,7 @@ example (``test_mnist.py``); here the best-epoch fit and its resuming, on a
 tiny model, and the command-line helpers.
 """
 
+# ruff: noqa: E402 (the repository root goes on sys.path first)
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,8 @@ if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from examples._common import cli
-from examples._common import configs
-from examples._common import loop
-from examples._common import pipeline
+from examples._common import cli, configs, loop, pipeline
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 

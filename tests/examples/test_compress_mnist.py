@@ -5,6 +5,7 @@ orbax, then loaded back as a checkpoint), matched budgets, exactness of
 compression at full rank, freezing, and the command line's errors.
 """
 
+# ruff: noqa: E402 (the repository root goes on sys.path first)
 from __future__ import annotations
 
 import dataclasses
@@ -24,14 +25,12 @@ if str(REPO) not in sys.path:
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import kfc_jax
-from examples._common import loop
-from examples._common import tfds_data
-from examples.compress_mnist import head
+from examples._common import loop, tfds_data
+from examples.compress_mnist import head, models, train
 from examples.compress_mnist import main as cm_main
-from examples.compress_mnist import models
-from examples.compress_mnist import train
 from examples.compress_mnist.configs import default
 from examples.mnist import models as mnist_models
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -91,8 +90,8 @@ def test_the_mnist_examples_checkpoints_fit_the_baseline(tmp_path):
   mnist = mnist_models.MnistCNN("Baseline", rngs=nnx.Rngs(3))
   params = loop.params_on_host(mnist)
   loop.save_params(tmp_path / "seed_0", params)
-  restored = train.restore_baseline(
-      train.checkpoint_path(tmp_path, 0), seed=0)
+  restored = models.restore_baseline(
+      models.checkpoint_path(tmp_path, 0), seed=0)
   chex.assert_trees_all_equal(loop.params_on_host(restored), params)
 
 
@@ -128,7 +127,8 @@ def test_finetune_step_trains_only_what_it_should(finetune, baseline):
   after = jax.device_get(nnx.state(model, nnx.Param))
   for name in ("convs", "fc", "classifier"):
     changed = not all(np.array_equal(a, b) for a, b in zip(
-        jax.tree.leaves(before[name]), jax.tree.leaves(after[name])))
+        jax.tree.leaves(before[name]), jax.tree.leaves(after[name]),
+        strict=True))
     frozen = name == "convs" or (name == "classifier" and finetune == "fc")
     assert changed != frozen, (name, finetune)
   # "all" trains every parameter, the conv stack included.

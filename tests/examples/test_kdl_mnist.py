@@ -2,6 +2,7 @@
 one evaluation on tiny synthetic data, the paper's parameter counts, the
 report and the command line's errors."""
 
+# ruff: noqa: E402 (the repository root goes on sys.path first)
 from __future__ import annotations
 
 import dataclasses
@@ -20,13 +21,11 @@ if str(REPO) not in sys.path:
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import kfc_jax
-from examples._common import pipeline
-from examples._common import tfds_data
+from examples._common import pipeline, tfds_data
 from examples.kdl_mnist import main as kdl_main
-from examples.kdl_mnist import models
-from examples.kdl_mnist import train
-from examples.kdl_mnist.configs import default
-from examples.kdl_mnist.configs import paper
+from examples.kdl_mnist import models, train
+from examples.kdl_mnist.configs import default, paper
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -76,7 +75,8 @@ def test_train_step_and_eval(variant):
   sums = jax.device_get(train.train_step(model, optimizer, batch))
   assert sums["count"] == 16 and np.isfinite(sums["loss"])
   moved = jax.device_get(nnx.state(model, nnx.Param))
-  for old, new in zip(jax.tree.leaves(params), jax.tree.leaves(moved)):
+  for old, new in zip(jax.tree.leaves(params), jax.tree.leaves(moved),
+                      strict=True):
     assert not np.allclose(old, new)  # Every factor and bias is trained.
   for _ in range(15):
     train.train_step(model, optimizer, batch)

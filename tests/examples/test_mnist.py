@@ -7,12 +7,14 @@ and one test that prepares the real MNIST files when ``../shared/data/mnist``
 exists next to the repository.
 """
 
+# ruff: noqa: E402 (the repository root goes on sys.path first)
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -30,16 +32,11 @@ if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from examples._common import mnist_data
-from examples._common import pipeline
-from examples._common import reporting
-from examples._common import tfds_data
+from examples._common import cli, configs, mnist_data, pipeline, reporting, tfds_data
 from examples.mnist import main as mnist_main
-from examples.mnist import models
-from examples.mnist import reference
-from examples.mnist import train
-from examples.mnist.configs import default
-from examples.mnist.configs import paper
+from examples.mnist import models, reference, train
+from examples.mnist.configs import default, paper
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # Every test starts (once) the background preparation of the real MNIST files
@@ -208,7 +205,7 @@ def test_train_step_updates_and_fits_a_batch(variant):
   assert 0.5 < sums["loss"] / 32 < 5  # About ln(10) at initialisation.
   after = jax.device_get(nnx.state(model, nnx.Param))
   for (path, old), new in zip(jax.tree_util.tree_leaves_with_path(before),
-                              jax.tree.leaves(after)):
+                              jax.tree.leaves(after), strict=True):
     assert not np.allclose(old, new), f"{path} did not move"
   assert int(optimizer.step[...]) == 1
 
@@ -346,7 +343,8 @@ def test_sharded_train_step_on_8_fake_devices(tmp_path):
                         capture_output=True, text=True, timeout=600,
                         check=False)
   assert proc.returncode == 0, proc.stderr[-4000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  line = [text for text in proc.stdout.splitlines()
+          if text.startswith("RESULT ")][-1]
   result = json.loads(line[len("RESULT "):])
   assert result["devices"] == 8
   assert result["replicated"]
@@ -452,6 +450,29 @@ def test_demo_says_what_it_is_and_ends_beside_the_committed_results(
     assert paper_error == f"{reference.PAPER[variant]['test_error']:.2f}"
 
 
+def _make_recipe(target: str) -> list[str]:
+  """The arguments ``make <target>`` passes to examples/mnist/main.py."""
+  text = (REPO / "Makefile").read_text().replace("\\\n", " ")
+  recipe = text.split(f"\n{target}:")[1].split("\n")[1]
+  return shlex.split(recipe.split("examples/mnist/main.py")[1])
+
+
+def test_make_paper_reproduces_the_committed_config():
+  """The command the demo names for the committed results is theirs."""
+  committed = reporting.load_json(train.COMMITTED_RESULTS)["config"]
+  args = mnist_main.parse_args(_make_recipe("paper"))
+  config = configs.load_config_module(args.config, "mnist").get_config()
+  config = dataclasses.replace(config,
+                               **cli.overrides(args, cli.VARIANT_FIELDS))
+  ours = json.loads(json.dumps(dataclasses.asdict(config)))
+  differ = {k for k in committed if ours.get(k) != committed[k]}
+  assert differ <= {"progress"}, differ  # The bar is off in the logged runs.
+  # And `make demo` is the default config: the shortened run.
+  demo = mnist_main.parse_args(_make_recipe("demo"))
+  assert demo.config == "default" and demo.workdir == "runs/mnist_demo"
+  assert cli.overrides(demo, cli.VARIANT_FIELDS) == {}
+
+
 def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch, capsys):
   empty = tmp_path / "manual"
   empty.mkdir()
@@ -503,8 +524,8 @@ def test_manual_dir_defaults(monkeypatch, tmp_path):
   expected = (mnist_data.PROJECT_MANUAL_DIR
               if mnist_data.PROJECT_MANUAL_DIR.is_dir() else None)
   assert mnist_data.default_manual_dir() == expected
-  assert mnist_data.PROJECT_MANUAL_DIR == (
-      REPO.parent / "shared" / "data" / "mnist")
+  assert (
+      REPO.parent / "shared" / "data" / "mnist") == mnist_data.PROJECT_MANUAL_DIR
 
 
 # The label counts of the original MNIST files.

@@ -7,6 +7,7 @@ has them prepared, and the error messages.
 Most tests use ResNet-8 (one block per stage: every stage, shortcut and
 compression path of ResNet-20, a third of the compile time)."""
 
+# ruff: noqa: E402 (the repository root goes on sys.path first)
 from __future__ import annotations
 
 import dataclasses
@@ -28,14 +29,12 @@ if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from examples._common import pipeline
-from examples._common import tfds_data
 from examples._common import mnist_data as mnist_input
-from examples.resnet_gkpd import input_pipeline
+from examples._common import pipeline, tfds_data
+from examples.resnet_gkpd import input_pipeline, models, train
 from examples.resnet_gkpd import main as resnet_main
-from examples.resnet_gkpd import models
-from examples.resnet_gkpd import train
 from examples.resnet_gkpd.configs import default
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -87,7 +86,7 @@ def test_forward_shapes_resnet20():
 
 
 def test_bad_depth_and_channels():
-  with pytest.raises(ValueError, match="depth must be 6n\\+2.*got 21"):
+  with pytest.raises(ValueError, match=r"depth must be 6n\+2.*got 21"):
     models.ResNet(21, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="in_channels"):
     models.ResNet(20, in_channels=0, rngs=nnx.Rngs(0))
@@ -95,14 +94,14 @@ def test_bad_depth_and_channels():
 
 def test_blocks_policy_compresses_resnet20_5x():
   model = train.create_model(20, in_channels=3, seed=0)
-  policy = train.compression_policy(model, compression=5.0, split="blocks")
+  policy = models.compression_policy(model, compression=5.0, split="blocks")
   small, report = kfc_jax.compress(model, policy)
   assert [r.path for r in report.rows] == sorted(models.block_conv_paths(model))
   for row in report.rows:
     assert row.after.startswith("KroneckerConv") and "r=3" in row.after
     assert 4.8 <= row.params_before / row.params_after <= 5.35, row
-  assert report.params_before == 267_264 == train.conv_params(model)
-  assert report.params_after == train.conv_params(small)
+  assert report.params_before == 267_264 == models.conv_params(model)
+  assert report.params_after == models.conv_params(small)
   assert 5.0 < report.params_before / report.params_after < 5.3
   # Stem, BatchNorms and classifier unchanged; the original left alone.
   assert models.count_params(small) == 269_722 - 267_264 + report.params_after
@@ -136,7 +135,7 @@ def test_suggest_policy_reaches_the_budget_per_layer():
   for row in report.rows:
     assert row.params_before / row.params_after >= 5.0, row
     assert 0 < row.relative_error < 1
-  assert train.conv_params(small) == report.params_after
+  assert models.conv_params(small) == report.params_after
 
 
 def test_finetune_step_moves_every_parameter():
@@ -158,7 +157,7 @@ def test_finetune_step_moves_every_parameter():
   after = jax.device_get(nnx.state(small, nnx.Param))
   factors = 0
   for (path, old), new in zip(jax.tree_util.tree_leaves_with_path(before),
-                              jax.tree.leaves(after)):
+                              jax.tree.leaves(after), strict=True):
     assert not np.allclose(old, new), f"{path} did not move"
     factors += "conv" in jax.tree_util.keystr(path)
   assert factors == 12  # A and B of six KroneckerConvs.
@@ -182,7 +181,7 @@ def test_train_and_evaluate_on_mock_cifar10(tmp_path, monkeypatch):
   chex.assert_shape(data.test[0], (8, 32, 32, 3))
   for x, y in (data.train, data.test):
     assert x.dtype == np.uint8 and y.dtype == np.int32
-    assert 0 <= y.min() and y.max() < 10
+    assert y.min() >= 0 and y.max() < 10
   results = train.train_and_evaluate(config, tmp_path / "work", data=data)
   saved = json.loads((tmp_path / "work" / "results.json").read_text())
   assert [p["phase"] for p in saved["phases"]] == [

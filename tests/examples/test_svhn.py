@@ -2,6 +2,7 @@
 one train step and one evaluation end to end on ``tfds.testing.mock_data``
 (SVHN cannot be downloaded here), and the error messages."""
 
+# ruff: noqa: E402 (the repository root goes on sys.path first)
 from __future__ import annotations
 
 import dataclasses
@@ -20,14 +21,11 @@ if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from examples._common import pipeline
-from examples._common import tfds_data
-from examples.svhn import input_pipeline
+from examples._common import pipeline, tfds_data
+from examples.svhn import input_pipeline, models, train
 from examples.svhn import main as svhn_main
-from examples.svhn import models
-from examples.svhn import train
-from examples.svhn.configs import default
-from examples.svhn.configs import paper
+from examples.svhn.configs import default, paper
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _CONV = 558_216  # The conv stack.
@@ -102,7 +100,7 @@ def test_train_step_moves_every_parameter():
   assert sums["count"] == 8 and 0.5 < sums["loss"] / 8 < 5  # ~ln(10).
   after = jax.device_get(nnx.state(model, nnx.Param))
   for (path, old), new in zip(jax.tree_util.tree_leaves_with_path(before),
-                              jax.tree.leaves(after)):
+                              jax.tree.leaves(after), strict=True):
     assert not np.allclose(old, new), f"{path} did not move"
 
 
