@@ -49,11 +49,14 @@ bench: $(STAMP)
 docs: $(VENV)/.installed-docs
 	$(PY) -m sphinx -b html -W --keep-going docs docs/_build/html
 
-## Lint, format check and types (settings in pyproject.toml).
+## Lint, format check and types (settings in pyproject.toml); runs all three,
+## then fails if any failed.
 lint: $(VENV)/.installed-dev
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
-	$(PY) -m pyright
+	@status=0; \
+	$(PY) -m ruff check . || status=1; \
+	$(PY) -m ruff format --check . || status=1; \
+	$(PY) -m pyright --pythonpath $(PY) || status=1; \
+	exit $$status
 
 ## The wheel and sdist in dist/, checked as PyPI would.
 build: $(VENV)/.installed-dev
