@@ -12,8 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from kfc_jax import _search
-from kfc_jax import gkpd, kron_kernel
+from kfc_jax import _search, gkpd, kron_kernel
 
 
 def _pairs(n):

@@ -17,10 +17,10 @@ copy of the model:
 
 from kfc_jax.recovery._calibrate import collect_input_covariances as collect_input_covariances
 from kfc_jax.recovery._calibrate import (
-    collect_linen_input_covariances as collect_linen_input_covariances)
+    collect_linen_input_covariances as collect_linen_input_covariances,
+)
 from kfc_jax.recovery._calibrate import recalibrate_batchnorm as recalibrate_batchnorm
-from kfc_jax.recovery._calibrate import (
-    recalibrate_linen_batchnorm as recalibrate_linen_batchnorm)
+from kfc_jax.recovery._calibrate import recalibrate_linen_batchnorm as recalibrate_linen_batchnorm
 from kfc_jax.recovery._distill import DistillResult as DistillResult
 from kfc_jax.recovery._distill import LayerMatch as LayerMatch
 from kfc_jax.recovery._distill import MatchResult as MatchResult

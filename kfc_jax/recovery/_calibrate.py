@@ -179,7 +179,7 @@ def recalibrate_batchnorm(model: nnx.Module, batches: Any, *,
   override = {p: _nnx_bn_call for p in layers}
   totals = _taps.nnx_collect(model, batches, stats, call=call, override=override)
   new = nnx.clone(model)
-  for path, (parts, bn) in _taps.nnx_layers(new).items():
+  for path, (_, bn) in _taps.nnx_layers(new).items():
     if path in totals:
       mean, var = _pooled(totals[path])
       bn.mean[...] = jnp.asarray(mean.reshape(bn.mean[...].shape), bn.mean[...].dtype)

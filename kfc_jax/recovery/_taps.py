@@ -126,7 +126,7 @@ def run_batch(fn: Callable[..., Any], index: int, x: Any, *args: Any) -> Any:
     return fn(*args, x)
   except CalibrationError as e:
     raise CalibrationError(f"calibration batch {index}: {e}") from e
-  except Exception as e:  # noqa: BLE001 - re-raised naming the layer
+  except Exception as e:
     raise CalibrationError(
         f"calibration batch {index} of shape {_shape(x)} was rejected by the model"
         f" (outside its tapped layers): {type(e).__name__}: {e}") from e
@@ -149,7 +149,7 @@ class _Tap:
     if self.stat is not None:
       try:
         value = self.stat(self.inner, x)
-      except Exception as e:  # noqa: BLE001 - re-raised naming the layer
+      except Exception as e:
         raise _layer_failed(self.path, x, e) from e
       self.sink.setdefault(self.path, []).append(value)
     try:
@@ -158,7 +158,7 @@ class _Tap:
       return self.inner(x, *args, **kwargs)
     except CalibrationError:
       raise
-    except Exception as e:  # noqa: BLE001 - re-raised naming the layer
+    except Exception as e:
       raise _layer_failed(self.path, x, e) from e
 
 
@@ -239,7 +239,7 @@ def linen_collect(module: nn.Module, variables: Any, batches: Any,
       if stat is not None:
         try:
           sink.setdefault(path, []).append(stat(m, args[0]))
-        except Exception as e:  # noqa: BLE001 - re-raised naming the layer
+        except Exception as e:
           raise _layer_failed(path, args[0], e) from e
       replace = override(path, m) if override is not None else None
       try:
@@ -248,7 +248,7 @@ def linen_collect(module: nn.Module, variables: Any, batches: Any,
         return next_fun(*args, **kwargs)
       except CalibrationError:
         raise
-      except Exception as e:  # noqa: BLE001 - re-raised naming the layer
+      except Exception as e:
         raise _layer_failed(path, args[0], e) from e
 
     with nn.intercept_methods(interceptor):

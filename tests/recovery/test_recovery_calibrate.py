@@ -18,7 +18,7 @@ from kfc_jax import recovery
 def _np_patches(x, kh, kw, stride, pad):
   """im2col with explicit loops: rows (n, i, j), columns (h, w, c)."""
   x = np.pad(x, ((0, 0), pad[0], pad[1], (0, 0)))
-  n, hp, wp, c = x.shape
+  n, hp, wp, _ = x.shape
   oh, ow = (hp - kh) // stride + 1, (wp - kw) // stride + 1
   rows = []
   for b in range(n):
@@ -199,7 +199,7 @@ def test_bad_arguments():
     recovery.collect_input_covariances(model, jnp.ones((2, 9, 9, 3)))
   with pytest.raises(ValueError, match=r"paths \['nope'\]"):
     recovery.collect_input_covariances(model, [jnp.ones((2, 9, 9, 3))], ["nope"])
-  with pytest.raises(ValueError, match="no nnx.BatchNorm"):
+  with pytest.raises(ValueError, match=r"no nnx\.BatchNorm"):
     recovery.recalibrate_batchnorm(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), [jnp.ones((1, 2))])
-  with pytest.raises(TypeError, match="nnx.Module"):
+  with pytest.raises(TypeError, match=r"nnx\.Module"):
     recovery.recalibrate_batchnorm(object(), [jnp.ones((1, 2))])
