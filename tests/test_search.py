@@ -290,3 +290,52 @@ def test_bad_budget_and_methods():
     _search.search_dense(w, compression=2, methods=("svd",))
   with pytest.raises(ValueError, match="in_shape"):
     _search.search_dense(w, compression=2, methods=("kfc",))
+
+
+def test_fixed_rank_scores_every_candidate_at_that_rank():
+  rng = np.random.default_rng(12)
+  w = rng.normal(size=(16, 16))
+  result = _search.search_dense(w, compression=2, rank=2, exhaustive=True)
+  assert {c.rank for c in result.candidates} == {2}
+  for c in result.candidates:
+    if c.method == "kronecker":
+      assert c.relative_error == pytest.approx(
+          _nkp_error(w, c.in_factors, c.out_factors, 2), rel=1e-9, abs=1e-12)
+
+
+def test_conv_search_agrees_with_suggest_conv_factors_by_error():
+  from kfc_jax import suggest_conv_factors
+  rng = np.random.default_rng(13)
+  k = rng.normal(size=(3, 3, 8, 8)) + np.asarray(kron_kernel(
+      (rng.normal(size=(3, 3, 2, 4)), rng.normal(size=(1, 1, 4, 2)))))
+  shape = suggest_conv_factors(k.shape, compression=6, kernel=k, prefer="error")
+  want = gkpd(k, shape.a_shape, shape.b_shape, shape.rank).relative_error
+  got = _search.search_conv(k, compression=6).best_of("kronecker")
+  assert got.relative_error == pytest.approx(want, rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_refined_data_errors_are_achievable_and_bound_the_als_answer(kind):
+  # The search re-measures its best splits with the Kronecker-factored closed
+  # form: an achievable point, so the decomposition's ALS (started there and
+  # never increasing) must end at or below it.
+  from kfc_jax.decompose import nearest_kronecker
+  rng = np.random.default_rng(14)
+  if kind == "dense":
+    w = rng.normal(size=(12, 16))
+    x = rng.normal(size=(300, 12)) * np.linspace(0.2, 2.0, 12)
+    result = _search.search_dense(w, compression=3, input_cov=x.T @ x / 300, refine=3)
+  else:
+    w = rng.normal(size=(3, 3, 4, 6))
+    x = rng.normal(size=(400, 36)) * np.linspace(0.2, 2.0, 36)
+    result = _search.search_conv(w, compression=3, input_cov=x.T @ x / 400, refine=3)
+  cov = x.T @ x / len(x)
+  refined = [c for c in result.candidates[:3] if c.method == "kronecker"]
+  assert refined
+  for c in refined:
+    if kind == "dense":
+      dec = nearest_kronecker(w, c.in_factors, c.out_factors, c.rank, input_cov=cov)
+    else:
+      dec = gkpd(w, c.a_shape, c.b_shape, c.rank, input_cov=cov)
+    assert dec.data_error <= c.relative_error + 1e-6
+    assert c.relative_error <= 1.0
