@@ -346,10 +346,18 @@ def _save_progress(directory: Path, model: nnx.Module,
   tmp.replace(directory / "progress.json")
 
 
+# Fields that do not change a run's numbers: a run resumes across them. (The
+# resume directory is per variant and seed, so the other runs do not count.)
+_NOT_THE_RUN = frozenset({"variants", "seeds", "data_dir", "manual_dir",
+                          "download", "save_checkpoints", "prefetch",
+                          "progress", "log_every"})
+
+
 def _as_json(config: Any) -> Any:
-  """The config as JSON values (tuples become lists), to compare with saved."""
+  """The settings that make the run, as JSON values, to compare with saved."""
   fields = (dataclasses.asdict(config) if dataclasses.is_dataclass(config)
-            else vars(config))
+            else dict(vars(config)))
+  fields = {k: v for k, v in fields.items() if k not in _NOT_THE_RUN}
   return json.loads(json.dumps(fields, default=str))
 
 

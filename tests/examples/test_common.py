@@ -111,6 +111,11 @@ def test_fit_resumes_where_it_stopped(tmp_path, monkeypatch):
   chex.assert_trees_all_close(
       jax.device_get(nnx.state(model, nnx.Param)), resumed_params)
 
+  # Run again as it was (the progress bar aside): nothing left to train.
+  again, again_params = _fit(tmp_path / "b", _config(progress=True),
+                             tmp_path / "b" / "resume")
+  assert again["history"] == resumed["history"]
+  chex.assert_trees_all_close(again_params, resumed_params)
   # Other settings in the same directory: a fresh run, not a resumed one.
   longer, _ = _fit(tmp_path / "b", _config(epochs=4), tmp_path / "b" / "resume")
   assert [h["epoch"] for h in longer["history"]] == [1, 2, 3, 4]
