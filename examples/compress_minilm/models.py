@@ -377,13 +377,13 @@ def _split_path(path: str) -> tuple[str, int, str, str]:
 
 
 def _assign_linear(linear: nnx.Linear, weight: np.ndarray, bias: np.ndarray):
-  linear.kernel.value = jnp.asarray(weight.T, jnp.float32)  # torch is [out, in]
-  linear.bias.value = jnp.asarray(bias, jnp.float32)
+  linear.kernel[...] = jnp.asarray(weight.T, jnp.float32)  # torch is [out, in]
+  linear.bias[...] = jnp.asarray(bias, jnp.float32)
 
 
 def _assign_norm(norm: nnx.LayerNorm, weights: dict[str, np.ndarray], prefix: str):
-  norm.scale.value = jnp.asarray(weights[prefix + ".weight"], jnp.float32)
-  norm.bias.value = jnp.asarray(weights[prefix + ".bias"], jnp.float32)
+  norm.scale[...] = jnp.asarray(weights[prefix + ".weight"], jnp.float32)
+  norm.bias[...] = jnp.asarray(weights[prefix + ".bias"], jnp.float32)
 
 
 def build_model(config: BertConfig, weights: dict[str, np.ndarray]) -> MiniLM:
@@ -391,11 +391,11 @@ def build_model(config: BertConfig, weights: dict[str, np.ndarray]) -> MiniLM:
   check_weights(weights, config)
   model = MiniLM(config, rngs=nnx.Rngs(0))
   w = weights
-  model.word_embeddings.embedding.value = jnp.asarray(
+  model.word_embeddings.embedding[...] = jnp.asarray(
     w["embeddings.word_embeddings.weight"], jnp.float32)
-  model.position_embeddings.embedding.value = jnp.asarray(
+  model.position_embeddings.embedding[...] = jnp.asarray(
     w["embeddings.position_embeddings.weight"], jnp.float32)
-  model.token_type_embeddings.embedding.value = jnp.asarray(
+  model.token_type_embeddings.embedding[...] = jnp.asarray(
     w["embeddings.token_type_embeddings.weight"], jnp.float32)
   _assign_norm(model.embedding_norm, w, "embeddings.LayerNorm")
   for i, layer in enumerate(model.layers):

@@ -1,0 +1,1 @@
+"""Configurations of the MiniLM compression example: ``default`` (the sweep)."""
