@@ -60,10 +60,11 @@ def collect_input_covariances(model: nnx.Module, batches: Any, paths: Any = None
 
     >>> import jax, kfc_jax
     >>> from flax import nnx
+    >>> from kfc_jax import recovery
     >>> model = nnx.Sequential(nnx.Linear(8, 4, rngs=nnx.Rngs(0)), nnx.relu,
     ...                        nnx.Linear(4, 2, rngs=nnx.Rngs(1)))
     >>> x = jax.random.normal(jax.random.key(0), (32, 8))
-    >>> covs = kfc_jax.recovery.collect_input_covariances(model, [x])
+    >>> covs = recovery.collect_input_covariances(model, [x])
     >>> {p: c.shape for p, c in covs.items()}
     {'layers/0': (8, 8), 'layers/2': (4, 4)}
   """
@@ -161,10 +162,11 @@ def recalibrate_batchnorm(model: nnx.Module, batches: Any, *,
 
     >>> import jax, jax.numpy as jnp, kfc_jax
     >>> from flax import nnx
+    >>> from kfc_jax import recovery
     >>> model = nnx.Sequential(nnx.Linear(4, 3, rngs=nnx.Rngs(0)),
     ...                        nnx.BatchNorm(3, use_running_average=True, rngs=nnx.Rngs(0)))
     >>> x = 2.0 + jax.random.normal(jax.random.key(0), (64, 4))
-    >>> new = kfc_jax.recovery.recalibrate_batchnorm(model, [x[:32], x[32:]])
+    >>> new = recovery.recalibrate_batchnorm(model, [x[:32], x[32:]])
     >>> h = model.layers[0](x)
     >>> bool(jnp.allclose(new.layers[1].mean[...], h.mean(0), atol=1e-5))
     True

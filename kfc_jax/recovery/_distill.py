@@ -100,10 +100,11 @@ def distill(
 
     >>> import jax, kfc_jax
     >>> from flax import nnx
+    >>> from kfc_jax import recovery
     >>> teacher = nnx.Linear(8, 4, rngs=nnx.Rngs(0))
     >>> student, _ = kfc_jax.compress(teacher, kfc_jax.LayerRule("", "low_rank", rank=2))
     >>> xs = [jax.random.normal(jax.random.key(i), (16, 8)) for i in range(4)]
-    >>> result = kfc_jax.recovery.distill(student, teacher, xs, epochs=5,
+    >>> result = recovery.distill(student, teacher, xs, epochs=5,
     ...                                   target="features", train="factors")
     >>> result.losses[-1] < result.losses[0]
     True
