@@ -20,7 +20,7 @@ Speed: a spectrum is the Gram matrix's eigenvalues when that is cheap, and
 otherwise only the top ``r + oversample`` singular values from a randomized
 range finder with power iterations (Halko, Martinsson & Tropp 2011). Those
 Ritz values never exceed the true ones, so an estimated error is an upper
-bound of that split's optimum (``Candidate.exact`` says which). Large weights
+bound of that split's optimum (``SearchCandidate.exact`` says which). Large weights
 (``>= 2**20`` entries) are screened with one-pass float32 sketches and the
 best few re-scored with power iterations. Splits are pruned before any SVD
 of their own when a lower bound already loses: ``A ⊗ B`` of rank ``r`` has
@@ -68,7 +68,7 @@ _EIG_COST = 25.0
 
 
 @dataclasses.dataclass(frozen=True)
-class Candidate:
+class SearchCandidate:
   """One scored replacement of a layer.
 
   Attributes:
@@ -125,22 +125,22 @@ class SearchResult:
     seconds: wall time of the search.
   """
 
-  candidates: tuple[Candidate, ...]
+  candidates: tuple[SearchCandidate, ...]
   budget: int
   objective: str
   pruned: int = 0
   seconds: float = 0.0
 
   @property
-  def best(self) -> Candidate:
+  def best(self) -> SearchCandidate:
     return self.candidates[0]
 
   @property
-  def runner_up(self) -> Candidate | None:
+  def runner_up(self) -> SearchCandidate | None:
     """The best candidate of another method or shape than :attr:`best`."""
     return self.candidates[1] if len(self.candidates) > 1 else None
 
-  def best_of(self, method: str) -> Candidate | None:
+  def best_of(self, method: str) -> SearchCandidate | None:
     """The best candidate of ``method``, or ``None`` if none fits."""
     return next((c for c in self.candidates if c.method == method), None)
 
@@ -280,7 +280,7 @@ def _leading_pair(r: np.ndarray):
 class _Split:
   """A two-factor cut of the weight, viewed as ``w4: [p1, p2, q1, q2]``."""
 
-  candidate: Candidate          # rank, params and labels; error filled later
+  candidate: SearchCandidate          # rank, params and labels; error filled later
   w4: Callable[[], np.ndarray]  # the weight, input axes permuted to (a, b)
   cov4: Callable[[], np.ndarray] | None
   matrix_rank_bound: int
@@ -312,7 +312,7 @@ def _ordered_pairs(n: int) -> list[tuple[int, int]]:
 
 def _score_splits(w: np.ndarray, cov: np.ndarray | None, splits: list[_Split],
                   low_rank_rank: int, keep: int, exhaustive: bool, refine: int,
-                  fit: Callable | None, seed: int) -> tuple[list[Candidate], int]:
+                  fit: Callable | None, seed: int) -> tuple[list[SearchCandidate], int]:
   """Scores low rank and every split; returns (candidates, pruned count).
 
   Large matrices are screened by a one-pass sketch in float32; the best
@@ -326,14 +326,14 @@ def _score_splits(w: np.ndarray, cov: np.ndarray | None, splits: list[_Split],
   big = m * n >= _BIG
   s2_w, exact_w = _top_energies(target.astype(np.float32) if big else target,
                                 max(low_rank_rank, 1), rng, _POWER_ITERS)
-  scored: list[Candidate] = []
+  scored: list[SearchCandidate] = []
   if low_rank_rank >= 1:
-    scored.append(Candidate("low_rank", low_rank_rank, low_rank_rank * (m + n),
+    scored.append(SearchCandidate("low_rank", low_rank_rank, low_rank_rank * (m + n),
                             _tail_error(s2_w, low_rank_rank, total), exact=exact_w))
   # Cheapest lower bounds first, so good splits set the bar early.
   order = sorted(splits, key=lambda s: _lower_bound(s2_w, s.matrix_rank_bound, total))
   pruned = 0
-  screened: list[tuple[Candidate, _Split]] = []
+  screened: list[tuple[SearchCandidate, _Split]] = []
   for split in order:
     c = split.candidate
     # The bound is on the true objective; with input_cov splits are scored by
@@ -403,7 +403,7 @@ def _refine(w, cov, root, scored, splits, refine, fit):
   return out
 
 
-def _same(a: Candidate, b: Candidate) -> bool:
+def _same(a: SearchCandidate, b: SearchCandidate) -> bool:
   return dataclasses.replace(a, relative_error=0.0, exact=True) == \
       dataclasses.replace(b, relative_error=0.0, exact=True)
 
@@ -433,7 +433,7 @@ def search_dense(
     keep: int = 2,
     exhaustive: bool = False,
     refine: int = 4,
-    fit: Callable[[Candidate], np.ndarray] | None = None,
+    fit: Callable[[SearchCandidate], np.ndarray] | None = None,
     cov_reg: float = _covariance.DEFAULT_COV_REG,
     seed: int = 0,
 ) -> SearchResult:
@@ -506,7 +506,7 @@ def search_dense(
       r = _rank_in_budget(budget, m1 * n1 + m2 * n2, full, fixed)
       if r < 1:
         continue
-      cand = Candidate("kronecker", r, r * (m1 * n1 + m2 * n2), math.nan,
+      cand = SearchCandidate("kronecker", r, r * (m1 * n1 + m2 * n2), math.nan,
                        in_factors=(m1, m2), out_factors=(n1, n2))
       splits.append(_dense_split(source, None if cov is None else cov.reg, cand,
                                  (m1, m2), (n1, n2)))
@@ -552,7 +552,7 @@ def _kfc_splits(w, cov, in_shape, budget, fixed) -> list[_Split]:
       rank = _rank_in_budget(budget, p1 * n1 + p2 * n2, min(p1 * n1, p2 * n2), fixed)
       if rank < 1:
         continue
-      cand = Candidate("kfc", rank, rank * (p1 * n1 + p2 * n2), math.nan,
+      cand = SearchCandidate("kfc", rank, rank * (p1 * n1 + p2 * n2), math.nan,
                        in_factors=(p1, p2), out_factors=(n1, n2), formulation=name)
 
       def w4(perm=perm, p1=p1, p2=p2, n1=n1, n2=n2):
@@ -582,7 +582,7 @@ def search_conv(
     keep: int = 2,
     exhaustive: bool = False,
     refine: int = 4,
-    fit: Callable[[Candidate], np.ndarray] | None = None,
+    fit: Callable[[SearchCandidate], np.ndarray] | None = None,
     cov_reg: float = _covariance.DEFAULT_COV_REG,
     seed: int = 0,
 ) -> SearchResult:
@@ -632,7 +632,7 @@ def search_conv(
     r = _rank_in_budget(budget, per_rank, min(math.prod(a), math.prod(b)), fixed)
     if r < 1:
       continue
-    cand = Candidate("kronecker", r, r * per_rank, math.nan, a_shape=a, b_shape=b)
+    cand = SearchCandidate("kronecker", r, r * per_rank, math.nan, a_shape=a, b_shape=b)
     splits.append(_conv_split(source, None if cov is None else cov.reg, cand, a, b))
   low_rank_rank = _rank_in_budget(budget, patch + c_out, min(patch, c_out), fixed)
   if low_rank_rank < 1 and not splits:

@@ -23,8 +23,8 @@ from kfc_jax.decompose import _covariance
 class Choice:
   """What the search picked for a layer, and what came second."""
 
-  chosen: _search.Candidate
-  runner_up: _search.Candidate | None
+  chosen: _search.SearchCandidate
+  runner_up: _search.SearchCandidate | None
   objective: str
 
   def __str__(self) -> str:
