@@ -10,6 +10,7 @@ notebooks run on a local kernel with tiny settings. ``make docs`` treats every
 warning as an error.
 """
 
+import functools
 import importlib
 import os
 import pathlib
@@ -19,6 +20,7 @@ import sys
 from collections.abc import Mapping
 
 from sphinx.ext import autosummary
+from sphinx.util import inspect as sphinx_inspect
 
 DOCS = pathlib.Path(__file__).resolve().parent
 ROOT = DOCS.parent
@@ -28,9 +30,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["KFC_QUICKSTART_TINY"] = "1"
 # The checkout being documented, not whatever kfc_jax is installed.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-  filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
-)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import kfc_jax  # noqa: E402  (after sys.path)
@@ -116,7 +116,7 @@ autosummary_ignore_module_all = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_typehints_format = "short"
-autodoc_default_options = {"members": True, "show-inheritance": False}
+autodoc_default_options = {"members": True}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 # Attributes as a field list: autodoc documents dataclass fields as members
@@ -214,11 +214,32 @@ def _summary_not_cut_inside_literal(original):
   return extract_summary
 
 
-autosummary.extract_summary = _summary_not_cut_inside_literal(
-  autosummary.extract_summary
-)
+autosummary.extract_summary = _summary_not_cut_inside_literal(autosummary.extract_summary)
+
+
+def _constructor_signature(app, what, name, obj, options, signature, return_annotation):
+  """Shows ``__init__``'s arguments for NNX classes, with short type names.
+
+  ``nnx.Module`` and ``nnx.Variable`` construct through a metaclass
+  ``__call__(*args, **kwargs)``, which autodoc would show as the signature.
+  Types are shortened to their last name (``~collections.abc.Sequence`` would
+  otherwise show its tilde: without intersphinx it is not a link).
+  """
+  if what == "class" and signature and signature.startswith("(*args"):
+    init = getattr(obj, "__init__", None)
+    if init is not None and init is not object.__init__:
+      signature = sphinx_inspect.stringify_signature(
+        sphinx_inspect.signature(init, bound_method=True),
+        show_return_annotation=False,
+        unqualified_typehints=True,
+      )
+  if not signature:
+    return None
+  shorten = functools.partial(re.sub, r"~(?:\w+\.)*(\w+)", r"\1")
+  return shorten(signature), return_annotation and shorten(return_annotation)
 
 
 def setup(app):
   app.connect("missing-reference", _resolve_public_alias)
   app.connect("autodoc-process-docstring", _describe_builtin_constant)
+  app.connect("autodoc-process-signature", _constructor_signature)
