@@ -47,6 +47,7 @@ bench: $(STAMP)
 ## The documentation site in docs/_build/html: every warning is an error, the
 ## notebooks and code cells run at build time, nothing is fetched.
 docs: $(VENV)/.installed-docs
+	rm -rf docs/api/_autosummary  # stubs of names no longer public would linger
 	$(PY) -m sphinx -b html -W --keep-going docs docs/_build/html
 
 ## Lint, format check and types (settings in pyproject.toml); runs all three,
