@@ -11,9 +11,12 @@ Stages (``--stage=all`` runs them in turn):
 - ``sweep``: the corpus (cached in ``<workdir>/corpus.json``), the teacher's
   evaluation embeddings and the matrices' input covariances (cached as
   ``.npz``), then every row of the config: compress, evaluate, distil,
-  evaluate; each row's result goes to ``<workdir>/rows/<row>/seed_<s>.json``
-  and its distillation state to an orbax checkpoint beside it, so a stopped
-  sweep resumes (finished rows are skipped, a half-distilled one continues).
+  evaluate: for each matrix set, every row is first compressed and evaluated
+  (``<workdir>/rows/<row>/before.json``, its parameters an orbax checkpoint
+  beside it), then the rows are distilled in the config's ``distill_order``
+  (``seed_<s>.json``, distillation state checkpointed with orbax), so a
+  stopped sweep resumes (finished rows are skipped, a half-distilled one
+  continues).
 - ``timing``: the encoder (batch 32, sequence 128) with each row structure's
   matrices against the dense one, interleaved in one run.
 - ``report``: ``<workdir>/results.json``, the Markdown table and the plot of
@@ -33,6 +36,7 @@ import time
 if __package__ in (None, ""):  # run as a script: make `examples` importable
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
+import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 from flax import nnx  # pylint: disable=g-import-not-at-top
 
@@ -103,57 +107,89 @@ class Setup:
     return train.embedding_metrics(emb, self.teacher_eval)
 
 
-def run_row(setup: Setup, row: train.Row, seeds) -> None:
-  """Compresses, evaluates, distils and evaluates one row, for each seed."""
+def _compressed(setup: Setup, row: train.Row, row_dir: pathlib.Path):
+  """The row's compressed model and infos: made once, then read back.
+
+  The first call compresses, evaluates (``before.json``) and saves the
+  parameters with orbax; later calls (the distillation pass, a resumed
+  sweep) rebuild the structure from the infos and restore them.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  before_path = row_dir / "before.json"
+  if before_path.is_file():
+    before = json.loads(before_path.read_text())
+    student = train.with_structure(setup.teacher, row.method, before["matrices"])
+    abstract = jax.tree.map(np.asarray, nnx.state(student, nnx.Param))
+    with ocp.StandardCheckpointer() as checkpointer:
+      nnx.update(student, checkpointer.restore((row_dir / "compressed").resolve(),
+                                               abstract))
+    return student, before
   config = setup.config
-  row_dir = setup.workdir / "rows" / row.name
-  todo = [s for s in seeds if not (row_dir / f"seed_{s}.json").is_file()]
-  if not todo:
-    return
   t0 = time.perf_counter()
   student, infos = train.compress_model(
     setup.teacher, row, covariances=setup.calibration,
     top_splits=config.kron_top_splits, als_sweeps=config.als_sweeps,
     progress=config.progress)
   compress_seconds = time.perf_counter() - t0
-  paths = list(infos)
-  before = setup.evaluate(student)
-  before["output_errors"] = train.matrix_output_errors(student, setup.teacher, paths,
-                                                       setup.eval_cov)
-  common = {
+  metrics = setup.evaluate(student)
+  metrics["output_errors"] = train.matrix_output_errors(
+    student, setup.teacher, list(infos), setup.eval_cov)
+  before = {
     "row": dataclasses.asdict(row), "name": row.name,
     "matrices_params": sum(i["params"] for i in infos.values()),
     "matrices_dense_params": sum(i["dense_params"] for i in infos.values()),
     "model_params": models.count_params(student),
     "dense_model_params": models.count_params(setup.teacher),
-    "compress_seconds": compress_seconds, "matrices": infos, "before": before,
+    "compress_seconds": compress_seconds, "matrices": infos, "before": metrics,
   }
-  for seed in todo:
-    distilled = nnx.clone(student)
-    log = train.distill(distilled, setup.teacher, setup.tokenizer,
-                        setup.distill_sentences, config, seed=seed,
-                        checkpoint_dir=row_dir / f"state_seed_{seed}",
-                        desc=f"distil {row.name} s{seed}")
-    after = setup.evaluate(distilled)
-    after["output_errors"] = train.matrix_output_errors(distilled, setup.teacher,
-                                                        paths, setup.eval_cov)
-    result = {**common, "seed": seed, "after": after, "distill": log}
-    _write_json(row_dir / f"seed_{seed}.json", result)
-    logger.info("%s seed %d: mean cosine %.4f -> %.4f, top-1 %.3f -> %.3f",
-                row.name, seed, before["mean_cosine"], after["mean_cosine"],
-                before["top1"], after["top1"])
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save((row_dir / "compressed").resolve(),
+                      jax.device_get(nnx.state(student, nnx.Param)), force=True)
+  _write_json(before_path, before)
+  logger.info("%s as compressed: mean cosine %.4f, top-1 %.3f (%.0f s)", row.name,
+              metrics["mean_cosine"], metrics["top1"], compress_seconds)
+  return student, before
+
+
+def distill_row(setup: Setup, row: train.Row, seed: int) -> None:
+  """Distils the row's compressed model with ``seed`` and evaluates it."""
+  row_dir = setup.workdir / "rows" / row.name
+  if (row_dir / f"seed_{seed}.json").is_file():
+    return
+  student, before = _compressed(setup, row, row_dir)
+  log = train.distill(student, setup.teacher, setup.tokenizer,
+                      setup.distill_sentences, setup.config, seed=seed,
+                      checkpoint_dir=row_dir / f"state_seed_{seed}",
+                      desc=f"distil {row.name} s{seed}")
+  after = setup.evaluate(student)
+  after["output_errors"] = train.matrix_output_errors(
+    student, setup.teacher, list(before["matrices"]), setup.eval_cov)
+  _write_json(row_dir / f"seed_{seed}.json", {**before, "seed": seed,
+                                              "after": after, "distill": log})
+  logger.info("%s seed %d: mean cosine %.4f -> %.4f, top-1 %.3f -> %.3f",
+              row.name, seed, before["before"]["mean_cosine"], after["mean_cosine"],
+              before["before"]["top1"], after["top1"])
 
 
 def run_sweep(workdir: pathlib.Path, config) -> None:
+  """For each matrix set: every row compressed and evaluated, then
+  distilled in the config's ``distill_order`` (what matters most first)."""
   setup = Setup(workdir, config)
   _write_json(workdir / "corpus_stats.json", {
     "distill": len(setup.distill_sentences), "eval": len(setup.eval_sentences),
     "sources": setup.corpus["sources"], "python": setup.corpus["python"],
     "packages": setup.corpus.get("packages")})
-  for row in train.rows_of(config):
-    seeds = tuple(config.seeds) + (
-      tuple(config.extra_seeds) if row.name in config.extra_seed_rows else ())
-    run_row(setup, row, seeds)
+  rank = {(m, c): i for i, (m, c) in enumerate(config.distill_order)}
+  for matrices in config.matrices:  # one matrix set finished before the next
+    rows = [r for r in train.rows_of(config) if r.matrices == matrices]
+    for row in rows:
+      _compressed(setup, row, workdir / "rows" / row.name)
+    rows.sort(key=lambda r: rank.get((r.matrices, r.compression), len(rank)))
+    for row in rows:
+      seeds = tuple(config.seeds) + (
+        tuple(config.extra_seeds) if row.name in config.extra_seed_rows else ())
+      for seed in seeds:
+        distill_row(setup, row, seed)
 
 
 def run_timing(workdir: pathlib.Path, config) -> None:
