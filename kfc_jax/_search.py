@@ -167,16 +167,17 @@ def _top_energies(mat: np.ndarray, rank: int, rng: np.random.Generator,
                   power_iters: int) -> tuple[np.ndarray, bool]:
   """Squared singular values ``s_1^2 >= ... >= s_k^2`` with ``k >= rank``.
 
-  All of them (exact) when the Gram route is cheaper than sketching, else the
-  top ``rank + oversample`` Ritz values of a randomized range finder with
-  ``power_iters`` power iterations (each value at most the true one).
+  All of them (exact) for matrices under ``_BIG`` entries or when the Gram
+  route is cheaper than sketching, else the top ``rank + oversample`` Ritz
+  values of a randomized range finder with ``power_iters`` power iterations
+  (each value at most the true one).
   """
   p, q = mat.shape
   small, large = min(p, q), max(p, q)
   sketch = min(small, rank + _OVERSAMPLE)
   gram_cost = 2.0 * small * small * large + _EIG_COST * small ** 3
   sketch_cost = 2.0 * p * q * sketch * (2 * power_iters + 2)
-  if gram_cost <= sketch_cost or small <= 64:
+  if gram_cost <= sketch_cost or small <= 64 or p * q < _BIG:
     gram = mat @ mat.T if p <= q else mat.T @ mat
     s2 = np.clip(np.linalg.eigvalsh(gram.astype(np.float64))[::-1], 0.0, None)
     return s2, mat.dtype == np.float64
