@@ -220,10 +220,15 @@ def main(argv=None) -> None:
                       help="a config in configs/ or a .py file with get_config()")
   parser.add_argument("--stage", default="all",
                       choices=("all", "sweep", "timing", "report"))
+  parser.add_argument("--matrices", default=None, choices=train.MATRIX_SETS,
+                      help="run only this matrix set's rows (e.g. one process"
+                      " per set, sharing the work directory)")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   config = common_configs.load_config_module(args.config,
                                              "compress_minilm").get_config()
+  if args.matrices is not None:
+    config = dataclasses.replace(config, matrices=(args.matrices,))
   workdir = pathlib.Path(args.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if args.stage in ("all", "sweep"):

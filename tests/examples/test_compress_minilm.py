@@ -305,3 +305,45 @@ def test_rows_reject_bad_values():
     train.Row("ffn", "low_rank", 1, "weight")
   with pytest.raises(ValueError, match="matrices must be one of"):
     train.Row("mlp", "low_rank", 4, "weight")
+
+
+def test_report_table_winners_and_plot(tmp_path):
+  from examples.compress_minilm import report  # pylint: disable=g-import-not-at-top
+
+  def write(matrices, method, fit, before, afters):
+    name = f"{matrices}-{method}-4x-{fit}"
+    info = {"params": 10, "dense_params": 40, "weight_error": 0.5, "rank": 2}
+    if method == "kronecker":
+      info.update(in_factors=[2, 3], out_factors=[4, 5])
+    for seed, after in enumerate(afters):
+      result = {
+        "row": {"matrices": matrices, "method": method, "compression": 4,
+                "calibration": fit},
+        "name": name, "matrices_params": 10, "matrices_dense_params": 40,
+        "model_params": 100, "dense_model_params": 130, "compress_seconds": 1.0,
+        "matrices": {"layers/0/ffn/output": info},
+        "before": {"mean_cosine": before, "p5_cosine": before - 0.1, "top1": 0.9,
+                   "output_errors": {"layers/0/ffn/output": 0.4}},
+        "after": {"mean_cosine": after, "p5_cosine": after - 0.1, "top1": 0.95,
+                  "output_errors": {"layers/0/ffn/output": 0.3}},
+        "distill": {"losses": [1.0, 0.5], "first_step": 0, "seconds_per_step": 0.1},
+        "seed": seed}
+      path = tmp_path / "rows" / name / f"seed_{seed}.json"
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text(json.dumps(result))
+
+  write("ffn", "low_rank", "weight", 0.5, [0.90, 0.92])
+  write("ffn", "kronecker", "weight", 0.4, [0.93])
+  (tmp_path / "timing.json").write_text(json.dumps(
+    {"median_seconds": {"dense": 0.2, "ffn-low_rank-4x": 0.1}}))
+  out = tmp_path / "out"
+  report.write_report(tmp_path, out)
+  rows = json.loads((out / "results.json").read_text())["rows"]
+  low = next(r for r in rows if r["method"] == "low_rank")
+  assert low["after_mean_cosine"] == pytest.approx(0.91)
+  assert low["after_mean_cosine_std"] == pytest.approx(np.std([0.90, 0.92], ddof=1))
+  text = (out / "table.md").read_text()
+  assert "0.910 ± 0.014" in text and "100 (0.50×)" in text
+  assert "ffn 4×: best after distillation kronecker/weight (0.930, +0.020 over" in text
+  assert "weight: Kronecker − low rank = -0.100 before, +0.020 after." in text
+  assert (out / "cosine_vs_params.png").stat().st_size > 1000

@@ -68,7 +68,7 @@ class Config:
   calibration_max_len: int = 64
   kron_top_splits: int = 3
   als_sweeps: int = 0
-  distill_steps: int = 60
+  distill_steps: int = 40
   batch_size: int = 16
   distill_max_len: int = 32
   learning_rate: float = 3e-4
