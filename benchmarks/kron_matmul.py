@@ -38,15 +38,14 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _timing  # noqa: E402
+import _timing
 
-import kfc_jax  # noqa: E402
+import kfc_jax
 
 try:  # optional peer: pip install -e '.[bench]'
-  import cola  # noqa: E402
+  import cola
 except ImportError:  # pragma: no cover - depends on the environment
   cola = None
 
@@ -90,7 +89,7 @@ QUICK_GRID = [
 def _strategies(case: Case) -> tuple[object, dict[str, object]]:
   plan = kfc_jax.kron_matmul_plan(
       (case.batch, math.prod(case.in_factors)),
-      [(case.rank, m, n) for m, n in zip(case.in_factors, case.out_factors)])
+      [(case.rank, m, n) for m, n in zip(case.in_factors, case.out_factors, strict=True)])
   strategies = {"materialize": "materialize"}
   for c in plan.candidates:
     if c.strategy == "factored":
@@ -102,7 +101,7 @@ def one_line_einsum(x, factors):
   """The design card's one line: all factors in one ``jnp.einsum``."""
   k = len(factors)
   ins, outs = "ijklmn"[:k], "opqstu"[:k]
-  spec = (f"b{ins}," + ",".join(f"r{i}{o}" for i, o in zip(ins, outs)) + f"->b{outs}")
+  spec = (f"b{ins}," + ",".join(f"r{i}{o}" for i, o in zip(ins, outs, strict=True)) + f"->b{outs}")
   y = jnp.einsum(spec, x.reshape(x.shape[0], *(f.shape[1] for f in factors)), *factors)
   return y.reshape(x.shape[0], -1)
 
@@ -138,7 +137,7 @@ def run_case(case: Case, dtype, repeats: int) -> dict:
   m, n = math.prod(case.in_factors), math.prod(case.out_factors)
   x = jax.random.normal(kx, (case.batch, m), dtype)
   factors = [jax.random.normal(k, (case.rank, a, b), dtype) / math.sqrt(a)
-             for k, a, b in zip(kf, case.in_factors, case.out_factors)]
+             for k, a, b in zip(kf, case.in_factors, case.out_factors, strict=True)]
   w = kfc_jax.kron(factors)
   plan, strategies = _strategies(case)
 
@@ -230,9 +229,10 @@ def summarize(rows, env, calibrated=None) -> tuple[str, list[str]]:
     for mode, res in row["results"].items():
       plans = {k: v for k, v in res.items() if k == "materialize" or k.startswith("order")}
       best = min(plans, key=lambda k: plans[k]["ms"])
-      ms = lambda k: res[k]["ms"] if k in res else float("nan")
-      mib = lambda k: res[k]["temp_bytes"] / 2**20 if k in res else float("nan")
-      cell = lambda k: f"{ms(k):.3f} [{mib(k):.1f}]" if k in res else "—"
+      ms = lambda k, res=res: res[k]["ms"] if k in res else float("nan")
+      mib = lambda k, res=res: res[k]["temp_bytes"] / 2**20 if k in res else float("nan")
+      cell = (lambda k, res=res, ms=ms, mib=mib:
+              f"{ms(k):.3f} [{mib(k):.1f}]" if k in res else "—")
       auto = ms("auto")
       peers = [ms(k) for k in ("einsum", "cola") if k in res]
       peer = min(peers)

@@ -22,13 +22,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import _timing  # noqa: E402
+import _timing
+from flax import nnx
 
-from flax import nnx  # noqa: E402
-
-from examples._common import loop  # noqa: E402
-from examples.mnist import models  # noqa: E402
-from examples.mnist import train  # noqa: E402
+from examples._common import loop
+from examples.mnist import (
+  models,
+  train,
+)
 
 VARIANTS = ("Baseline", "KFC-II", "KFC-Combined", "LowRank-96")
 

@@ -83,7 +83,7 @@ class Measurement:
 
 def _shapes(row):
   batch, ms, ns, r = row
-  return (batch, math.prod(ms)), [(r, m, n) for m, n in zip(ms, ns)]
+  return (batch, math.prod(ms)), [(r, m, n) for m, n in zip(ms, ns, strict=True)]
 
 
 def measure(sweep: Sequence[tuple], dtype=jnp.float32, repeats: int = 5,

@@ -220,7 +220,7 @@ def autotuned_strategy(x_shape, factor_shapes, dtype, precision, pet) -> Any:
   try:
     return autotune(x_shape, factor_shapes, dtype=dtype, precision=precision,
                     preferred_element_type=pet)
-  except Exception as e:  # noqa: BLE001 - timing must never break the caller
+  except Exception as e:
     _LOG.warning("kfc_jax autotune: timing failed (%s: %s); using the cost"
                  " model's plan for x %s, factors %s.", type(e).__name__, e,
                  tuple(x_shape), [tuple(s) for s in factor_shapes])

@@ -176,7 +176,7 @@ def _step(t, axes, f, factor, forward, last, precision, pet, dtype):
               else (_out_axis(factor), _in_axis(factor)))
   new_axes = [dst if a == src else a for a in axes]
   if _RANK not in new_axes:
-    new_axes = [_RANK] + new_axes
+    new_axes = [_RANK, *new_axes]
   if last:
     new_axes = [a for a in new_axes if a != _RANK]
   out = jnp.einsum(t, list(axes), f, [_RANK, _in_axis(factor), _out_axis(factor)],
@@ -211,7 +211,7 @@ def _backward_block(x, dy, kept, fs, order, precision, pet, acc_dtype):
     p_chain = _forward_chain(x, fs, order, precision, pet, steps=k - 1)
   else:
     xs = x.reshape(rows, *(f.shape[1] for f in fs))
-    p_chain = [(xs, _x_axes(k))] + list(kept)
+    p_chain = [(xs, _x_axes(k)), *list(kept)]
   q = dy.reshape(rows, *(f.shape[2] for f in fs))
   q_chain = [(q, [_BATCH] + [_out_axis(t) for t in range(k)])]
   for s in range(1, k + 1):
@@ -283,14 +283,14 @@ def _planned_bwd(config, residuals, dy):
   if kept_arrays is not None:
     # The axes of P_1..P_{k-1}, as _forward_chain labels them.
     axes, kept_axes = _x_axes(k), []
-    for j, i in enumerate(order[:-1]):
+    for i in order[:-1]:
       axes = [_out_axis(i) if a == _in_axis(i) else a for a in axes]
       if _RANK not in axes:
-        axes = [_RANK] + axes
+        axes = [_RANK, *axes]
       kept_axes.append(list(axes))
 
   def block(x_b, dy_b, kept_b):
-    kept = None if kept_b is None else list(zip(kept_b, kept_axes))
+    kept = None if kept_b is None else list(zip(kept_b, kept_axes, strict=True))
     return _backward_block(x_b, dy_b, kept, fs, order, config.precision,
                            config.pet, acc_dtype)
 
@@ -305,7 +305,7 @@ def _planned_bwd(config, residuals, dy):
 
     def split(a, axis):
       a = lax.slice_in_dim(a, 0, head, axis=axis)
-      a = a.reshape(a.shape[:axis] + (blocks, rows) + a.shape[axis + 1:])
+      a = a.reshape((*a.shape[:axis], blocks, rows, *a.shape[axis + 1:]))
       return jnp.moveaxis(a, axis, 0)
 
     xs = (split(x, 0), split(dy, 0),
@@ -314,7 +314,7 @@ def _planned_bwd(config, residuals, dy):
     def body(acc, blk):
       x_b, dy_b, kept_b = blk
       dx_b, g = block(x_b, dy_b, kept_b)
-      return [a + b for a, b in zip(acc, g)], dx_b
+      return [a + b for a, b in zip(acc, g, strict=True)], dx_b
 
     init = [jnp.zeros(f.shape, acc_dtype) for f in fs]
     grads, dx_blocks = lax.scan(body, init, xs)
@@ -324,8 +324,8 @@ def _planned_bwd(config, residuals, dy):
                    tuple(p[:, head:] for p in kept_arrays))
       dx_t, g_t = block(x[head:], dy[head:], kept_tail)
       dx = jnp.concatenate([dx, dx_t])
-      grads = [a + b for a, b in zip(grads, g_t)]
-  return dx.astype(dtype), tuple(g.astype(f.dtype) for g, f in zip(grads, fs))
+      grads = [a + b for a, b in zip(grads, g_t, strict=True)]
+  return dx.astype(dtype), tuple(g.astype(f.dtype) for g, f in zip(grads, fs, strict=True))
 
 
 planned_factored.defvjp(_planned_fwd, _planned_bwd)

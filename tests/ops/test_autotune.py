@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import np_kron, random_factors
 
 import kfc_jax
-from conftest import np_kron, random_factors
 from kfc_jax import calibrate
 from kfc_jax.ops import _autotune
 
@@ -74,7 +74,7 @@ def test_autotune_under_jit_and_grad(rng, cache_dir):
   grads = jax.grad(loss, (0, 1))(jnp.asarray(x), fs)
   want = jax.grad(lambda x, fs: jnp.sum((x @ kfc_jax.kron(fs)) ** 2), (0, 1))(
       jnp.asarray(x), fs)
-  for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+  for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-3)
   assert (cache_dir / "autotune.json").exists()
 
@@ -118,9 +118,10 @@ def _synthetic(model, sweep, dtype=jnp.float32):
                       1 / model.cache_bytes_per_second, model.overhead_seconds])
   out = []
   for batch, ms, ns, r in sweep:
-    plan = kfc_jax.kron_matmul_plan((batch, math.prod(ms)), [(r, m, n) for m, n in zip(ms, ns)])
+    plan = kfc_jax.kron_matmul_plan((batch, math.prod(ms)),
+                                    [(r, m, n) for m, n in zip(ms, ns, strict=True)])
     strategies = [c.order for c in plan.candidates if c.strategy == "factored"]
-    for s in strategies + ["materialize"]:
+    for s in [*strategies, "materialize"]:
       m = calibrate.Measurement(batch, ms, ns, r, s, 0.0)
       t = float(calibrate.features(m, model.full_speed_dim, model.chunk_bytes, dtype) @ weights)
       out.append(dataclasses.replace(m, seconds=t))

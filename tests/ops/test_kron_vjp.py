@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import random_factors
 
 import kfc_jax
-from conftest import random_factors
 from kfc_jax.ops import _vjp
 
 # (in_factors, out_factors): k = 1..3, rectangular and size-1 factors.
@@ -94,7 +94,7 @@ def test_planned_vjp_every_order_float64(rng, x64, in_factors, out_factors, rank
     config = _config(order, keep, backward_rows, forward_rows)
     dx, dfs = _planned_grads(config, x, factors, cotangent, jnp.float64)
     _assert_close(dx, dx_ref, jnp.float64, f"dx, order {order}")
-    for t, (g, g_ref) in enumerate(zip(dfs, dfs_ref)):
+    for t, (g, g_ref) in enumerate(zip(dfs, dfs_ref, strict=True)):
       _assert_close(g, g_ref, jnp.float64, f"dF_{t}, order {order}")
 
 
@@ -106,7 +106,7 @@ def test_planned_vjp_low_precision(rng, dtype, keep):
   dx, dfs = _planned_grads(_config((2, 0, 1), keep, 4), x, factors, cotangent, dtype)
   assert dx.dtype == dtype and all(g.dtype == dtype for g in dfs)
   _assert_close(dx, dx_ref, dtype, "dx")
-  for t, (g, g_ref) in enumerate(zip(dfs, dfs_ref)):
+  for t, (g, g_ref) in enumerate(zip(dfs, dfs_ref, strict=True)):
     _assert_close(g, g_ref, dtype, f"dF_{t}")
 
 
@@ -122,7 +122,7 @@ def test_planned_vjp_preferred_element_type_and_precision(rng):
   dx, dfs = _planned_grads(config, x, factors, cotangent, jnp.bfloat16)
   assert dx.dtype == jnp.bfloat16
   _assert_close(dx, dx_ref, jnp.bfloat16, "dx")
-  for t, (g, g_ref) in enumerate(zip(dfs, dfs_ref)):
+  for t, (g, g_ref) in enumerate(zip(dfs, dfs_ref, strict=True)):
     _assert_close(g, g_ref, jnp.bfloat16, f"dF_{t}")
 
 
@@ -139,7 +139,7 @@ def test_planned_vjp_vmap_of_grad(rng, x64):
   for i in range(x.shape[0]):
     dx_ref, dfs_ref = _dense_grads(x[i:i + 1], factors, cotangent[i:i + 1])
     _assert_close(dx[i], dx_ref[0], jnp.float64, f"dx[{i}]")
-    for t, (g, g_ref) in enumerate(zip(dfs, dfs_ref)):
+    for t, (g, g_ref) in enumerate(zip(dfs, dfs_ref, strict=True)):
       _assert_close(g[i], g_ref, jnp.float64, f"dF_{t}[{i}]")
 
 
@@ -164,7 +164,7 @@ def test_planned_vjp_second_order(rng, x64):
   args = (jnp.asarray(x), [jnp.asarray(f) for f in factors])
   got = jax.jit(outer(planned_loss))(*args)
   want = outer(dense_loss)(*args)
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     _assert_close(g, np.asarray(w), jnp.float64, "second-order gradient")
 
 
@@ -225,7 +225,7 @@ def test_kron_matmul_gradients_every_strategy(rng, x64, in_factors, out_factors,
                                  strategy=strategy)
     assert dx.shape == x.shape
     _assert_close(dx.reshape(rows, -1), dx_ref, jnp.float64, f"dx, {strategy}")
-    for t, (g, g_ref) in enumerate(zip(dfs, dfs_ref)):
+    for t, (g, g_ref) in enumerate(zip(dfs, dfs_ref, strict=True)):
       _assert_close(g, g_ref, jnp.float64, f"dF_{t}, {strategy}")
 
 
@@ -236,7 +236,7 @@ def test_kron_matmul_gradients_low_precision(rng, dtype, strategy):
   dx_ref, dfs_ref = _dense_grads(x, factors, cotangent)
   dx, dfs = _kron_matmul_grads(x, factors, cotangent, dtype, strategy=strategy)
   _assert_close(dx, dx_ref, dtype, "dx")
-  for t, (g, g_ref) in enumerate(zip(dfs, dfs_ref)):
+  for t, (g, g_ref) in enumerate(zip(dfs, dfs_ref, strict=True)):
     _assert_close(g, g_ref, dtype, f"dF_{t}")
 
 
@@ -260,7 +260,7 @@ def test_kron_matmul_blocked_backward_matches(rng, x64, chunk_bytes, keep):
   dx, dfs = _kron_matmul_grads(x, factors, cotangent, jnp.float64,
                                strategy="factored", cost_model=model)
   _assert_close(dx, dx_ref, jnp.float64, "dx")
-  for t, (g, g_ref) in enumerate(zip(dfs, dfs_ref)):
+  for t, (g, g_ref) in enumerate(zip(dfs, dfs_ref, strict=True)):
     _assert_close(g, g_ref, jnp.float64, f"dF_{t}")
 
 
