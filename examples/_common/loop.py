@@ -421,7 +421,8 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, *, train: Split,
 
   Returns:
     ``best_epoch``, ``best_val_error``, ``test_error``/``test_loss`` (best
-    epoch), ``last_epoch_test_error``, ``history``, ``wall_time_s``,
+    epoch), ``last_epoch_test_error``, ``history``, ``wall_time_s`` (this
+    session's, when resumed),
     ``train_time_per_epoch_s`` (median, the first epoch with compilation
     left out), ``first_epoch_s`` and ``checkpoint`` (``best_dir`` or None).
   """
