@@ -19,7 +19,7 @@ class KDL(_common.KroneckerModule):
   ``x: [*batch, m1*m2]`` is viewed as ``X: [m1, m2]``; each of ``rank``
   parallel branches computes ``Z = σ(X R + b_R)`` (``R: [m2, n2]``, ``Z:
   [m1, n2]``), then ``Y = σ(Lᵀ Z + b_L)`` (``L: [m1, n1]``, ``Y: [n1, n2]``),
-  and the branches are summed (arXiv 2204.04273; docs/DESIGN.md §7). With
+  and the branches are summed (arXiv 2204.04273; docs/DESIGN.md, "KDL block"). With
   ``activation=None`` and ``use_bias=False`` this is exactly
   ``x @ sum_r L[r] ⊗ R[r]``, a :class:`KroneckerLinear`.
 

@@ -46,7 +46,7 @@ pytestmark = pytest.mark.usefixtures("real_mnist_job")
 
 # (layer params, layer params without bias, model params). The conv stack has
 # 23,008 parameters; the classifier 256 * 10 + 10 (Cut-96: 96 * 10 + 10).
-# KFC factor counts follow docs/DESIGN.md section 4 for a 3x3x32 map, O = 256.
+# KFC factor counts follow docs/DESIGN.md ("KFC formulations") for a 3x3x32 map, O = 256.
 EXPECTED_PARAMS = {
     "Baseline": (288 * 256 + 256, 288 * 256, 99_562),
     "Cut-96": (288 * 96 + 96, 288 * 96, 23_008 + 27_744 + 970),

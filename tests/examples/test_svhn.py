@@ -31,7 +31,7 @@ from examples.svhn.configs import default, paper
 _CONV = 558_216  # The conv stack.
 _HEAD = 256 * 10 + 10  # The classifier.
 # variant -> (layer params, layer params without bias, model params); KFC
-# factor counts from docs/DESIGN.md section 4 for a 5x5x256 map, O = 256.
+# factor counts from docs/DESIGN.md ("KFC formulations") for a 5x5x256 map, O = 256.
 EXPECTED_PARAMS = {
     "Baseline": (1_638_656, 1_638_400, 2_199_442),
     "Cut-128": (6400 * 128 + 128, 6400 * 128, _CONV + 819_328 + 1_290),

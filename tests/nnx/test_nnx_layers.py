@@ -18,7 +18,7 @@ KFC = kfc_jax.nnx.KFC
 KroneckerLinear = kfc_jax.nnx.KroneckerLinear
 
 # ---------------------------------------------------------------------------
-# docs/DESIGN.md §4: the paper's configurations, factor parameters (bias on top).
+# docs/DESIGN.md, "KFC formulations": the paper's configurations, factor parameters (bias on top).
 # ---------------------------------------------------------------------------
 
 COMBINED = [("II", (64, 4)), ("III", (128, 2)), ("IV", (128, 2))]
