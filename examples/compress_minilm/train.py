@@ -243,6 +243,13 @@ def output_error(w: np.ndarray, w_hat: np.ndarray, cov: np.ndarray) -> float:
                    / float(np.sum(w * (cov @ w))))
 
 
+def _zeros(key, shape, dtype=jnp.float32):
+  """Initialiser for layers whose values are set right after: random draws
+  compile once per new shape on XLA:CPU, seconds each on a loaded machine."""
+  del key
+  return jnp.zeros(shape, dtype)
+
+
 def _has_input_cov(fn) -> bool:
   import inspect  # pylint: disable=g-import-not-at-top
   return "input_cov" in inspect.signature(fn).parameters
@@ -288,7 +295,8 @@ def compress_matrix(linear: nnx.Linear, method: str, compression: int, *,
       raise ValueError(f"compression {compression} leaves no rank for a "
                        f"{n_in}x{n_out} matrix.")
     u, v = kfc_jax.low_rank(w, rank, **extra)
-    layer = kfc_jax.nnx.LowRankLinear(n_in, n_out, rank=rank, rngs=rngs)
+    layer = kfc_jax.nnx.LowRankLinear(n_in, n_out, rank=rank, factor_init=_zeros,
+                                      bias_init=_zeros, rngs=rngs)
     layer.u[...] = jnp.asarray(u, jnp.float32)
     layer.v[...] = jnp.asarray(v, jnp.float32)
     info = {"rank": rank, "params": rank * (n_in + n_out)}
@@ -312,7 +320,9 @@ def compress_matrix(linear: nnx.Linear, method: str, compression: int, *,
       dec = kfc_jax.nearest_kronecker(w, in_f, out_f, rank)
       runner_up = ranked[1] if len(ranked) > 1 else None
     layer = kfc_jax.nnx.KroneckerLinear(n_in, n_out, in_factors=in_f,
-                                        out_factors=out_f, rank=rank, rngs=rngs)
+                                        out_factors=out_f, rank=rank,
+                                        factor_init=_zeros, bias_init=_zeros,
+                                        rngs=rngs)
     layer.factor_0_0[...] = jnp.asarray(dec.factors[0], jnp.float32)
     layer.factor_0_1[...] = jnp.asarray(dec.factors[1], jnp.float32)
     w_hat = np.asarray(kfc_jax.kron([np.asarray(f) for f in dec.factors]))
@@ -372,11 +382,14 @@ def with_structure(teacher: models.MiniLM, method: str,
   for path, info in infos.items():
     n_in, n_out = np.shape(teacher.get_matrix(path).kernel[...])
     if method == "low_rank":
-      layer = kfc_jax.nnx.LowRankLinear(n_in, n_out, rank=info["rank"], rngs=rngs)
+      layer = kfc_jax.nnx.LowRankLinear(n_in, n_out, rank=info["rank"],
+                                        factor_init=_zeros, bias_init=_zeros,
+                                        rngs=rngs)
     else:
       layer = kfc_jax.nnx.KroneckerLinear(
         n_in, n_out, in_factors=tuple(info["in_factors"]),
-        out_factors=tuple(info["out_factors"]), rank=info["rank"], rngs=rngs)
+        out_factors=tuple(info["out_factors"]), rank=info["rank"],
+        factor_init=_zeros, bias_init=_zeros, rngs=rngs)
     model.set_matrix(path, layer)
   return model
 
