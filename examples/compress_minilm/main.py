@@ -196,13 +196,14 @@ def run_timing(workdir: pathlib.Path, config) -> None:
   """The dense encoder against each row structure, interleaved in one run.
 
   The structures (factor shapes and ranks) are read from the sweep's
-  results; the weights do not change the time, so they stay random.
+  ``before.json`` files; the weights do not change the time, so they stay
+  zeros.
   """
   teacher, _ = models.load_pretrained()
   encoders = {"dense": teacher}
   for row in train.rows_of(config):
     key = f"{row.matrices}-{row.method}-{row.compression}x"
-    result = workdir / "rows" / row.name / f"seed_{config.seeds[0]}.json"
+    result = workdir / "rows" / row.name / "before.json"
     if key in encoders or not result.is_file():
       continue
     infos = json.loads(result.read_text())["matrices"]
