@@ -62,7 +62,9 @@ class Config:
     ("ffn", 4), ("ffn", 2), ("ffn", 8), ("attention", 4), ("attention", 2),
     ("attention", 8))
   seeds: tuple[int, ...] = (0,)
-  extra_seed_rows: tuple[str, ...] = ()
+  extra_seed_rows: tuple[str, ...] = (
+    "ffn-low_rank-4x-weight", "ffn-low_rank-4x-data", "ffn-kronecker-4x-weight",
+    "ffn-kronecker-4x-data")
   extra_seeds: tuple[int, ...] = (1, 2)
   calibration_sentences: int = 512
   calibration_max_len: int = 64
