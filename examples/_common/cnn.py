@@ -73,6 +73,13 @@ class Architecture:
 MNIST = Architecture((28, 28, 1), ((3, 8, "SAME"), (3, 12, "SAME"), "pool",
                                    (5, 20, "VALID"), (5, 32, "VALID"), "pool"),
                      (3, 3, 32))
+# The offset ablation's other MNIST stack (issue 13): VALID convs only, 5x5
+# then 3x3, ending in the same 3x3x32 map with 21,372 conv parameters (1 -> 12
+# -> 20, pool, -> 32 -> 32, pool); the paper fixes only the map and ~23K.
+MNIST_VALID = Architecture((28, 28, 1), ((5, 12, "VALID"), (5, 20, "VALID"),
+                                         "pool", (3, 32, "VALID"),
+                                         (3, 32, "VALID"), "pool"),
+                           (3, 3, 32))
 SVHN = Architecture((32, 32, 3), ((3, 48, "SAME"), (3, 72, "SAME"), "pool",
                                   (5, 128, "VALID"), (3, 256, "VALID"), "pool"),
                     (5, 5, 256))
@@ -95,6 +102,12 @@ def caffe_xavier_uniform(key: jax.Array, shape: tuple[int, ...],
 
 
 KERNEL_INIT = caffe_xavier_uniform
+# The offset ablation's initialisations of the conv and dense kernels (the
+# Kronecker layers keep their own): Caffe's xavier (ours), Flax's default, and
+# Caffe's ``gaussian`` filler with its examples' std 0.01.
+KERNEL_INITS = {"caffe_xavier": caffe_xavier_uniform,
+                "lecun_normal": nnx.initializers.lecun_normal(),
+                "gaussian_0.01": nnx.initializers.normal(0.01)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +119,8 @@ class FcVariant:
     features: the layer's output width (the classifier's input).
     flatten_input: whether the layer takes the flattened features (dense,
       low-rank) rather than the ``[*batch, H, W, C]`` map (KFC).
-    build: ``rngs -> nnx.Module``.
+    build: ``(rngs, kernel_init) -> nnx.Module``; only dense layers use
+      ``kernel_init`` (the library's layers keep their own initialisers).
   """
 
   name: str
@@ -127,16 +141,17 @@ def fc_variants(feature_shape: tuple[int, int, int]
   fc_in = math.prod(feature_shape)
 
   def dense(name, features):
-    return FcVariant(name, features, True, lambda rngs: nnx.Linear(
-        fc_in, features, kernel_init=KERNEL_INIT, rngs=rngs))
+    return FcVariant(name, features, True, lambda rngs, init=KERNEL_INIT: (
+        nnx.Linear(fc_in, features, kernel_init=init, rngs=rngs)))
 
   def low_rank(name, rank):
-    return FcVariant(name, FC_FEATURES, True, lambda rngs: (
+    return FcVariant(name, FC_FEATURES, True, lambda rngs, init=None: (
         kfc_jax.nnx.LowRankLinear(fc_in, FC_FEATURES, rank=rank, rngs=rngs)))
 
   def kfc(name, terms):
-    return FcVariant(name, FC_FEATURES, False, lambda rngs: kfc_jax.nnx.KFC(
-        feature_shape, FC_FEATURES, terms=terms, use_bias=True, rngs=rngs))
+    return FcVariant(name, FC_FEATURES, False, lambda rngs, init=None: (
+        kfc_jax.nnx.KFC(feature_shape, FC_FEATURES, terms=terms,
+                        use_bias=True, rngs=rngs)))
 
   combined = [("II", (64, 4)), ("III", (128, 2)), ("IV", (128, 2))]
   return {
@@ -190,13 +205,17 @@ class PaperCNN(nnx.Module):
   """
 
   def __init__(self, architecture: Architecture, variant: str = "Baseline", *,
-               dropout_rate: float = 0.5, rngs: nnx.Rngs):
+               dropout_rate: float = 0.5,
+               kernel_init: Callable[..., jax.Array] = KERNEL_INIT,
+               rngs: nnx.Rngs):
     """Builds the network.
 
     Args:
       architecture: :data:`MNIST` or :data:`SVHN`.
       variant: the FC layer's variant name (see :func:`fc_variants`).
       dropout_rate: dropout on the FC layer's output during training.
+      kernel_init: initialiser of the conv, dense and classifier kernels
+        (:data:`KERNEL_INITS`); the Kronecker layers keep their own.
       rngs: ``params`` for initialisation and ``dropout`` for training.
 
     Raises:
@@ -212,14 +231,14 @@ class PaperCNN(nnx.Module):
         continue
       size, features, padding = layer
       convs.append(nnx.Conv(channels, features, (size, size), padding=padding,
-                            kernel_init=KERNEL_INIT, rngs=rngs))
+                            kernel_init=kernel_init, rngs=rngs))
       channels = features
     self.convs = nnx.List(convs)
-    self.fc = spec.build(rngs)
+    self.fc = spec.build(rngs, kernel_init)
     self.flatten_fc_input = spec.flatten_input
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
     self.classifier = nnx.Linear(spec.features, NUM_CLASSES,
-                                 kernel_init=KERNEL_INIT, rngs=rngs)
+                                 kernel_init=kernel_init, rngs=rngs)
 
   def features(self, x: jax.Array) -> jax.Array:
     """The conv stack: images ``[*batch, H, W, C]`` to the FC layer's map."""

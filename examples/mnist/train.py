@@ -36,24 +36,28 @@ logger = logging.getLogger(__name__)
 
 Config = default.Config
 COMMITTED_RESULTS = Path(__file__).resolve().parent / "results" / "results.json"
-COMMITTED_COMMAND = "make paper"
+COMMITTED_COMMAND = "make paper12"
 
 # ----------------------------------------------------------------------------
 # Model, optimizer, steps.
 # ----------------------------------------------------------------------------
 
 
-def create_model(variant: str, *, seed: int = 0,
-                 dropout_rate: float = 0.5) -> models.MnistCNN:
+def create_model(variant: str, *, seed: int = 0, dropout_rate: float = 0.5,
+                 conv_stack: str = "ours",
+                 kernel_init: str = "caffe_xavier") -> models.MnistCNN:
   """The paper's CNN with the FC layer of ``variant`` (see ``models.VARIANTS``).
 
-  ``seed`` drives the initialisation and the dropout (independent streams).
+  ``seed`` drives the initialisation and the dropout (independent streams);
+  ``conv_stack`` and ``kernel_init`` are the offset ablation's choices
+  (``models.CONV_STACKS``, ``cnn.KERNEL_INITS``).
 
   Raises:
-    ValueError: unknown ``variant``.
+    ValueError: unknown ``variant``, ``conv_stack`` or ``kernel_init``.
   """
   params_key, dropout_key = jax.random.split(jax.random.key(seed))
   return models.MnistCNN(variant, dropout_rate=dropout_rate,
+                         conv_stack=conv_stack, kernel_init=kernel_init,
                          rngs=nnx.Rngs(params=params_key, dropout=dropout_key))
 
 
@@ -62,12 +66,12 @@ create_optimizer = loop.create_optimizer
 replicate = pipeline.replicate
 
 
-def param_counts(variant: str) -> dict[str, int]:
+def param_counts(variant: str, conv_stack: str = "ours") -> dict[str, int]:
   """``layer`` (the FC/KFC layer), ``layer_weights`` (no bias), ``model``.
 
   Computed abstractly (``nnx.eval_shape``: no FLOPs, no memory).
   """
-  model = nnx.eval_shape(lambda: create_model(variant))
+  model = nnx.eval_shape(lambda: create_model(variant, conv_stack=conv_stack))
   return {"layer": models.count_params(model.fc),
           "layer_weights": models.count_params(model.fc, biases=False),
           "model": models.count_params(model)}
@@ -77,6 +81,20 @@ def preprocess(images: jax.Array) -> jax.Array:
   """``uint8`` images to ``float32`` in [0, 1] (on device: 4x less to copy)."""
   return images.astype(jnp.float32) / 255.0
 
+
+# Caffe-style mean subtraction (the offset ablation): the mean pixel of
+# MNIST's 60,000 training images (33.32 / 255), subtracted after scaling.
+MNIST_MEAN_PIXEL = 0.1307
+
+
+def preprocess_mean_subtracted(images: jax.Array) -> jax.Array:
+  """``uint8`` images to ``float32`` in [0, 1] less the mean pixel."""
+  return images.astype(jnp.float32) / 255.0 - MNIST_MEAN_PIXEL
+
+
+# config.input_scaling -> the preprocessing (module functions: a static
+# argument of the jitted steps, so each compiles once).
+PREPROCESS = {"unit": preprocess, "mean": preprocess_mean_subtracted}
 
 train_step = functools.partial(loop.train_step, preprocess=preprocess)
 eval_step = functools.partial(loop.eval_step, preprocess=preprocess)
@@ -97,7 +115,13 @@ def check_config(config: Config, mesh: Mesh | None = None
     ValueError: see ``loop.check_config``, or an unknown variant.
   """
   loop.check_config(config, mesh)
-  return {v: param_counts(v) for v in config.variants}
+  if config.input_scaling not in PREPROCESS:
+    raise ValueError(f"Unknown input_scaling {config.input_scaling!r}; use "
+                     f"one of {list(PREPROCESS)}.")
+  nnx.eval_shape(lambda: create_model(  # Checks conv_stack and kernel_init.
+      "Baseline", conv_stack=config.conv_stack,
+      kernel_init=config.kernel_init))
+  return {v: param_counts(v, config.conv_stack) for v in config.variants}
 
 
 # ----------------------------------------------------------------------------
@@ -127,7 +151,9 @@ def train_one(variant: str, seed: int, data: mnist_data.MnistSplits, *,
   Returns:
     The run's record for ``results.json``.
   """
-  model = create_model(variant, seed=seed, dropout_rate=config.dropout_rate)
+  model = create_model(variant, seed=seed, dropout_rate=config.dropout_rate,
+                       conv_stack=config.conv_stack,
+                       kernel_init=config.kernel_init)
   steps_per_epoch = pipeline.num_batches(len(data.train[0]), config.batch_size,
                                          True)
   optimizer = create_optimizer(model, config, config.epochs * steps_per_epoch)
@@ -139,10 +165,12 @@ def train_one(variant: str, seed: int, data: mnist_data.MnistSplits, *,
       best_dir = workdir / "checkpoints" / variant / f"seed_{seed}"
   run = loop.fit(model, optimizer, train=data.train, validation=data.validation,
                  test=data.test, config=config, mesh=mesh, seed=seed,
-                 name=f"{variant} seed {seed}", preprocess=preprocess,
+                 name=f"{variant} seed {seed}",
+                 preprocess=PREPROCESS[config.input_scaling],
                  best_dir=best_dir, resume_dir=resume_dir)
   return {"variant": variant, "seed": seed,
-          **reporting.param_reductions(param_counts(variant), baseline), **run}
+          **reporting.param_reductions(
+              param_counts(variant, config.conv_stack), baseline), **run}
 
 
 # ----------------------------------------------------------------------------
@@ -211,7 +239,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike[str], *,
               "parameters per variant: %s", len(data.train[0]),
               len(data.validation[0]), len(data.test[0]), mesh.devices.size,
               counts)
-  baseline = param_counts("Baseline")
+  baseline = param_counts("Baseline", config.conv_stack)
   runs = []
   for variant in config.variants:
     for seed in config.seeds:

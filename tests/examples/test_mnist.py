@@ -422,7 +422,7 @@ def test_demo_says_what_it_is_and_ends_beside_the_committed_results(
   demo = default.get_config()
   intro = reporting.describe_run(demo, committed, train.COMMITTED_COMMAND)
   assert "5 variants x 1 seed(s) x 2 epochs" in intro
-  assert "shortened run" in intro and "`make paper`" in intro
+  assert "shortened run" in intro and "`make paper12`" in intro
   assert "minutes" in intro
 
   rng = np.random.default_rng(3)
@@ -433,7 +433,7 @@ def test_demo_says_what_it_is_and_ends_beside_the_committed_results(
   out = capsys.readouterr().out
   assert out.startswith("This run: 2 variants x 1 seed(s) x 1 epochs")
   final = out[out.index("Beside the committed full results"):]
-  assert "`make paper`" in final
+  assert "`make paper12`" in final
   ours = {s["variant"]: s for s in results["summary"]}
   theirs = {s["variant"]: s for s in committed["summary"]}
   rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
@@ -460,7 +460,7 @@ def _make_recipe(target: str) -> list[str]:
 def test_make_paper_reproduces_the_committed_config():
   """The command the demo names for the committed results is theirs."""
   committed = reporting.load_json(train.COMMITTED_RESULTS)["config"]
-  args = mnist_main.parse_args(_make_recipe("paper"))
+  args = mnist_main.parse_args(_make_recipe("paper12"))
   config = configs.load_config_module(args.config, "mnist").get_config()
   config = dataclasses.replace(config,
                                **cli.overrides(args, cli.VARIANT_FIELDS))

@@ -27,9 +27,20 @@ class Config(configs.TrainConfig):
 
   The fields are ``examples/_common/configs.py``'s ``TrainConfig``; the
   variants are the paper's MNIST table's (see ``models.VARIANTS`` for all).
+
+  Attributes (besides ``TrainConfig``'s; the offset ablation's choices):
+    input_scaling: ``"unit"`` (images in [0, 1]) or ``"mean"`` (Caffe-style:
+      less the training set's mean pixel; ``train.PREPROCESS``).
+    conv_stack: ``"ours"`` or ``"valid"`` (``models.CONV_STACKS``).
+    kernel_init: the conv and dense kernels' initialiser
+      (``cnn.KERNEL_INITS``: ``caffe_xavier``, ``lecun_normal``,
+      ``gaussian_0.01``).
   """
 
   variants: tuple[str, ...] = models.PAPER_VARIANTS
+  input_scaling: str = "unit"
+  conv_stack: str = "ours"
+  kernel_init: str = "caffe_xavier"
 
 
 def get_config() -> Config:

@@ -1,0 +1,1 @@
+"""Configurations of the KConv example: ``default`` (minutes), ``paper``."""
