@@ -126,8 +126,8 @@ class ConvLayout:
           f" {list(self.kernel_shape)}, got {list(kernel.shape)}.")
     return kernel
 
-  def fit(self, kernel: Any, bias: Any = None, *, use_bias: bool, sweeps: int = 20
-          ) -> tuple[dict[str, np.ndarray], float]:
+  def fit(self, kernel: Any, bias: Any = None, *, use_bias: bool, sweeps: int = 20,
+          input_cov: Any = None) -> tuple[dict[str, np.ndarray], float]:
     """Params nearest to a conv ``(kernel, bias)``, by name, and the error.
 
     One term is :func:`~kfc_jax.gkpd` (optimal); several are fitted greedily
@@ -136,12 +136,12 @@ class ConvLayout:
     kernel = self.check_kernel(kernel)
     if len(self.terms) == 1:
       t = self.terms[0]
-      dec = gkpd(kernel, t.a_shape, t.b_shape, t.rank)
+      dec = gkpd(kernel, t.a_shape, t.b_shape, t.rank, input_cov=input_cov)
       factors, error = [dec.factors], dec.relative_error
     else:
       kh, kw, c, o = kernel.shape
       dec = nearest_kronecker_sum(kernel.reshape(kh * kw * c, o), self.sum_terms(),
-                                  sweeps=sweeps)
+                                  sweeps=sweeps, input_cov=input_cov)
       factors, error = dec.factors, dec.relative_error
     params = {_params.factor_name(t, f): np.asarray(v)
               for t, fs in enumerate(factors) for f, v in enumerate(fs)}

@@ -159,8 +159,8 @@ class DenseLayout:
         ws.append(kron(fs, **kron_kwargs)[:self.in_features, :self.out_features])
     return sum(ws[1:], ws[0])
 
-  def fit(self, w: Any, bias: Any = None, *, use_bias: bool, sweeps: int = 20
-          ) -> tuple[dict[str, np.ndarray], float]:
+  def fit(self, w: Any, bias: Any = None, *, use_bias: bool, sweeps: int = 20,
+          input_cov: Any = None) -> tuple[dict[str, np.ndarray], float]:
     """Params nearest to a dense layer ``(w, bias)``, by name, and the error.
 
     Factors are float64 NumPy ``[rank, m_f, n_f]``; the bias is copied (zeros
@@ -180,7 +180,8 @@ class DenseLayout:
         k = len(ms)
         sum_terms.append(KroneckerSumTerm(
             ms, ns, tuple((f, k + f) for f in range(k)), t.rank))
-    dec = nearest_kronecker_sum(w, sum_terms, sweeps=sweeps)
+    # input_cov: fit the outputs on that data (the error returned stays the weight's).
+    dec = nearest_kronecker_sum(w, sum_terms, sweeps=sweeps, input_cov=input_cov)
     params = {
         _params.factor_name(t, f): value.reshape(shape)
         for t, (fs, term) in enumerate(zip(dec.factors, self.terms, strict=True))

@@ -59,11 +59,11 @@ class LowRankLayout:
     """The effective dense kernel ``u @ v``."""
     return jnp.matmul(params["u"], params["v"], precision=precision)
 
-  def fit(self, w: Any, bias: Any = None, *, use_bias: bool
+  def fit(self, w: Any, bias: Any = None, *, use_bias: bool, input_cov: Any = None
           ) -> tuple[dict[str, np.ndarray], float]:
     """``u``, ``v`` (truncated SVD, optimal) and bias nearest to a dense layer."""
     w = _checks.finite_matrix(w, "kernel")
-    u, v = low_rank(w, self.rank)
+    u, v = low_rank(w, self.rank, input_cov=input_cov)
     return (_params.with_bias({"u": u, "v": v}, bias, w.shape[1], use_bias),
             _checks.relative_error(w, u @ v))
 

@@ -84,7 +84,7 @@ class KroneckerConv(_common.KroneckerModule):
                        kernel_dilation: Any = 1, a_shape: Any = None,
                        b_shape: Any = None, rank: int = 1, terms: Any = None,
                        compression: float | None = None, sweeps: int = 20,
-                       **fields: Any) -> _common.DenseConversion:
+                       input_cov: Any = None, **fields: Any) -> _common.DenseConversion:
     """The twin nearest to a Linen ``Conv``'s params (see the NNX ``from_conv``).
 
     A param dict carries no strides or padding: pass the ``nn.Conv``'s.
@@ -106,4 +106,4 @@ class KroneckerConv(_common.KroneckerModule):
     module = cls(c, o, (kh, kw), strides, padding=padding,
                  kernel_dilation=kernel_dilation, a_shape=a_shape, b_shape=b_shape,
                  rank=rank, terms=terms, **fields)
-    return module._convert(kernel, bias, sweeps=sweeps)
+    return module._convert(kernel, bias, sweeps=sweeps, input_cov=input_cov)

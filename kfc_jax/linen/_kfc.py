@@ -35,7 +35,8 @@ class KFC(_common.KroneckerDenseBase):
 
   @classmethod
   def from_dense_params(cls, params: Any, in_shape: Sequence[int],
-                        terms: Sequence[Any], *, sweeps: int = 20, **fields: Any
+                        terms: Sequence[Any], *, sweeps: int = 20,
+                        input_cov: Any = None, **fields: Any
                         ) -> _common.DenseConversion:
     """The KFC twin nearest to a Linen ``Dense``'s params (see ``nnx.KFC.from_linear``).
 
@@ -54,4 +55,4 @@ class KFC(_common.KroneckerDenseBase):
       raise ValueError(
           f"in_shape {tuple(in_shape)} has H*W*C = {module.layout.in_features},"
           f" but the dense kernel has in_features={kernel.shape[0]}.")
-    return module._convert(kernel, bias, sweeps=sweeps)
+    return module._convert(kernel, bias, sweeps=sweeps, input_cov=input_cov)

@@ -194,6 +194,7 @@ class KroneckerConv(_common.KroneckerModule):
       terms: Sequence[Any] | None = None,
       compression: float | None = None,
       sweeps: int = 20,
+      input_cov: Any = None,
       **kwargs: Any,
   ) -> KroneckerConv:
     """The layer nearest to a trained ``nnx.Conv`` (GKPD); see ``relative_error``.
@@ -204,7 +205,9 @@ class KroneckerConv(_common.KroneckerModule):
     :func:`kfc_jax.suggest_conv_factors` finds best for this kernel. The conv's
     ``kernel_size``, ``strides``, ``padding``, ``kernel_dilation``, bias,
     ``dtype``, ``param_dtype`` and ``precision`` are kept unless overridden.
-    ``relative_error`` holds ``||K - K_hat||_F / ||K||_F``.
+    ``relative_error`` holds ``||K - K_hat||_F / ||K||_F``. With ``input_cov``
+    (the second moment of the conv's ``kh*kw*C_in`` input patches) the factors
+    minimise the output error on that data instead.
 
     Example usage::
 
@@ -228,5 +231,5 @@ class KroneckerConv(_common.KroneckerModule):
     kh, kw, c, o = kernel.shape
     layer = cls(c, o, (kh, kw), a_shape=a_shape, b_shape=b_shape, rank=rank,
                 terms=terms, **kwargs)
-    layer._fit(kernel, bias, sweeps=sweeps)
+    layer._fit(kernel, bias, sweeps=sweeps, input_cov=input_cov)
     return layer

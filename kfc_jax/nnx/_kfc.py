@@ -104,6 +104,7 @@ class KFC(_common.KroneckerDenseBase):
       terms: Sequence[Any],
       *,
       sweeps: int = 20,
+      input_cov: Any = None,
       **kwargs: Any,
   ) -> KFC:
     """The KFC layer nearest to a trained ``nnx.Linear`` over ``[H*W*C]`` (NHWC).
@@ -112,7 +113,9 @@ class KFC(_common.KroneckerDenseBase):
     axis groups (:meth:`kfc_jax.formulations.Formulation.decompose`); several
     terms are fitted greedily on the residual, then refined by ``sweeps``
     block-coordinate sweeps. The layer's ``relative_error`` attribute holds
-    ``||W - W_hat||_F / ||W||_F``; the bias is copied.
+    ``||W - W_hat||_F / ||W||_F``; the bias is copied. With ``input_cov``
+    (the input's ``E[x x^T]`` over the flattened feature map) the factors
+    minimise the output error on that data instead.
 
     Example usage::
 
@@ -130,5 +133,5 @@ class KFC(_common.KroneckerDenseBase):
       raise ValueError(
           f"in_shape {layer.in_shape} has H*W*C = {layer.in_features}, but the"
           f" linear layer has in_features={kernel.shape[0]}.")
-    layer._fit(kernel, bias, sweeps=sweeps)
+    layer._fit(kernel, bias, sweeps=sweeps, input_cov=input_cov)
     return layer

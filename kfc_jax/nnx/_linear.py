@@ -120,6 +120,7 @@ class KroneckerLinear(_common.KroneckerDenseBase):
       rank: int = 1,
       terms: Sequence[Any] | None = None,
       sweeps: int = 20,
+      input_cov: Any = None,
       **kwargs: Any,
   ) -> KroneckerLinear:
     """The layer nearest to a trained ``nnx.Linear``; see ``relative_error``.
@@ -129,7 +130,9 @@ class KroneckerLinear(_common.KroneckerDenseBase):
     and refined (:func:`kfc_jax.decompose.nearest_kronecker_sum`). The bias is
     copied; ``dtype``, ``param_dtype`` and ``precision`` default to the
     linear layer's. The layer's ``relative_error`` attribute holds
-    ``||W - W_hat||_F / ||W||_F``.
+    ``||W - W_hat||_F / ||W||_F``. With ``input_cov`` (the input's ``E[x x^T]``,
+    e.g. from :func:`kfc_jax.recovery.collect_input_covariances`) the factors
+    minimise the output error on that data instead (data-aware decomposition).
 
     Example usage::
 
@@ -144,5 +147,5 @@ class KroneckerLinear(_common.KroneckerDenseBase):
     kwargs = _common.from_dense_kwargs(linear, bias, dtype, kwargs)
     layer = cls(*kernel.shape, in_factors=in_factors, out_factors=out_factors,
                 rank=rank, terms=terms, **kwargs)
-    layer._fit(kernel, bias, sweeps=sweeps)
+    layer._fit(kernel, bias, sweeps=sweeps, input_cov=input_cov)
     return layer

@@ -92,11 +92,13 @@ class LowRankLinear(_common.KroneckerModule):
     return self.layout.cost(type(self).__name__, use_bias=self.use_bias, batch=batch)
 
   @classmethod
-  def from_linear(cls, linear: nnx.Linear, *, rank: int, **kwargs: Any
-                  ) -> LowRankLinear:
+  def from_linear(cls, linear: nnx.Linear, *, rank: int, input_cov: Any = None,
+                  **kwargs: Any) -> LowRankLinear:
     """The truncated-SVD layer nearest to a trained ``nnx.Linear`` (optimal).
 
     The layer's ``relative_error`` attribute holds ``||W - u v||_F / ||W||_F``.
+    With ``input_cov`` (the input's ``E[x x^T]``) the factors minimise the
+    output error on that data instead (whitened SVD, optimal).
 
     Example usage::
 
@@ -110,5 +112,5 @@ class LowRankLinear(_common.KroneckerModule):
     kernel, bias, dtype = _common.linear_kernel(linear)
     kwargs = _common.from_dense_kwargs(linear, bias, dtype, kwargs)
     layer = cls(*kernel.shape, rank=rank, **kwargs)
-    layer._fit(kernel, bias)
+    layer._fit(kernel, bias, input_cov=input_cov)
     return layer
