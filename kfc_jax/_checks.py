@@ -173,6 +173,119 @@ def relative_error(t: Any, approx: Any) -> float:
 # ---------------------------------------------------------------------------
 
 
+def _is_array_sequence(value: Any) -> bool:
+  """Whether ``value`` is a list/tuple of arrays (not one array, not numbers)."""
+  return (isinstance(value, Sequence) and not isinstance(value, str)
+          and len(value) > 0 and all(hasattr(v, "ndim") for v in value))
+
+
+# The dtype policy of the primitives (kron, kron_matmul, padded_kron_matmul,
+# kron_kernel, kron_conv, kron_conv_sum), stated once here and in
+# docs/DESIGN.md, "Conventions":
+#
+# * factors: real floating (float16, bfloat16, float32, float64);
+# * x: real floating, or integer/bool (converted to the compute dtype);
+# * complex x or factors: rejected, naming the argument (the layers, the cost
+#   model and the decompositions are real-valued);
+# * compute dtype: jnp.result_type(x, *factors) (JAX's promotion: an integer x
+#   takes the factors' dtype; bfloat16 with float16 gives float32);
+# * preferred_element_type: None or a real floating dtype; every contraction
+#   accumulates in it and the result has it;
+# * result dtype: preferred_element_type if given, else the compute dtype.
+REAL_FLOATING = ("float16", "bfloat16", "float32", "float64")
+
+
+def factor_dtype(dtype: Any, name: str) -> None:
+  """Checks that a factor's dtype is real floating (the dtype policy)."""
+  if not jnp.issubdtype(dtype, jnp.floating):
+    extra = (" (complex factors are not supported: kfc_jax's ops, layers and"
+             " decompositions are real-valued)"
+             if jnp.issubdtype(dtype, jnp.complexfloating) else "")
+    raise TypeError(
+        f"{name} must have a real floating dtype (one of {REAL_FLOATING}), got"
+        f" {dtype}{extra}.")
+
+
+def compute_dtype(x: Any, factors: Sequence[Any], preferred_element_type: Any,
+                  name: str = "x") -> tuple[Any, Any]:
+  """Applies the dtype policy to validated factors and ``x``.
+
+  Returns:
+    ``(dtype, pet)``: the compute dtype (what ``x`` and the factors are cast
+    to) and ``preferred_element_type`` as a dtype (or ``None``). The result of
+    every op is ``pet`` if given, else ``dtype``.
+  """
+  x_dtype = x.dtype
+  if not (jnp.issubdtype(x_dtype, jnp.floating)
+          or jnp.issubdtype(x_dtype, jnp.integer)
+          or jnp.issubdtype(x_dtype, jnp.bool_)):
+    extra = (" (complex inputs are not supported: kfc_jax's ops, layers and"
+             " decompositions are real-valued)"
+             if jnp.issubdtype(x_dtype, jnp.complexfloating) else "")
+    raise TypeError(
+        f"{name} must have a real floating, integer or bool dtype, got"
+        f" {x_dtype}{extra}.")
+  dtype = jnp.result_type(x_dtype, *(f.dtype for f in factors))
+  pet = optional_float_dtype(preferred_element_type, "preferred_element_type")
+  return dtype, pet
+
+
+def as_array(value: Any, name: str) -> Any:
+  """``value`` as a JAX array (arrays pass through), naming it if it is not one."""
+  if hasattr(value, "ndim") and hasattr(value, "dtype"):
+    return value
+  try:
+    return jnp.asarray(value)
+  except (TypeError, ValueError) as e:
+    raise TypeError(
+        f"{name} must be an array of numbers, got {value!r} of type"
+        f" {type(value).__name__}.") from e
+
+
+def optional_float_dtype(value: Any, name: str, allow_none: bool = True) -> Any:
+  """Returns ``value`` as a real floating dtype (or ``None``), or raises."""
+  if value is None and allow_none:
+    return None
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError:
+    dtype = None
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    none = "None or " if allow_none else ""
+    shown = dtype.name if dtype is not None else repr(value)
+    raise TypeError(
+        f"{name} must be {none}a real floating dtype (one of {REAL_FLOATING}),"
+        f" got {shown}.")
+  return dtype
+
+
+def layer_options(*, dtype: Any, param_dtype: Any, preferred_element_type: Any,
+                  rngs: Any = None, check_rngs: bool = False) -> None:
+  """Checks the options every layer shares (the dtype policy, ``rngs``)."""
+  optional_float_dtype(dtype, "dtype")
+  optional_float_dtype(param_dtype, "param_dtype", allow_none=False)
+  optional_float_dtype(preferred_element_type, "preferred_element_type")
+  if check_rngs:
+    from flax import nnx  # the NNX layers only
+    if not isinstance(rngs, nnx.Rngs):
+      raise TypeError(
+          f"rngs must be an nnx.Rngs (e.g. nnx.Rngs(0)), got {rngs!r} of type"
+          f" {type(rngs).__name__}.")
+
+
+def nonnegative_shape(value: Any, name: str) -> tuple[int, ...]:
+  """Returns ``value`` as a non-empty tuple of ints >= 0 (an array shape)."""
+  if (not isinstance(value, Sequence) or isinstance(value, str) or not value
+      or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool)
+                 for d in value)):
+    raise TypeError(
+        f"{name} must be a non-empty sequence of integers (an array shape),"
+        f" got {value!r}.")
+  if any(d < 0 for d in value):
+    raise ValueError(f"{name} must have sizes >= 0, got {tuple(value)}.")
+  return tuple(int(d) for d in value)
+
+
 def factor_list(factors: Any, name: str = "factors") -> list[Any]:
   """Normalises ``factors`` to a list of ``[r, m, n]`` arrays (same r)."""
   if hasattr(factors, "ndim") or not isinstance(factors, Sequence):
@@ -185,6 +298,11 @@ def factor_list(factors: Any, name: str = "factors") -> list[Any]:
     raise ValueError(f"{name} must hold at least one factor, got none.")
   out = []
   for i, f in enumerate(factors):
+    if _is_array_sequence(f):
+      raise TypeError(
+          f"{name}[{i}] must be one array [rank, m, n] or [m, n], got a"
+          f" {type(f).__name__} of {len(f)} arrays; stack rank terms with"
+          " jnp.stack (the leading axis is the rank).")
     if not hasattr(f, "ndim"):
       f = jnp.asarray(f)
     if f.ndim == 2:
@@ -194,10 +312,11 @@ def factor_list(factors: Any, name: str = "factors") -> list[Any]:
           f"{name}[{i}] must have shape [rank, m, n] or [m, n], got shape"
           f" {tuple(f.shape)} ({f.ndim}-D)."
       )
-    if not (jnp.issubdtype(f.dtype, jnp.floating)):
-      raise TypeError(
-          f"{name}[{i}] must have a floating dtype, got {f.dtype}."
-      )
+    factor_dtype(f.dtype, f"{name}[{i}]")
+    if 0 in f.shape[1:]:
+      raise ValueError(
+          f"{name}[{i}] must have sizes m, n >= 1, got shape {tuple(f.shape)};"
+          " a zero-size factor has no Kronecker product to multiply by.")
     out.append(f)
   ranks = [f.shape[0] for f in out]
   if len(set(ranks)) != 1:
@@ -246,24 +365,33 @@ def conv_term(factors: Any, name: str = "factors") -> tuple[Any, Any]:
         f"{name} must be a pair (A, B) of kernel factors, got {len(factors)}"
         " factors.")
   out = []
-  for label, f in zip("AB", factors, strict=True):
+  for i, f in enumerate(factors):
+    label = f"{name}[{i}] ({'AB'[i]})"
+    if _is_array_sequence(f):
+      raise TypeError(
+          f"{label} must be one kernel factor array, got a"
+          f" {type(f).__name__} of {len(f)} arrays: {name} looks like a list of"
+          " (A, B) pairs; use kron_conv_sum(x, terms) to sum several terms (or"
+          " stack rank terms along a leading axis with jnp.stack).")
     if not hasattr(f, "ndim"):
       f = jnp.asarray(f)
     if f.ndim == 4:
       f = f[None]
     elif f.ndim != 5:
       raise ValueError(
-          f"{name} factor {label} must have shape [rank, h, w, in, out] or"
-          f" [h, w, in, out] (HWIO), got shape {tuple(f.shape)} ({f.ndim}-D).")
-    if not jnp.issubdtype(f.dtype, jnp.floating):
-      raise TypeError(
-          f"{name} factor {label} must have a floating dtype, got {f.dtype}.")
+          f"{label} must have shape [rank, h, w, in, out] or [h, w, in, out]"
+          f" (HWIO), got shape {tuple(f.shape)} ({f.ndim}-D).")
+    factor_dtype(f.dtype, label)
+    if 0 in f.shape[1:]:
+      raise ValueError(
+          f"{label} must have every size >= 1, got shape {tuple(f.shape)}; a"
+          " zero-size factor has no kernel to convolve by.")
     out.append(f)
   a, b = out
   if a.shape[0] != b.shape[0]:
     raise ValueError(
-        f"{name} factors A and B must have the same rank (leading axis), got A"
-        f" {tuple(a.shape)} and B {tuple(b.shape)}.")
+        f"{name} = (A, B) must have A and B of the same rank (leading axis),"
+        f" got A {tuple(a.shape)} and B {tuple(b.shape)}.")
   if a.shape[0] < 1:
     raise ValueError(f"{name} must have rank >= 1, got rank {a.shape[0]}.")
   return a, b
@@ -300,6 +428,10 @@ def conv_input_shape(x_shape: Sequence[int], a: Sequence[int], b: Sequence[int],
         f"{name} must have shape [*batch, height, width, {c}] (NHWC; {c} = the"
         f" factors' input channels ai*bi = {a[3]}*{b[3]}), got {name} with"
         f" shape {tuple(x_shape)}.")
+  if 0 in tuple(x_shape[-3:-1]):
+    raise ValueError(
+        f"{name} must have height and width >= 1, got {name} with shape"
+        f" {tuple(x_shape)} (an empty batch is fine, an empty image is not).")
 
 
 def same_kernel_shape(shapes: Sequence[tuple[Sequence[int], Sequence[int]]]) -> None:

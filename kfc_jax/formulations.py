@@ -136,7 +136,8 @@ class Formulation:
     perm = self.permutation
     if perm != (0, 1, 2):
       x = jnp.transpose(x, (*range(lead), *(lead + p for p in perm)))
-    x = x.reshape(*x.shape[:lead], -1)
+    # The feature size explicitly: reshape(-1) cannot infer it for an empty batch.
+    x = x.reshape(*x.shape[:lead], math.prod(x.shape[lead:]))
     return kron_matmul(x, factors, **kron_kwargs)
 
   def materialize(self, factors: Sequence[Any], in_shape: Sequence[int],

@@ -110,6 +110,14 @@ def summarize(model: Any, *, batch: int = 1) -> ModelSummary:
     -------------------------------------------------------------------------------------------
     total                              4,910        76,554  15.6x  23,808      152,576     6.4x
   """
+  if isinstance(model, nn.Module):
+    raise TypeError(
+        "model is a Linen module; summarize takes NNX models. Use"
+        " summarize_linen(module, variables, *inputs) for Linen.")
+  if not isinstance(model, (nnx.Module, list, tuple, dict)):
+    raise TypeError(
+        "model must be an NNX module (or a list, tuple or dict of them), got"
+        f" {model!r} of type {type(model).__name__}.")
   batch = _checks.positive_int(batch, "batch")
   rows = []
   for path, module in nnx.iter_modules(model):
@@ -149,6 +157,12 @@ def summarize_linen(module: nn.Module, variables: Any, *args: Any, batch: int = 
     >>> s.rows[0].cost.params, s.rows[0].cost.dense_params
     (52480, 73984)
   """
+  if not isinstance(module, nn.Module):
+    raise TypeError(
+        f"module must be a Linen module (flax.linen.Module), got {module!r} of"
+        f" type {type(module).__name__}"
+        + ("; use summarize(model) for NNX models." if isinstance(module, nnx.Module)
+           else "."))
   batch = _checks.positive_int(batch, "batch")
   rows: dict[str, LayerSummary] = {}
 

@@ -66,7 +66,13 @@ def _budget(rule: LayerRule, dense_params: int) -> int | None:
   if rule.max_params is not None:
     return rule.max_params
   if rule.compression is not None:
-    return int(dense_params / rule.compression)
+    budget = int(dense_params / rule.compression)
+    if budget < 1:
+      raise ValueError(
+          f"no layer shape fits compression={rule.compression!r}: it leaves"
+          f" int({dense_params} / {rule.compression!r}) = {budget} parameters"
+          f" for a kernel of {dense_params}. Lower the compression.")
+    return budget
   return None
 
 

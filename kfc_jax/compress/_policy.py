@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -78,9 +80,17 @@ class LayerRule:
       raise ValueError("pass at most one of compression and max_params, got"
                        f" compression={self.compression!r} and"
                        f" max_params={self.max_params!r}.")
-    if self.compression is not None and not self.compression >= 1:
-      raise ValueError(f"compression must be >= 1 (dense / compressed parameters),"
-                       f" got {self.compression!r}.")
+    if self.compression is not None:
+      if (isinstance(self.compression, bool)
+          or not isinstance(self.compression, numbers.Real)):
+        raise TypeError(
+            "compression must be a real number > 1 (dense / compressed"
+            f" parameters), got {self.compression!r} of type"
+            f" {type(self.compression).__name__}.")
+      if not (math.isfinite(self.compression) and self.compression > 1):
+        raise ValueError(
+            "compression must be a finite number > 1 (dense / compressed"
+            f" parameters), got {self.compression!r}.")
     if self.max_params is not None:
       _checks.positive_int(self.max_params, "max_params")
     if self.rank is not None:

@@ -19,6 +19,7 @@ in the first and the stride applied in the second.
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +34,7 @@ from kfc_jax.ops._conv_plan import (
   PaddingLike,
   conv_geometry,
   first_stride,
+  out_size,
   route,
   sum_plan,
 )
@@ -79,6 +81,8 @@ def kron_kernel(
   """
   a, b = _checks.conv_term(factors)
   dtype = jnp.result_type(a, b)
+  _, preferred_element_type = _checks.compute_dtype(
+      a, (a, b), preferred_element_type, name="factors[0]")
   k = jnp.einsum("rabcd,refgh->aebfcgdh", a.astype(dtype), b.astype(dtype),
                  precision=precision, preferred_element_type=preferred_element_type)
   return k.reshape(*(p * q for p, q in zip(a.shape[1:], b.shape[1:], strict=True)))
@@ -141,24 +145,27 @@ def _factored(x, a, b, strides, pads, dil, precision, pet):
   return y.reshape(n, yh, yw, ao * bo)
 
 
-def _prepare(x, terms, strides, padding, kernel_dilation, strategy, cost_model):
+def _prepare(x, terms, strides, padding, kernel_dilation, strategy, cost_model,
+             preferred_element_type):
   """Shared set-up of kron_conv and kron_conv_sum: validated, cast, planned."""
-  if not hasattr(x, "ndim"):
-    x = jnp.asarray(x)
-  # The factors are floating, so integer images promote to their dtype.
-  dtype = jnp.result_type(x, *(f for t in terms for f in t))
+  x = _checks.as_array(x, "x")
   strategy = _checks.strategy(strategy)
   shapes = [tuple(tuple(int(d) for d in f.shape) for f in t) for t in terms]
   a0, b0 = shapes[0]
   geo = conv_geometry(x.shape, a0, b0, strides, padding, kernel_dilation)
+  # The dtype policy (kfc_jax/_checks.py): integer images promote to the
+  # factors' dtype; complex and non-floating accumulators are rejected.
+  dtype, pet = _checks.compute_dtype(
+      x, [f for t in terms for f in t], preferred_element_type)
   batch_shape = x.shape[:-3]
-  x = x.astype(dtype).reshape(-1, *x.shape[-3:])
+  # The batch size explicitly: reshape(-1) cannot infer a batch of 0.
+  x = x.astype(dtype).reshape(math.prod(batch_shape), *x.shape[-3:])
   if geo.wrap is not None:  # CIRCULAR: wrap around, then no padding
     x = jnp.pad(x, ((0, 0), *geo.wrap, (0, 0)), mode="wrap")
   terms = [tuple(f.astype(dtype) for f in t) for t in terms]
   plan = sum_plan(geo, shapes, jnp.dtype(dtype).itemsize, strategy,
                   cost_model or default_cost_model())
-  return x, terms, plan, batch_shape, geo
+  return x, terms, plan, batch_shape, geo, pet
 
 
 def kron_conv(
@@ -189,6 +196,14 @@ def kron_conv(
   ``strategy="auto"`` picks this or forming ``K`` and running one dense conv,
   whichever the cost model predicts is faster (see :func:`kron_conv_plan`).
 
+  Dtypes: the policy of :func:`~kfc_jax.kron_matmul` (real floating factors;
+  real floating, integer or bool ``x``; computed in
+  ``jnp.result_type(x, *factors)``; complex rejected; ``preferred_element_type``
+  ``None`` or real floating, and the result's dtype when given). An empty
+  batch gives an empty result; an image of height or width 0 and a zero-size
+  factor dimension raise ``ValueError``. A list of several ``(A, B)`` pairs
+  raises ``TypeError`` (use :func:`kron_conv_sum`).
+
   Args:
     x: ``[*batch, H, W, ai*bi]`` (NHWC; no batch axes means one image).
     factors: ``(A, B)``, ``A: [r, ah, aw, ai, ao]``, ``B: [r, bh, bw, bi, bo]``
@@ -207,7 +222,8 @@ def kron_conv(
       :func:`~kfc_jax.default_cost_model`.
 
   Returns:
-    ``[*batch, Y, X, ao*bo]``.
+    ``[*batch, Y, X, ao*bo]``, of dtype ``preferred_element_type`` or the
+    promoted dtype of ``x`` and the factors.
 
   Example usage::
 
@@ -218,10 +234,10 @@ def kron_conv(
     >>> kfc_jax.kron_conv(x, (a, b), strides=2).shape
     (2, 5, 5, 16)
   """
-  x, terms, plan, batch_shape, geo = _prepare(
+  x, terms, plan, batch_shape, geo, pet = _prepare(
       x, [_checks.conv_term(factors)], strides, padding, kernel_dilation,
-      strategy, cost_model)
-  y = _run(x, terms, plan.strategy, geo, precision, preferred_element_type)
+      strategy, cost_model, preferred_element_type)
+  y = _run(x, terms, plan.strategy, geo, precision, pet)
   return y.reshape(*batch_shape, *y.shape[1:])
 
 
@@ -272,14 +288,21 @@ def kron_conv_sum(
         f" {type(terms).__name__ if not isinstance(terms, Sequence) else terms!r}.")
   terms = [_checks.conv_term(t, f"terms[{i}]") for i, t in enumerate(terms)]
   _checks.same_kernel_shape([(a.shape, b.shape) for a, b in terms])
-  x, terms, plan, batch_shape, geo = _prepare(
-      x, terms, strides, padding, kernel_dilation, strategy, cost_model)
-  y = _run(x, terms, plan.strategy, geo, precision, preferred_element_type)
+  x, terms, plan, batch_shape, geo, pet = _prepare(
+      x, terms, strides, padding, kernel_dilation, strategy, cost_model,
+      preferred_element_type)
+  y = _run(x, terms, plan.strategy, geo, precision, pet)
   return y.reshape(*batch_shape, *y.shape[1:])
 
 
 def _run(x, terms, strategy, geo, precision, pet):
   """One dense conv by the summed kernel, or every term factored."""
+  if x.shape[0] == 0:  # an empty batch (the factored reshapes need rows)
+    a, b = terms[0]
+    khw = (a.shape[1] * b.shape[1], a.shape[2] * b.shape[2])
+    out_hw = [out_size(size, p, k, s, d) for size, p, k, s, d in zip(
+        geo.x_shape[1:3], geo.pads, khw, geo.strides, geo.dilation, strict=True)]
+    return jnp.zeros((0, *out_hw, a.shape[4] * b.shape[4]), pet or x.dtype)
   if strategy == "materialize":
     k = functools.reduce(operator.add, [kron_kernel(t, precision=precision)
                                         for t in terms])

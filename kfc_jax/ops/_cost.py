@@ -299,7 +299,8 @@ def kron_matmul_plan(
     ('factored', True)
   """
   shapes = _checks.matmul_factor_shapes(factor_shapes)
-  x_shape = tuple(int(d) for d in x_shape)
+  x_shape = _checks.nonnegative_shape(x_shape, "x_shape")
+  dtype = _checks.optional_float_dtype(dtype, "dtype", allow_none=False)
   ms = tuple(s[1] for s in shapes)
   ns = tuple(s[2] for s in shapes)
   if not x_shape or x_shape[-1] != math.prod(ms):
@@ -308,6 +309,8 @@ def kron_matmul_plan(
         f" sizes {ms}), got x_shape {x_shape}."
     )
   strategy = _checks.strategy(strategy, len(shapes))
+  if strategy == "autotune" and math.prod(x_shape[:-1]) == 0:
+    strategy = "auto"  # an empty batch: nothing to time
   if strategy == "autotune":  # the measured-fastest plan (timed once, cached)
     strategy = _checks.strategy(_autotune.autotuned_strategy(
         x_shape, shapes, dtype, None, None), len(shapes))

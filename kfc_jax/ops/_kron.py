@@ -112,6 +112,8 @@ def kron(
   """
   fs = _checks.factor_list(factors)
   dtype = jnp.result_type(*fs)
+  _, preferred_element_type = _checks.compute_dtype(
+      fs[0], fs, preferred_element_type, name="factors[0]")
   fs = [f.astype(dtype) for f in fs]
   r = fs[0].shape[0]
   acc = fs[0]  # [r, M, N]
@@ -146,6 +148,15 @@ def kron_matmul(
   ``strategy="auto"`` does that only when ``W`` is no larger than ``x`` and
   ``y`` together.
 
+  Dtypes (one policy for every strategy, :func:`kron` and the conv ops; see
+  ``docs/DESIGN.md``, "Conventions"): factors are real floating (float16,
+  bfloat16, float32, float64); ``x`` is real floating, integer or bool; both
+  are cast to ``jnp.result_type(x, *factors)``. Complex ``x`` or factors raise
+  ``TypeError`` naming the argument. ``preferred_element_type`` is ``None`` or
+  a real floating dtype (anything else raises ``TypeError``). An empty batch
+  (e.g. ``x: [0, m]``) gives an empty result; a zero-size factor dimension
+  raises ``ValueError`` naming ``factors``.
+
   Args:
     x: ``[*batch, prod(m_t)]``, any number of batch axes (including none).
     factors: ``k >= 1`` arrays, each ``[r, m_t, n_t]`` (or ``[m_t, n_t]``,
@@ -178,8 +189,7 @@ def kron_matmul(
   if backward not in ("planned", "autodiff"):
     raise ValueError(
         f'backward must be "planned" or "autodiff", got {backward!r}.')
-  if not hasattr(x, "ndim"):
-    x = jnp.asarray(x)
+  x = _checks.as_array(x, "x")
   ms = tuple(f.shape[1] for f in fs)
   ns = tuple(f.shape[2] for f in fs)
   m = math.prod(ms)
@@ -188,16 +198,19 @@ def kron_matmul(
         f"x must have shape [*batch, {m}] (the product of the factors' input"
         f" sizes {ms}), got x with shape {tuple(x.shape)}."
     )
-  dtype = jnp.result_type(x, *fs)
-  if not jnp.issubdtype(dtype, jnp.inexact):
-    raise TypeError(f"x must have a floating dtype, got {x.dtype}.")
+  dtype, preferred_element_type = _checks.compute_dtype(
+      x, fs, preferred_element_type)
   x = x.astype(dtype)
   fs = [f.astype(dtype) for f in fs]
   batch_shape = x.shape[:-1]
+  strategy = _checks.strategy(strategy, len(fs))
+  if x.size == 0:
+    # An empty batch: nothing to plan or time (and reshape(-1) cannot infer
+    # a batch of 0). JAX differentiates the constant to zero gradients.
+    return jnp.zeros((*batch_shape, math.prod(ns)), preferred_element_type or dtype)
   x2 = x.reshape(-1, m)
   plan = kron_matmul_plan(x2.shape, [f.shape for f in fs], dtype=dtype,
-                          strategy=_checks.strategy(strategy, len(fs)),
-                          cost_model=cost_model)
+                          strategy=strategy, cost_model=cost_model)
   if plan.strategy == "materialize":
     # W is an intermediate like any other: held in the accumulation dtype, so
     # every plan rounds the same way.

@@ -251,11 +251,11 @@ class TestErrors:
     assert y.dtype == jnp.float32
 
   def test_integer_factor(self):
-    with pytest.raises(TypeError, match="factors factor B must have a floating dtype"):
+    with pytest.raises(TypeError, match=r"factors\[1\] \(B\) must have a real floating dtype"):
       kfc_jax.kron_conv(jnp.ones((1, 4, 4, 6)), (self.A, self.B.astype(jnp.int32)))
 
   def test_factor_ndim(self):
-    with pytest.raises(ValueError, match=r"factors factor A must have shape \[rank, h, w,"
+    with pytest.raises(ValueError, match=r"factors\[0\] \(A\) must have shape \[rank, h, w,"
                        r" in, out\] or \[h, w, in, out\].*\(2, 2, 2\) \(3-D\)"):
       kfc_jax.kron_conv(jnp.ones((1, 4, 4, 6)), (jnp.ones((2, 2, 2)), self.B))
 

@@ -154,21 +154,55 @@ def test_jit_vmap_and_no_retracing(rng):
   np.testing.assert_allclose(yv[1], np.asarray(xs[1]) @ (4 * w), rtol=1e-4, atol=1e-3)
 
 
-@settings(max_examples=40, deadline=None)
+# Every float dtype of the dtype policy, with its unit roundoff.
+FLOAT_DTYPES = {jnp.float16: 2.0**-11, jnp.bfloat16: 2.0**-8,
+                jnp.float32: 2.0**-24, jnp.float64: 2.0**-53}
+
+
+@settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_property_random_shapes(data):
   k = data.draw(st.integers(1, 3), label="k")
   ms = data.draw(st.lists(st.integers(1, 4), min_size=k, max_size=k), label="in")
   ns = data.draw(st.lists(st.integers(1, 4), min_size=k, max_size=k), label="out")
   rank = data.draw(st.integers(1, 3), label="rank")
-  batch = data.draw(st.lists(st.integers(1, 3), max_size=2), label="batch")
+  # Sizes from 0: empty batches (x: [0, m], [3, 0, m]) give empty results.
+  batch = data.draw(st.lists(st.integers(0, 3), max_size=2), label="batch")
+  dtype = data.draw(st.sampled_from(list(FLOAT_DTYPES)), label="dtype")
+  strategy = data.draw(st.sampled_from(["auto", "factored", "materialize"]),
+                       label="strategy")
   seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
   rng = np.random.default_rng(seed)
-  factors = random_factors(rng, ms, ns, rank)
-  x = rng.standard_normal((*batch, math.prod(ms)))
   with jax.enable_x64(True):
-    y = kfc_jax.kron_matmul(x, factors)
-  np.testing.assert_allclose(y, x @ np_kron(factors), rtol=1e-10, atol=1e-10)
+    # The reference multiplies the inputs as rounded to dtype, in float64.
+    factors = [np.asarray(jnp.asarray(f, dtype), np.float64)
+               for f in random_factors(rng, ms, ns, rank)]
+    x = np.asarray(jnp.asarray(rng.standard_normal((*batch, math.prod(ms))), dtype),
+                   np.float64)
+    y = kfc_jax.kron_matmul(jnp.asarray(x, dtype),
+                            [jnp.asarray(f, dtype) for f in factors],
+                            strategy=strategy)
+  assert y.dtype == dtype
+  chex.assert_shape(y, (*batch, math.prod(ns)))
+  # Rounding bound: each of the k contractions (and the stored intermediates)
+  # rounds, relative to |x| @ |W| (no cancellation in the bound).
+  scale = np.abs(x) @ np_kron([np.abs(f) for f in factors])
+  tol = 8 * (k + 1) * FLOAT_DTYPES[dtype] * (scale + 1e-30)
+  assert np.all(np.abs(np.asarray(y, np.float64) - x @ np_kron(factors)) <= tol)
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_property_zero_size_factor_is_a_clear_error(data):
+  k = data.draw(st.integers(1, 3), label="k")
+  dims = data.draw(st.lists(st.integers(0, 3), min_size=2 * k, max_size=2 * k)
+                   .filter(lambda d: 0 in d), label="dims")
+  batch = data.draw(st.integers(0, 3), label="batch")
+  factors = [jnp.ones((dims[2 * t], dims[2 * t + 1])) for t in range(k)]
+  bad = next(t for t in range(k) if 0 in dims[2 * t:2 * t + 2])
+  x = jnp.ones((batch, math.prod(dims[0::2])))
+  with pytest.raises(ValueError, match=rf"factors\[{bad}\] must have sizes m, n >= 1"):
+    kfc_jax.kron_matmul(x, factors)
 
 
 class TestErrors:
@@ -202,7 +236,7 @@ class TestErrors:
       kfc_jax.kron_matmul(jnp.ones((1, 4)), [])
 
   def test_integer_factors(self):
-    with pytest.raises(TypeError, match=r"factors\[0\] must have a floating dtype, got int32"):
+    with pytest.raises(TypeError, match=r"factors\[0\] must have a real floating dtype .*, got int32"):
       kfc_jax.kron_matmul(jnp.ones((1, 4)), [jnp.ones((4, 4), jnp.int32)])
 
   @pytest.mark.parametrize("strategy", ["fast", (0, 0), (0, 1, 2)])
