@@ -80,6 +80,18 @@ def _window(kernel_size: Any) -> tuple[int, ...]:
   return (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
 
 
+def _check_nnx_model(model: Any) -> None:
+  """Raises unless ``model`` is an NNX graph node summarize can walk."""
+  if isinstance(model, nn.Module):
+    raise TypeError(
+        "model is a Linen module; summarize takes NNX models. Use"
+        " summarize_linen(module, variables, *inputs) for Linen.")
+  if not isinstance(model, (nnx.Module, list, tuple, dict)):
+    raise TypeError(
+        "model must be an NNX module (or a list, tuple or dict of them), got"
+        f" {model!r} of type {type(model).__name__}.")
+
+
 def summarize(model: Any, *, batch: int = 1) -> ModelSummary:
   """Summarises the kfc_jax layers and dense layers of an NNX model.
 
@@ -110,14 +122,7 @@ def summarize(model: Any, *, batch: int = 1) -> ModelSummary:
     -------------------------------------------------------------------------------------------
     total                              4,910        76,554  15.6x  23,808      152,576     6.4x
   """
-  if isinstance(model, nn.Module):
-    raise TypeError(
-        "model is a Linen module; summarize takes NNX models. Use"
-        " summarize_linen(module, variables, *inputs) for Linen.")
-  if not isinstance(model, (nnx.Module, list, tuple, dict)):
-    raise TypeError(
-        "model must be an NNX module (or a list, tuple or dict of them), got"
-        f" {model!r} of type {type(model).__name__}.")
+  _check_nnx_model(model)
   batch = _checks.positive_int(batch, "batch")
   rows = []
   for path, module in nnx.iter_modules(model):

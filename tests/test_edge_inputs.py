@@ -87,7 +87,7 @@ def test_matmul_plan_of_an_empty_batch():
 @pytest.mark.parametrize("use_jit", [False, True])
 def test_padded_matmul_empty_batch(use_jit):
   factors = [jnp.ones((2, 3)), jnp.ones((3, 2))]
-  fn = lambda x: kfc_jax.padded_kron_matmul(x, factors, 5)  # noqa: E731
+  fn = lambda x: kfc_jax.padded_kron_matmul(x, factors, 5)
   fn = jax.jit(fn) if use_jit else fn
   for shape in [(0, 5), (3, 0, 5)]:
     y = fn(jnp.zeros(shape))

@@ -236,7 +236,8 @@ class TestErrors:
       kfc_jax.kron_matmul(jnp.ones((1, 4)), [])
 
   def test_integer_factors(self):
-    with pytest.raises(TypeError, match=r"factors\[0\] must have a real floating dtype .*, got int32"):
+    with pytest.raises(TypeError,
+                       match=r"factors\[0\] must have a real floating dtype .*, got int32"):
       kfc_jax.kron_matmul(jnp.ones((1, 4)), [jnp.ones((4, 4), jnp.int32)])
 
   @pytest.mark.parametrize("strategy", ["fast", (0, 0), (0, 1, 2)])
