@@ -64,8 +64,9 @@ class BackwardPlan:
   """How the planned backward of ``kron_matmul`` runs.
 
   Attributes:
-    order: the forward contraction order ``o``; ``dy`` is contracted with the
-      transposed factors in reverse order.
+    order: the contraction order ``o`` the backward's chains follow (the
+      forward's when its intermediates are kept); ``dy`` is contracted with
+      the transposed factors in reverse order.
     keep_intermediates: whether the forward's intermediates ``P_1..P_{k-1}``
       are kept as residuals (True when the forward ran unblocked) or
       recomputed in the backward.
@@ -108,27 +109,14 @@ def _divisor_at_most(batch: int, rows: int) -> int:
   return rows
 
 
-def backward_plan(batch: int, ms: tuple[int, ...], ns: tuple[int, ...], r: int,
-                  order: tuple[int, ...], forward_chunked: bool, itemsize: int,
-                  model: Any) -> BackwardPlan:
-  """Plans the backward of the factored forward with contraction ``order``.
-
-  The cost model (a ``CostModel``) prices each step like the forward's:
-  a chain step is a GEMM with a short contraction (the factor's size), a
-  gradient is a GEMM contracting over the rows (full speed); each step reads
-  its input and writes its output, and the axis shuffle before the next step
-  reads and writes it once more. Row blocks are sized like the forward's, so
-  that one block's intermediates fit in ``model.chunk_bytes``.
-  """
+def _backward_steps(ms, ns, r, order, keep, full_speed_dim):
+  """(flops, elements moved, contraction dim) per row of each backward step."""
   k = len(ms)
-  keep = not forward_chunked
   p_sizes, q_sizes = _chain_sizes(ms, ns, r, order)
-  steps = []  # (flops per row, bytes per row, contraction dim)
-  chain_p = [] if keep else list(range(1, k))
-  for j in chain_p:  # recompute P_j from P_{j-1}
+  steps = []
+  for j in ([] if keep else range(1, k)):  # recompute P_j from P_{j-1}
     t = order[j - 1]
-    flops = 2 * (p_sizes[j] // r) * r * ms[t]
-    steps.append((flops, p_sizes[j - 1] + 3 * p_sizes[j], ms[t]))
+    steps.append((2 * p_sizes[j] * ms[t], p_sizes[j - 1] + 3 * p_sizes[j], ms[t]))
   for s in range(1, k + 1):  # Q_s from Q_{s-1}
     t = order[k - s]
     out_per_rank = q_sizes[s] // (r if s < k else 1)
@@ -136,28 +124,52 @@ def backward_plan(batch: int, ms: tuple[int, ...], ns: tuple[int, ...], r: int,
                   ns[t] * (r if s == k else 1)))
   for j in range(1, k + 1):  # dF_{o_j} from P_{j-1} and Q_{k-j}
     t = order[j - 1]
-    per_rank = (p_sizes[j - 1] // (r if j > 1 else 1))
-    flops = 2 * r * per_rank * ns[t]
-    steps.append((flops, p_sizes[j - 1] + q_sizes[k - j], model.full_speed_dim))
-  # A block's working set is every P_j and Q_s of its rows (all live until the
-  # gradients are formed). Blocks hold at most 2 * chunk_bytes of it and at
-  # most 16 rows: measured on the 2-core CPU (f32, interleaved, loaded
-  # machine), 16-row blocks beat 8, 32 and 64 rows on both 64x64 (x) 64x64
-  # (batch 1024: 45 vs 85, 56, 52 ms) and 32x32 (x) 32x32 (batch 4096: 53 vs
-  # 56, 88, 58 ms).
-  working_set = sum(p_sizes[:k]) + sum(q_sizes)
-  chunk_rows = None
-  if model.chunk_bytes and batch > 1 and itemsize * batch * working_set > model.chunk_bytes:
-    budget_rows = 2 * model.chunk_bytes // (itemsize * working_set)
-    chunk_rows = _divisor_at_most(batch, max(1, min(16, budget_rows)))
-  bandwidth = (model.cache_bytes_per_second or model.bytes_per_second
-               if chunk_rows else model.bytes_per_second)
-  seconds, flops = 0.0, 0
-  for step_flops, step_elems, contraction in steps:
-    seconds += model.step_seconds(batch * step_flops, itemsize * batch * step_elems,
-                                  contraction, bandwidth)
-    flops += batch * step_flops
-  return BackwardPlan(tuple(order), keep, chunk_rows, int(flops), float(seconds))
+    per_rank = p_sizes[j - 1] // (r if j > 1 else 1)
+    steps.append((2 * r * per_rank * ns[t], p_sizes[j - 1] + q_sizes[k - j],
+                   full_speed_dim))
+  return steps, sum(p_sizes[:k]) + sum(q_sizes)
+
+
+def backward_plan(batch: int, ms: tuple[int, ...], ns: tuple[int, ...], r: int,
+                  order: tuple[int, ...], forward_chunked: bool, itemsize: int,
+                  model: Any) -> BackwardPlan:
+  """Plans the backward of the factored forward with contraction ``order``.
+
+  When the forward ran unblocked its intermediates are kept and the backward
+  follows its ``order``. Otherwise the backward recomputes them and may take
+  any order (which side, ``x`` or ``dy``, each factor gradient's other factors
+  are contracted with): the cheapest by the cost model, which prices each
+  step like the forward's (a chain step is a GEMM with a short contraction,
+  the factor's size; a gradient is a GEMM contracting over the rows, at full
+  speed; each step reads its input, writes its output, and the axis shuffle
+  before the next step reads and writes it once more).
+  """
+  from kfc_jax.ops import _cost  # lazily: _cost imports ops modules
+  k = len(ms)
+  keep = not forward_chunked
+  orders = [tuple(order)] if keep else _cost._orders(k)
+  best = None
+  for o in orders:
+    steps, working_set = _backward_steps(ms, ns, r, o, keep, model.full_speed_dim)
+    # A block's working set is every P_j and Q_s of its rows (all live until
+    # the gradients are formed). Blocks hold at most 2 * chunk_bytes of it and
+    # at most 16 rows: measured on the 2-core CPU (f32, interleaved, loaded
+    # machine), 16-row blocks beat 8, 32 and 64 rows on both 64x64 (x) 64x64
+    # (batch 1024: 45 vs 85, 56, 52 ms) and 32x32 (x) 32x32 (batch 4096: 53
+    # vs 56, 88, 58 ms).
+    chunk_rows = None
+    if (model.chunk_bytes and batch > 1
+        and itemsize * batch * working_set > model.chunk_bytes):
+      budget_rows = 2 * model.chunk_bytes // (itemsize * working_set)
+      chunk_rows = _divisor_at_most(batch, max(1, min(16, budget_rows)))
+    bandwidth = ((model.cache_bytes_per_second or model.bytes_per_second)
+                 if chunk_rows else model.bytes_per_second)
+    seconds = sum(model.step_seconds(batch * f, itemsize * batch * e, c, bandwidth)
+                  for f, e, c in steps)
+    flops = sum(batch * f for f, _, _ in steps)
+    if best is None or seconds < best.seconds:
+      best = BackwardPlan(tuple(o), keep, chunk_rows, int(flops), float(seconds))
+  return best
 
 
 # ---------------------------------------------------------------------------
@@ -276,7 +288,7 @@ def _planned_bwd(config, residuals, dy):
   x, fs, kept_arrays = residuals
   fs = list(fs)
   k = len(fs)
-  order = config.order
+  order = config.backward.order  # the forward's when its intermediates are kept
   dtype = x.dtype
   acc_dtype = jnp.promote_types(config.pet or dtype, jnp.float32)
   kept_axes = None

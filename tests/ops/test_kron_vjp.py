@@ -56,8 +56,9 @@ def _assert_close(actual, expected, dtype, what):
   assert err <= TOLERANCE[dtype], f"{what}: relative error {err:.3g}"
 
 
-def _config(order, keep, backward_rows, forward_rows=None, precision=None, pet=None):
-  backward = _vjp.BackwardPlan(tuple(order), keep, backward_rows, 0, 0.0)
+def _config(order, keep, backward_rows, forward_rows=None, precision=None, pet=None,
+            backward_order=None):
+  backward = _vjp.BackwardPlan(tuple(backward_order or order), keep, backward_rows, 0, 0.0)
   return _vjp._Config(tuple(order), forward_rows, backward, precision, pet)
 
 
@@ -91,7 +92,9 @@ def test_planned_vjp_every_order_float64(rng, x64, in_factors, out_factors, rank
   x, factors, cotangent = _inputs(rng, in_factors, out_factors, rank, rows=7)
   dx_ref, dfs_ref = _dense_grads(x, factors, cotangent)
   for order in itertools.permutations(range(len(in_factors))):
-    config = _config(order, keep, backward_rows, forward_rows)
+    # Recomputing, the backward may follow another order than the forward.
+    config = _config(order, keep, backward_rows, forward_rows,
+                     backward_order=None if keep else order[::-1])
     dx, dfs = _planned_grads(config, x, factors, cotangent, jnp.float64)
     _assert_close(dx, dx_ref, jnp.float64, f"dx, order {order}")
     for t, (g, g_ref) in enumerate(zip(dfs, dfs_ref, strict=True)):
@@ -294,3 +297,19 @@ def test_bad_backward_argument():
   with pytest.raises(ValueError, match="backward"):
     kfc_jax.kron_matmul(jnp.ones((2, 4)), [jnp.ones((2, 2)), jnp.ones((2, 2))],
                         backward="forward")
+
+
+def test_backward_plan_takes_the_cheapest_order_when_recomputing(monkeypatch):
+  from kfc_jax.ops import _cost
+  model = kfc_jax.default_cost_model("cpu")
+  args = (4096, (8, 32, 4), (16, 2, 32), 2)
+  chosen = _vjp.backward_plan(*args, (0, 1, 2), True, 4, model)
+  each = {}
+  for order in itertools.permutations(range(3)):
+    monkeypatch.setattr(_cost, "_orders", lambda k, order=order: [order])
+    each[order] = _vjp.backward_plan(*args, (0, 1, 2), True, 4, model).seconds
+  assert len(set(each.values())) > 1  # the order matters here
+  assert chosen.seconds == min(each.values())
+  assert each[chosen.order] == chosen.seconds
+  # Kept intermediates tie the backward to the forward's order.
+  assert _vjp.backward_plan(*args, (2, 0, 1), False, 4, model).order == (2, 0, 1)
