@@ -27,6 +27,19 @@ def positive_int(value: Any, name: str) -> int:
   return int(value)
 
 
+def compression_ratio(value: Any, name: str = "compression") -> float:
+  """Returns a compression ratio (dense / compressed parameters): finite, > 1."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise TypeError(
+        f"{name} must be a real number > 1 (dense / compressed parameters), got"
+        f" {value!r} of type {type(value).__name__}.")
+  if not (math.isfinite(value) and value > 1):
+    raise ValueError(
+        f"{name} must be a finite number > 1 (dense / compressed parameters),"
+        f" got {value!r}.")
+  return float(value)
+
+
 def int_tuple(value: Any, name: str) -> tuple[int, ...]:
   """Returns ``value`` as a non-empty tuple of positive ints, or raises."""
   if isinstance(value, numbers.Integral) and not isinstance(value, bool):

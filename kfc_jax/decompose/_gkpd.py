@@ -217,9 +217,13 @@ def suggest_conv_factors(
   elif compression is None:
     raise ValueError("pass one of compression and max_params, got neither.")
   else:
-    if not compression > 1:
-      raise ValueError(f"compression must be > 1, got {compression}.")
+    compression = _checks.compression_ratio(compression)
     max_params = int(math.prod(shape) / compression)
+    if max_params < 1:
+      raise ValueError(
+          f"no Kronecker split of kernel_shape {shape} fits compression="
+          f"{compression!r}: it leaves int({math.prod(shape)} / {compression!r}) ="
+          f" {max_params} parameters. Lower the compression.")
   best, smallest = None, None
   for pairs in itertools.product(*(divisor_pairs(k) for k in shape)):
     a = tuple(p for p, _ in pairs)

@@ -128,7 +128,8 @@ class TestSuggest:
   def test_errors(self):
     with pytest.raises(ValueError, match=r"kernel_shape must be \(kh, kw, C_in, C_out\).*\(3, 3, 4\)"):
       kfc_jax.suggest_conv_factors((3, 3, 4))
-    with pytest.raises(ValueError, match="compression must be > 1, got 1"):
+    with pytest.raises(ValueError, match=r"compression must be a finite number > 1"
+                       r" \(dense / compressed parameters\), got 1"):
       kfc_jax.suggest_conv_factors((3, 3, 4, 4), compression=1)
     with pytest.raises(ValueError, match="one of compression and max_params"):
       kfc_jax.suggest_conv_factors((3, 3, 4, 4), compression=None)
