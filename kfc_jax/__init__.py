@@ -8,6 +8,11 @@ re-exported here; Flax layers live in ``kfc_jax.nnx`` (primary) and
 from kfc_jax import formulations as formulations
 from kfc_jax import linen as linen
 from kfc_jax import nnx as nnx
+from kfc_jax import recovery as recovery
+from kfc_jax._search import SearchCandidate as SearchCandidate
+from kfc_jax._search import SearchResult as SearchResult
+from kfc_jax._search import search_conv as search_conv
+from kfc_jax._search import search_dense as search_dense
 from kfc_jax.compress import CompressedLinen as CompressedLinen
 from kfc_jax.compress import CompressionPolicy as CompressionPolicy
 from kfc_jax.compress import CompressionReport as CompressionReport
@@ -82,6 +87,8 @@ __all__ = [
     "LayerSummary",
     "ModelSummary",
     "PlanCost",
+    "SearchCandidate",
+    "SearchResult",
     "compress",
     "compress_linen_params",
     "default_cost_model",
@@ -106,7 +113,10 @@ __all__ = [
     "nnx",
     "padded_kron_matmul",
     "padded_size",
+    "recovery",
     "resolve_terms",
+    "search_conv",
+    "search_dense",
     "suggest_conv_factors",
     "suggest_factors",
     "summarize",

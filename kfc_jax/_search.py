@@ -472,11 +472,10 @@ def search_dense(
 
   Example usage::
 
-    >>> import numpy as np
-    >>> from kfc_jax._search import search_dense
+    >>> import numpy as np, kfc_jax
     >>> rng = np.random.default_rng(0)
     >>> w = np.kron(rng.normal(size=(8, 4)), rng.normal(size=(4, 8)))  # 32 x 32
-    >>> result = search_dense(w, compression=8)
+    >>> result = kfc_jax.search_dense(w, compression=8)
     >>> result.best.label, result.best.relative_error < 1e-6
     ('kronecker (8, 4)->(4, 8) r=2', True)
   """

@@ -172,6 +172,33 @@ def _ordered_factorizations(n: int, k: int) -> set[tuple[int, ...]]:
   return {p for f in _factorizations(n, k, n) for p in itertools.permutations(f)}
 
 
+def _best_split_by_error(in_features: int, out_features: int, weight: Any, k: int,
+                         max_params: int | None, rank: int | None
+                         ) -> KroneckerShape | None:
+  """``suggest_factors(prefer="error")``: the search's best two-factor split."""
+  from kfc_jax import _search  # the search imports decompose, which imports us
+  if weight is None:
+    raise ValueError("prefer='error' needs the trained kernel; pass weight=.")
+  w = _checks.finite_matrix(weight, "weight")
+  if w.shape != (in_features, out_features):
+    raise ValueError(f"weight must have shape [in_features, out_features] ="
+                     f" {[in_features, out_features]}, got {list(w.shape)}.")
+  if max_params is None:
+    raise ValueError("prefer='error' chooses within a budget; pass max_params or"
+                     " compression.")
+  if k != 2:
+    raise ValueError(f"prefer='error' scores two-factor splits; got k={k}. Use"
+                     " prefer='params' for more factors.")
+  try:
+    result = _search.search_dense(w, max_params=max_params, methods=("kronecker",),
+                                  rank=rank)
+  except ValueError:
+    return None  # no exact split fits (e.g. a prime size): pad instead
+  best = result.best_of("kronecker")
+  return KroneckerShape(in_features, out_features, best.in_factors, best.out_factors,
+                        best.rank)
+
+
 def suggest_factors(
     in_features: int,
     out_features: int,
@@ -181,6 +208,8 @@ def suggest_factors(
     compression: float | None = None,
     rank: int | None = None,
     max_imbalance: float = 2.0,
+    weight: Any = None,
+    prefer: str | None = None,
 ) -> KroneckerShape:
   """Suggests factor shapes (and rank) for a Kronecker layer.
 
@@ -194,6 +223,15 @@ def suggest_factors(
   ``(m, 1) (x) (1, n)`` is an outer product, so such a "Kronecker" layer is a
   low-rank one in disguise.
 
+  With the trained ``weight`` (``prefer="error"``, the default when it is
+  given) the suggestion is instead the two-factor split and rank with the
+  lowest error of the nearest Kronecker sum within the budget, each split
+  scored at the largest rank that fits (or at ``rank``) from one spectrum of
+  its rearranged weight (:func:`kfc_jax.search_dense`); outer-product splits
+  are left to low rank. On real weights the largest balanced split is often
+  the worst one. Sizes with no exact two-factor split fall back to
+  ``prefer="params"`` (padding).
+
   Args:
     in_features: input size.
     out_features: output size.
@@ -202,6 +240,10 @@ def suggest_factors(
     compression: target ratio of dense to Kronecker parameters (>= 1).
     rank: fix the rank instead of choosing it.
     max_imbalance: see :func:`padded_size`.
+    weight: the trained ``[in_features, out_features]`` kernel, for
+      ``prefer="error"``.
+    prefer: ``"error"`` (needs ``weight`` and a budget, ``k=2``) or
+      ``"params"`` (the most parameters that fit).
 
   Returns:
     A :class:`KroneckerShape`.
@@ -236,6 +278,14 @@ def suggest_factors(
           f" {in_features * out_features}.")
   if max_params is not None:
     max_params = _checks.positive_int(max_params, "max_params")
+  if prefer is None:
+    prefer = "error" if weight is not None else "params"
+  if prefer not in ("error", "params"):
+    raise ValueError(f"prefer must be 'error' or 'params', got {prefer!r}.")
+  if prefer == "error":
+    best = _best_split_by_error(in_features, out_features, weight, k, max_params, rank)
+    if best is not None:
+      return best
   m = padded_size(in_features, k, max_imbalance=max_imbalance)
   n = padded_size(out_features, k, max_imbalance=max_imbalance)
   balanced = (factorize(m, k), factorize(n, k))

@@ -234,7 +234,7 @@ def test_kronecker_factored_covariance_is_scored_exactly():
 # ---------------------------------------------------------------------------
 
 
-def test_conv_search_is_the_exhaustive_gkpd_optimum():
+def test_conv_search_is_the_exhaustive_gkpd_optimum(x64):
   rng = np.random.default_rng(11)
   k = np.asarray(kron_kernel((rng.normal(size=(3, 1, 4, 4)),
                               rng.normal(size=(1, 3, 2, 4))))) + 0.2 * rng.normal(
@@ -303,7 +303,7 @@ def test_fixed_rank_scores_every_candidate_at_that_rank():
           _nkp_error(w, c.in_factors, c.out_factors, 2), rel=1e-9, abs=1e-12)
 
 
-def test_conv_search_agrees_with_suggest_conv_factors_by_error():
+def test_conv_search_agrees_with_suggest_conv_factors_by_error(x64):
   from kfc_jax import suggest_conv_factors
   rng = np.random.default_rng(13)
   k = rng.normal(size=(3, 3, 8, 8)) + np.asarray(kron_kernel(
@@ -339,3 +339,24 @@ def test_refined_data_errors_are_achievable_and_bound_the_als_answer(kind):
       dec = gkpd(w, c.a_shape, c.b_shape, c.rank, input_cov=cov)
     assert dec.data_error <= c.relative_error + 1e-6
     assert c.relative_error <= 1.0
+
+
+def test_suggest_factors_prefers_the_lowest_error_given_the_weight():
+  from kfc_jax import suggest_factors
+  rng = np.random.default_rng(15)
+  w = _structured(rng, 24, 36, ((12, 2), (3, 12)))
+  budget = w.size // 6
+  want_error, want_split, want_rank = _exhaustive_kronecker(w, budget)
+  s = suggest_factors(24, 36, max_params=budget, weight=w)
+  assert ((s.in_factors, s.out_factors), s.rank) == (want_split, want_rank)
+  old = suggest_factors(24, 36, max_params=budget)  # no weight: most params
+  assert _nkp_error(w, old.in_factors, old.out_factors, old.rank) > want_error
+  assert suggest_factors(24, 36, max_params=budget, weight=w, prefer="params") == old
+  with pytest.raises(ValueError, match="needs the trained kernel"):
+    suggest_factors(24, 36, max_params=budget, prefer="error")
+  with pytest.raises(ValueError, match="within a budget"):
+    suggest_factors(24, 36, weight=w)
+  with pytest.raises(ValueError, match="two-factor"):
+    suggest_factors(24, 36, max_params=budget, weight=w, k=3)
+  with pytest.raises(ValueError, match=r"weight must have shape \[in_features"):
+    suggest_factors(24, 36, max_params=budget, weight=w.T)

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from flax.core import meta as _meta
 
-from kfc_jax import _checks
+from kfc_jax import _checks, recovery
 from kfc_jax import linen as kfc_linen
 from kfc_jax.compress._nnx import param_count
 from kfc_jax.compress._plan import (
@@ -122,7 +122,7 @@ def _set_subtree(params: dict, parts: Sequence[str], value: Any) -> None:
 
 
 def compress_linen_params(module: nn.Module, variables: Any, policy: Any, *args: Any,
-                          batch: int = 1, **kwargs: Any
+                          batch: int = 1, calibration: Any = None, **kwargs: Any
                           ) -> tuple[CompressedLinen, dict[str, Any],
                                      CompressionReport]:
   """Compresses a Linen model's params: the Linen counterpart of :func:`compress`.
@@ -140,6 +140,8 @@ def compress_linen_params(module: nn.Module, variables: Any, policy: Any, *args:
     policy: a :class:`CompressionPolicy`, a :class:`LayerRule` or a list.
     *args: example inputs of ``module.apply``.
     batch: rows per call for the report's FLOPs.
+    calibration: batches of inputs to fit the layers' outputs on, as for
+      :func:`compress` (run with ``module.apply(variables, x, **kwargs)``).
     **kwargs: keyword arguments of ``module.apply`` for the trace.
 
   Returns:
@@ -181,7 +183,15 @@ def compress_linen_params(module: nn.Module, variables: Any, policy: Any, *args:
   selected = select_layers(
       policy, found, supported="compress_linen_params converts nn.Dense and 2-D"
       " nn.Conv (no groups, mask or input dilation) only.")
-  built = build_layers(selected, _build, batch)
+  if calibration is not None:
+    covs = recovery.collect_linen_input_covariances(
+        module, variables, calibration, [layer.path for layer, _, _ in selected],
+        **kwargs)
+    selected = [(dataclasses.replace(layer, input_cov=covs[layer.path]), i, rule)
+                for layer, i, rule in selected]
+  built = build_layers(
+      selected, _build, batch, materialize=lambda conv: conv.module.apply(
+          {"params": conv.params}, method=lambda m: m.materialize()))
   new_params = jax.tree.map(lambda x: x, dict(params))
   for layer, conversion, _ in built:
     _set_subtree(new_params, layer.path.split("/"), conversion.params)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from kfc_jax import formulations, layers
+from kfc_jax.compress import _auto
 from kfc_jax.compress._policy import CompressionPolicy, LayerRule
 from kfc_jax.compress._report import LayerReport
 from kfc_jax.decompose import suggest_conv_factors
@@ -36,10 +37,15 @@ class Family(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class LayerPlan:
-  """What one layer becomes: its family and its ``from_*`` keyword arguments."""
+  """What one layer becomes: its family and its ``from_*`` keyword arguments.
+
+  ``choice`` is what the error-driven search picked and its runner-up, when
+  a search chose (a budget, ``method="auto"``).
+  """
 
   family: Family
   options: Mapping[str, Any]
+  choice: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +59,8 @@ class TrainedLayer:
       kernel), or ``None`` when compress cannot convert it.
     kernel: the trained kernel, float64 (``None`` when ``kind`` is).
     handle: what the driver needs to build the replacement (its module, params).
+    input_cov: the second moment of the layer's inputs on calibration data
+      (a conv's: of its patches), or ``None`` to fit the weights.
   """
 
   path: str
@@ -60,6 +68,7 @@ class TrainedLayer:
   kind: str | None
   kernel: np.ndarray | None
   handle: Any
+  input_cov: np.ndarray | None = None
 
 
 def _budget(rule: LayerRule, dense_params: int) -> int | None:
@@ -138,7 +147,41 @@ def _plan_kronecker(rule: LayerRule, n_in: int, n_out: int, budget: int | None
 
 
 def plan_layer(rule: LayerRule, layer: TrainedLayer) -> LayerPlan:
-  """The replacement ``rule`` asks for ``layer``: method and factor shapes."""
+  """The replacement ``rule`` asks for ``layer``: method and factor shapes.
+
+  Budgets for two-factor Kronecker layers and ``method="auto"`` are chosen by
+  the error search (data-aware with ``layer.input_cov``); with an input
+  covariance the decomposition fits the outputs on that data too.
+  """
+  plan = _plan_by_error(rule, layer) or _plan_by_rule(rule, layer)
+  if layer.input_cov is not None:
+    plan = dataclasses.replace(plan, options={**plan.options,
+                                              "input_cov": layer.input_cov})
+  return plan
+
+
+def _plan_by_error(rule: LayerRule, layer: TrainedLayer) -> LayerPlan | None:
+  """The search's best candidate, or ``None`` when the rule leaves no choice."""
+  kernel = layer.kernel
+  if kernel is None:
+    return None
+  budget = _budget(rule, math.prod(kernel.shape))
+  if budget is None or rule.method not in ("auto", "kronecker"):
+    return None
+  if rule.method == "kronecker" and (
+      (layer.kind == "conv" and layer.input_cov is None)  # suggest_conv_factors
+      or (layer.kind == "linear" and rule.k != 2)):
+    return None
+  try:
+    family, options, choice = _auto.choose(rule, kernel, budget, layer.input_cov)
+  except ValueError:
+    if rule.method == "auto":
+      raise
+    return None  # no exact split (e.g. a prime size): the padded suggestion
+  return LayerPlan(Family(family), options, choice)
+
+
+def _plan_by_rule(rule: LayerRule, layer: TrainedLayer) -> LayerPlan:
   kernel = layer.kernel
   if kernel is None:
     raise TypeError(f"layer {layer.path!r} ({layer.type_name}) has no kernel to plan"
@@ -205,23 +248,32 @@ def _shape_label(kernel: np.ndarray) -> str:
 
 
 def build_layers(selected: Sequence[tuple[TrainedLayer, int, LayerRule]],
-                 build: Callable[[TrainedLayer, LayerPlan], Built], batch: int
+                 build: Callable[[TrainedLayer, LayerPlan], Built], batch: int,
+                 materialize: Callable[[Any], Any] | None = None
                  ) -> list[tuple[TrainedLayer, Any, LayerReport]]:
   """Plans and builds every replacement before anything is touched.
 
   ``build(layer, plan)`` returns ``(new_layer, relative_error, value)``: the
   :class:`kfc_jax.layers.KroneckerLayer` (for its cost), its weight error, and
-  what the driver installs. Any error names the layer and its rule.
+  what the driver installs. Any error names the layer and its rule. With an
+  input covariance, ``materialize(value)`` (the new kernel) gives the report's
+  output error on the calibration data.
   """
   built = []
   for layer, index, rule in selected:
     try:
-      new_layer, error, value = build(layer, plan_layer(rule, layer))
+      plan = plan_layer(rule, layer)
+      new_layer, error, value = build(layer, plan)
       cost = new_layer.cost(batch)
+      data_error = None
+      if layer.input_cov is not None and materialize is not None:
+        data_error = _auto.output_error(layer.kernel, materialize(value),
+                                        layer.input_cov)
     except (ValueError, TypeError) as e:
       raise _layer_error(layer, index, rule, e) from e
     row = LayerReport.of(layer.path, layer.type_name,
                          "" if layer.kernel is None else _shape_label(layer.kernel),
-                         cost, error)
+                         cost, error, data_error=data_error,
+                         choice="" if plan.choice is None else str(plan.choice))
     built.append((layer, value, row))
   return built

@@ -11,7 +11,7 @@ from typing import Any
 
 from kfc_jax import _checks
 
-METHODS = ("kronecker", "kfc", "low_rank", "keep")
+METHODS = ("kronecker", "kfc", "low_rank", "auto", "keep")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +31,19 @@ class LayerRule:
   * ``"kfc"``: ``KFC`` over the feature map ``in_shape = (H, W, C)`` the
     linear layer reads flattened (NHWC), with KFC ``terms``.
   * ``"low_rank"``: ``LowRankLinear`` (truncated SVD) of rank ``rank``.
+  * ``"auto"``: whichever has the lowest error at the budget among the
+    Kronecker splits, low rank and, with ``in_shape``, the KFC formulations
+    (convs: every GKPD split, the low-rank conv among them); needs
+    ``compression`` or ``max_params``. The report names the choice and its
+    runner-up.
   * ``"keep"``: leave the matched layers dense (e.g. the output layer, ahead
     of a catch-all rule).
 
   Instead of shapes, a budget: ``compression`` (dense kernel parameters over
   factor parameters, biases left out) or ``max_params`` (factor parameters).
-  The shapes are then chosen per layer: :func:`kfc_jax.suggest_factors` for
+  The shapes are then chosen per layer by the error they reach on the trained
+  weights (on the outputs, with :func:`kfc_jax.compress`'s ``calibration=``):
+  the best two-factor split and rank (``suggest_factors(prefer="error")``) for
   ``"kronecker"`` linear layers (``k`` factors, ``rank`` fixed if given),
   :func:`kfc_jax.suggest_conv_factors` for convs, the largest rank that fits
   for ``"kfc"`` (one term, ``(formulation, out_factors)``) and ``"low_rank"``.
@@ -109,6 +116,9 @@ class LayerRule:
           f" in_shape={self.in_shape!r}, terms={self.terms!r}.")
     if self.method == "low_rank" and self.rank is None and not budget:
       raise ValueError("method='low_rank' needs rank, compression or max_params.")
+    if self.method == "auto" and not budget:
+      raise ValueError("method='auto' compares methods at one budget; pass"
+                       " compression or max_params.")
 
 
 def rules_of(policy: Any) -> tuple[LayerRule, ...]:

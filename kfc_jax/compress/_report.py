@@ -47,6 +47,9 @@ class LayerReport:
 
   FLOPs are per ``batch`` rows (per output pixel for convs), multiply-adds
   counting two and biases left out; parameters include biases.
+  ``relative_error`` is the weight error; ``data_error`` the relative output
+  error on the calibration data (``None`` without it); ``choice`` what the
+  error search picked and its runner-up (empty when the rule fixed it).
   """
 
   path: str
@@ -58,14 +61,18 @@ class LayerReport:
   flops_before: int
   flops_after: int
   relative_error: float
+  data_error: float | None = None
+  choice: str = ""
 
   @classmethod
   def of(cls, path: str, before: str, shape: str, cost: LayerCost,
-         error: float | None) -> LayerReport:
+         error: float | None, *, data_error: float | None = None,
+         choice: str = "") -> LayerReport:
     """The row of a layer replaced by one of ``cost`` with weight error ``error``."""
     after = f"{cost.kind} {cost.detail}".strip()
     return cls(path, before, after, shape, cost.dense_params, cost.params,
-               cost.dense_flops, cost.flops, float(error or 0.0))
+               cost.dense_flops, cost.flops, float(error or 0.0),
+               None if data_error is None else float(data_error), choice)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +119,14 @@ class CompressionReport:
     model = ("model", "", "", "", f"{self.model_params_before:,}",
              f"{self.model_params_after:,}",
              ratio(self.model_params_before, self.model_params_after), "", "", "", "")
-    return format_table(header, [lines, [total, model]], left_columns=4)
+    if any(r.data_error is not None for r in self.rows):  # calibration data given
+      header += ("output error",)
+      lines = [(*line, "-" if r.data_error is None else f"{r.data_error:.3g}")
+               for line, r in zip(lines, self.rows, strict=True)]
+      total, model = (*total, ""), (*model, "")
+    table = format_table(header, [lines, [total, model]], left_columns=4)
+    notes = [f"{r.path or '(root)'}: {r.choice}" for r in self.rows if r.choice]
+    return "\n".join([table, "", *notes]) if notes else table
 
   def __str__(self) -> str:
     return self.table()
