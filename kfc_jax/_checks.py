@@ -33,11 +33,12 @@ def compression_ratio(value: Any, name: str = "compression") -> float:
     raise TypeError(
         f"{name} must be a real number > 1 (dense / compressed parameters), got"
         f" {value!r} of type {type(value).__name__}.")
-  if not (math.isfinite(value) and value > 1):
+  ratio = float(value)
+  if not (math.isfinite(ratio) and ratio > 1):
     raise ValueError(
         f"{name} must be a finite number > 1 (dense / compressed parameters),"
         f" got {value!r}.")
-  return float(value)
+  return ratio
 
 
 def int_tuple(value: Any, name: str) -> tuple[int, ...]:
