@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kfc_jax import _checks, layers
+from kfc_jax import _dtypes, layers
 
 Array = jax.Array
 default_bias_init = nn.initializers.zeros_init()
@@ -134,7 +134,7 @@ class KroneckerModule(nn.Module, layers.KroneckerLayer):
 
   def setup(self):
     layout = self.layout
-    _checks.layer_options(dtype=self.dtype, param_dtype=self.param_dtype,
+    _dtypes.layer_options(dtype=self.dtype, param_dtype=self.param_dtype,
                           preferred_element_type=self.preferred_element_type)
     self._check_options()
     self.param_values = make_params(

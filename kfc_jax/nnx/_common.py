@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kfc_jax import _checks, layers
+from kfc_jax import _dtypes, layers
 from kfc_jax.layers import EMPTY_METADATA, LayerCost, normal_init
 
 Array = jax.Array
@@ -111,7 +111,7 @@ class KroneckerModule(nnx.Module, layers.KroneckerLayer):
                   precision: Any, preferred_element_type: Any, factor_init: Any,
                   bias_init: Any, factor_metadata: Any, bias_metadata: Any,
                   rngs: nnx.Rngs) -> None:
-    _checks.layer_options(dtype=dtype, param_dtype=param_dtype,
+    _dtypes.layer_options(dtype=dtype, param_dtype=param_dtype,
                           preferred_element_type=preferred_element_type,
                           rngs=rngs, check_rngs=True)
     self.layout = layout

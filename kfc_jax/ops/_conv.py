@@ -28,16 +28,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from kfc_jax import _checks
-from kfc_jax.ops._conv_plan import (
-  ConvStrategy,
+from kfc_jax import _checks, _dtypes
+from kfc_jax.ops._conv_geometry import (
   PaddingLike,
   conv_geometry,
   first_stride,
   out_size,
   route,
-  sum_plan,
 )
+from kfc_jax.ops._conv_plan import ConvStrategy, sum_plan
 from kfc_jax.ops._cost import CostModel, default_cost_model
 from kfc_jax.ops._kron import kron_matmul
 
@@ -81,7 +80,7 @@ def kron_kernel(
   """
   a, b = _checks.conv_term(factors)
   dtype = jnp.result_type(a, b)
-  _, preferred_element_type = _checks.compute_dtype(
+  _, preferred_element_type = _dtypes.compute_dtype(
       a, (a, b), preferred_element_type, name="factors[0]")
   k = jnp.einsum("rabcd,refgh->aebfcgdh", a.astype(dtype), b.astype(dtype),
                  precision=precision, preferred_element_type=preferred_element_type)
@@ -148,14 +147,14 @@ def _factored(x, a, b, strides, pads, dil, precision, pet):
 def _prepare(x, terms, strides, padding, kernel_dilation, strategy, cost_model,
              preferred_element_type):
   """Shared set-up of kron_conv and kron_conv_sum: validated, cast, planned."""
-  x = _checks.as_array(x, "x")
+  x = _dtypes.as_array(x, "x")
   strategy = _checks.strategy(strategy)
   shapes = [tuple(tuple(int(d) for d in f.shape) for f in t) for t in terms]
   a0, b0 = shapes[0]
   geo = conv_geometry(x.shape, a0, b0, strides, padding, kernel_dilation)
   # The dtype policy (kfc_jax/_checks.py): integer images promote to the
   # factors' dtype; complex and non-floating accumulators are rejected.
-  dtype, pet = _checks.compute_dtype(
+  dtype, pet = _dtypes.compute_dtype(
       x, [f for t in terms for f in t], preferred_element_type)
   batch_shape = x.shape[:-3]
   # The batch size explicitly: reshape(-1) cannot infer a batch of 0.

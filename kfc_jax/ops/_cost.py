@@ -19,7 +19,7 @@ from typing import Any, Literal, NamedTuple, Union
 import jax
 import jax.numpy as jnp
 
-from kfc_jax import _checks
+from kfc_jax import _checks, _dtypes
 from kfc_jax.ops import _autotune
 
 Strategy = Union[Literal["auto", "factored", "materialize"], tuple[int, ...]]
@@ -300,7 +300,7 @@ def kron_matmul_plan(
   """
   shapes = _checks.matmul_factor_shapes(factor_shapes)
   x_shape = _checks.nonnegative_shape(x_shape, "x_shape")
-  dtype = _checks.optional_float_dtype(dtype, "dtype", allow_none=False)
+  dtype = _dtypes.optional_float_dtype(dtype, "dtype", allow_none=False)
   ms = tuple(s[1] for s in shapes)
   ns = tuple(s[2] for s in shapes)
   if not x_shape or x_shape[-1] != math.prod(ms):

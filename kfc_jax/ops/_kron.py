@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from kfc_jax import _checks
+from kfc_jax import _checks, _dtypes
 from kfc_jax.ops import _vjp
 from kfc_jax.ops._cost import (CostModel, Strategy, default_cost_model,
                                 kron_matmul_plan)
@@ -112,7 +112,7 @@ def kron(
   """
   fs = _checks.factor_list(factors)
   dtype = jnp.result_type(*fs)
-  _, preferred_element_type = _checks.compute_dtype(
+  _, preferred_element_type = _dtypes.compute_dtype(
       fs[0], fs, preferred_element_type, name="factors[0]")
   fs = [f.astype(dtype) for f in fs]
   r = fs[0].shape[0]
@@ -189,7 +189,7 @@ def kron_matmul(
   if backward not in ("planned", "autodiff"):
     raise ValueError(
         f'backward must be "planned" or "autodiff", got {backward!r}.')
-  x = _checks.as_array(x, "x")
+  x = _dtypes.as_array(x, "x")
   ms = tuple(f.shape[1] for f in fs)
   ns = tuple(f.shape[2] for f in fs)
   m = math.prod(ms)
@@ -198,7 +198,7 @@ def kron_matmul(
         f"x must have shape [*batch, {m}] (the product of the factors' input"
         f" sizes {ms}), got x with shape {tuple(x.shape)}."
     )
-  dtype, preferred_element_type = _checks.compute_dtype(
+  dtype, preferred_element_type = _dtypes.compute_dtype(
       x, fs, preferred_element_type)
   x = x.astype(dtype)
   fs = [f.astype(dtype) for f in fs]

@@ -12,7 +12,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from kfc_jax import _checks
+from kfc_jax import _checks, _dtypes
 from kfc_jax.ops import _kron
 
 
@@ -39,7 +39,7 @@ def padded_kron_matmul(
   m = math.prod(f.shape[1] for f in fs)
   n = math.prod(f.shape[2] for f in fs)
   out_features = _checks.positive_int(out_features, "out_features")
-  x = _checks.as_array(x, "x")
+  x = _dtypes.as_array(x, "x")
   if x.ndim < 1 or x.shape[-1] > m:
     raise ValueError(
         f"x must have shape [*batch, in_features] with in_features <= {m} (the"
