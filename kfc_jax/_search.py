@@ -292,9 +292,7 @@ def _budget(dense_params: int, max_params: int | None, compression: float | None
   if max_params is not None and compression is not None:
     raise ValueError("pass at most one of max_params and compression, got both.")
   if compression is not None:
-    if not compression >= 1:
-      raise ValueError(f"compression must be >= 1, got {compression!r}.")
-    return max(int(dense_params / compression), 0)
+    return max(int(dense_params / _checks.compression_ratio(compression)), 0)
   if max_params is None:
     raise ValueError("pass a budget: max_params or compression.")
   return _checks.positive_int(max_params, "max_params")

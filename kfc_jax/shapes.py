@@ -95,7 +95,7 @@ def suggest_factors(
     out_features: output size.
     k: number of factors.
     max_params: parameter budget for the factors.
-    compression: target ratio of dense to Kronecker parameters (>= 1).
+    compression: target ratio of dense to Kronecker parameters (> 1).
     rank: fix the rank instead of choosing it.
     max_imbalance: see :func:`padded_size`.
     weight: the trained ``[in_features, out_features]`` kernel, for
@@ -126,8 +126,7 @@ def suggest_factors(
   if max_params is not None and compression is not None:
     raise ValueError("pass at most one of max_params and compression, got both.")
   if compression is not None:
-    if not compression >= 1:
-      raise ValueError(f"compression must be >= 1, got {compression}.")
+    compression = _checks.compression_ratio(compression)
     max_params = int(in_features * out_features / compression)
     if max_params < 1:
       raise ValueError(

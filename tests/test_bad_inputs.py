@@ -134,6 +134,13 @@ ROWS = [
      TypeError, r"compression must be a real number > 1 .*got '4' of type str"),
     ("rule-compression-bool", lambda: kfc_jax.LayerRule("fc", compression=True),
      TypeError, r"compression must be a real number > 1 .*got True of type bool"),
+    ("suggest-compression-one", lambda: kfc_jax.suggest_factors(64, 64, compression=1),
+     ValueError, r"compression must be a finite number > 1 .*got 1"),
+    ("suggest-compression-str", lambda: kfc_jax.suggest_factors(64, 64, compression="4"),
+     TypeError, r"compression must be a real number > 1 .*got '4' of type str"),
+    ("search-compression-half",
+     lambda: kfc_jax.search_dense(np.ones((8, 8)), compression=0.5),
+     ValueError, r"compression must be a finite number > 1 .*got 0.5"),
     # --- case 7: plans, summaries, images, messages -----------------------------
     ("plan-negative-batch", lambda: kfc_jax.kron_matmul_plan((-4, 6), [(2, 3), (3, 2)]),
      ValueError, r"x_shape must have sizes >= 0, got \(-4, 6\)"),

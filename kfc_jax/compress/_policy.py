@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -88,16 +86,7 @@ class LayerRule:
                        f" compression={self.compression!r} and"
                        f" max_params={self.max_params!r}.")
     if self.compression is not None:
-      if (isinstance(self.compression, bool)
-          or not isinstance(self.compression, numbers.Real)):
-        raise TypeError(
-            "compression must be a real number > 1 (dense / compressed"
-            f" parameters), got {self.compression!r} of type"
-            f" {type(self.compression).__name__}.")
-      if not (math.isfinite(self.compression) and self.compression > 1):
-        raise ValueError(
-            "compression must be a finite number > 1 (dense / compressed"
-            f" parameters), got {self.compression!r}.")
+      _checks.compression_ratio(self.compression)
     if self.max_params is not None:
       _checks.positive_int(self.max_params, "max_params")
     if self.rank is not None:

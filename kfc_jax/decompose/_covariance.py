@@ -107,15 +107,6 @@ def input_covariance(x: Any, *, running: RunningCovariance | None = None
   return _accumulate(arr.reshape(-1, arr.shape[-1]), running, "x")
 
 
-def _pair(value: Any, name: str) -> tuple[int, int]:
-  if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-    value = (value, value)
-  pair = _checks.int_tuple(value, name)
-  if len(pair) != 2:
-    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}.")
-  return pair
-
-
 def patches(x: np.ndarray, kernel_size: tuple[int, int], strides: tuple[int, int],
             padding: Any, dilation: tuple[int, int]) -> np.ndarray:
   """``[N*Ho*Wo, kh*kw*C]`` patches of an NHWC ``x``, ordered ``(kh, kw, C)``."""
@@ -186,9 +177,9 @@ def patch_covariance(
     (128, (36, 36))
   """
   arr = real_array(x, "x", ndim=4)
-  size = _pair(kernel_size, "kernel_size")
-  rows = patches(arr, size, _pair(strides, "strides"), padding,
-                 _pair(kernel_dilation, "kernel_dilation"))
+  size = _checks.pair(kernel_size, "kernel_size")
+  rows = patches(arr, size, _checks.pair(strides, "strides"), padding,
+                 _checks.pair(kernel_dilation, "kernel_dilation"))
   return _accumulate(rows, running, "x")
 
 

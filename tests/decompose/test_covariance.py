@@ -89,7 +89,7 @@ class TestErrors:
       patch_covariance(np.ones((1, 2, 2, 1)), 3, padding="VALID")
 
   def test_bad_kernel_size(self):
-    with pytest.raises(ValueError, match="kernel_size must be an int or a pair"):
+    with pytest.raises(ValueError, match="kernel_size must be a positive int or a pair"):
       patch_covariance(np.ones((1, 4, 4, 1)), (3, 3, 3))
 
   def test_empty_running_covariance_as_input_cov(self):
