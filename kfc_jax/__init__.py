@@ -6,6 +6,7 @@ re-exported here; Flax layers live in ``kfc_jax.nnx`` (primary) and
 """
 
 from kfc_jax import formulations as formulations
+from kfc_jax import layers as layers
 from kfc_jax import linen as linen
 from kfc_jax import nnx as nnx
 from kfc_jax import recovery as recovery
@@ -35,6 +36,7 @@ from kfc_jax.formulations import Formulation as Formulation
 from kfc_jax.formulations import KFCTerm as KFCTerm
 from kfc_jax.formulations import get_formulation as get_formulation
 from kfc_jax.formulations import resolve_terms as resolve_terms
+from kfc_jax.layers import KroneckerLayer as KroneckerLayer
 from kfc_jax.layers import LayerCost as LayerCost
 from kfc_jax.ops import CostModel as CostModel
 from kfc_jax.ops import KronConvPlan as KronConvPlan
@@ -77,6 +79,7 @@ __all__ = [
     "KronConvSumPlan",
     "KronMatmulPlan",
     "KroneckerDecomposition",
+    "KroneckerLayer",
     "KroneckerShape",
     "KroneckerSumDecomposition",
     "KroneckerSumTerm",
@@ -105,6 +108,7 @@ __all__ = [
     "kron_kernel",
     "kron_matmul",
     "kron_matmul_plan",
+    "layers",
     "linen",
     "low_rank",
     "nearest_kronecker",
