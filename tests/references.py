@@ -8,6 +8,7 @@ Kept apart from the library on purpose: kernels are formed with ``np.kron``
 from __future__ import annotations
 
 import numpy as np
+from jax import lax
 
 
 def np_kron(factors) -> np.ndarray:
@@ -36,29 +37,43 @@ def np_conv_kernel(a, b) -> np.ndarray:
   return sum(np.kron(a[r], b[r]) for r in range(a.shape[0]))
 
 
-def _same_pads(size: int, k: int, stride: int) -> tuple[int, int]:
-  out = -(-size // stride)
-  total = max((out - 1) * stride + k - size, 0)
-  return total // 2, total - total // 2
+def _explicit_pads(padding, hw, kernel_hw, strides, dilation):
+  if isinstance(padding, int):
+    return ((padding, padding),) * 2
+  if isinstance(padding, str):
+    eff = [(k - 1) * d + 1 for k, d in zip(kernel_hw, dilation, strict=True)]
+    return lax.padtype_to_pads(hw, eff, strides, padding)
+  return padding
 
 
 def np_conv(x, kernel, strides=1, padding="SAME", dilation=1) -> np.ndarray:
   """float64 NHWC convolution by an HWIO kernel, by a NumPy sliding window.
 
-  ``padding`` is ``"SAME"``, ``"VALID"`` or ``((top, bottom), (left, right))``.
+  ``padding`` is ``"SAME"``, ``"VALID"``, an int or ``((top, bottom), (left,
+  right))`` (negative pads crop); ``tests/ops/test_conv.py`` checks it against
+  ``lax.conv``.
+
+  Compiling a float64 ``lax.conv`` takes ~1 s per shape on CPU; this takes
+  milliseconds, so the grids can be wide.
   """
   strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
   dilation = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
   x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
-  kh, kw = kernel.shape[:2]
+  kh, kw, _, _ = kernel.shape
+  (top, bottom), (left, right) = _explicit_pads(padding, x.shape[1:3], (kh, kw),
+                                                strides, dilation)
+  # Positive pads are zeros; negative ones crop.
+  xp = np.pad(x, ((0, 0), (max(top, 0), max(bottom, 0)), (max(left, 0), max(right, 0)),
+                  (0, 0)))
+  xp = xp[:, max(-top, 0):xp.shape[1] - max(-bottom, 0),
+          max(-left, 0):xp.shape[2] - max(-right, 0)]
   eh, ew = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1
-  if padding == "VALID":
-    pads = ((0, 0), (0, 0))
-  elif padding == "SAME":
-    pads = (_same_pads(x.shape[1], eh, strides[0]), _same_pads(x.shape[2], ew, strides[1]))
-  else:
-    pads = tuple(tuple(p) for p in padding)
-  xp = np.pad(x, ((0, 0), *pads, (0, 0)))
   win = np.lib.stride_tricks.sliding_window_view(xp, (eh, ew), axis=(1, 2))
   win = win[:, ::strides[0], ::strides[1], :, ::dilation[0], ::dilation[1]]
   return np.einsum("nyxcpq,pqco->nyxo", win, kernel)
+
+
+def random_term(rng, a_shape, b_shape, rank, dtype=np.float64):
+  """Random conv factors ``(A [rank, *a_shape], B [rank, *b_shape])``."""
+  return (rng.standard_normal((rank, *a_shape)).astype(dtype),
+          rng.standard_normal((rank, *b_shape)).astype(dtype))

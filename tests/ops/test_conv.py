@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conv_reference import np_kernel, random_term, reference
 from jax import lax
 from jax.test_util import check_grads
+from references import np_conv, np_conv_kernel, random_term
 
 import kfc_jax
 
@@ -62,7 +62,7 @@ def test_matches_reference(x64, rng, split, strides, padding):
   size = (11, 12) if case % 2 else (12, 9)  # odd and even sizes
   a, b = random_term(rng, a_shape, b_shape, rank)
   x = rng.standard_normal((2, *size, a_shape[2] * b_shape[2]))
-  expected = reference(x, np_kernel(a, b), strides, padding)
+  expected = np_conv(x, np_conv_kernel(a, b), strides, padding)
   y = jitted(strides=strides, padding=padding, strategy="factored")(x, (a, b))
   assert_close(y, expected)
 
@@ -72,13 +72,13 @@ def test_materialize_and_numpy_reference_match_lax(x64, rng, split):
   a_shape, b_shape = SPLITS[split]
   a, b = random_term(rng, a_shape, b_shape, 3)
   x = rng.standard_normal((2, 11, 10, a_shape[2] * b_shape[2]))
-  kernel = np_kernel(a, b)
+  kernel = np_conv_kernel(a, b)
   for strides, padding in [((2, 3), ((2, 0), (1, -1))), (2, "SAME_LOWER"), (1, 2)]:
     expected = np.asarray(lax.conv_general_dilated(
         x, kernel, (strides,) * 2 if isinstance(strides, int) else strides,
         ((padding,) * 2,) * 2 if isinstance(padding, int) else padding,
         dimension_numbers=DN))
-    assert_close(reference(x, kernel, strides, padding), expected, 1e-12)
+    assert_close(np_conv(x, kernel, strides, padding), expected, 1e-12)
     y = jitted(strides=strides, padding=padding, strategy="materialize")(x, (a, b))
     assert_close(y, expected)
 
@@ -91,7 +91,7 @@ def test_kernel_dilation(x64, rng, split, strides):
   a, b = random_term(rng, a_shape, b_shape, 2)
   x = rng.standard_normal((1, 15, 14, a_shape[2] * b_shape[2]))
   for dilation, padding in [((2, 3), "SAME"), (2, "VALID")]:
-    expected = reference(x, np_kernel(a, b), strides, padding, dilation)
+    expected = np_conv(x, np_conv_kernel(a, b), strides, padding, dilation)
     y = jitted(strides=strides, padding=padding, kernel_dilation=dilation,
                strategy="factored")(x, (a, b))
     assert_close(y, expected)
@@ -108,7 +108,7 @@ def test_strides_beyond_a_factor(x64, rng, split, strides, strategy):
   a, b = random_term(rng, a_shape, b_shape, 2)
   x = rng.standard_normal((1, 13, 14, a_shape[2] * b_shape[2]))
   for padding in ("SAME", "VALID"):
-    expected = reference(x, np_kernel(a, b), strides, padding)
+    expected = np_conv(x, np_conv_kernel(a, b), strides, padding)
     y = jitted(strides=strides, padding=padding, strategy=strategy)(x, (a, b))
     assert_close(y, expected)
 
@@ -118,7 +118,7 @@ def test_circular_padding(x64, rng):
   x = rng.standard_normal((2, 7, 8, 4))
   pads = lax.padtype_to_pads((7, 8), (4, 3), (1, 1), "SAME")
   wrapped = np.pad(x, ((0, 0), *pads, (0, 0)), mode="wrap")
-  expected = reference(wrapped, np_kernel(a, b), 1, "VALID")
+  expected = np_conv(wrapped, np_conv_kernel(a, b), 1, "VALID")
   for strategy in ("factored", "materialize"):
     assert_close(jitted(padding="circular", strategy=strategy)(x, (a, b)), expected)
 
@@ -127,7 +127,7 @@ def test_circular_padding(x64, rng):
 def test_batch_axes(x64, rng, batch_shape):
   a, b = random_term(rng, (2, 2, 2, 2), (2, 1, 2, 3), 1)
   x = rng.standard_normal((*batch_shape, 6, 5, 4))
-  expected = reference(x.reshape(-1, 6, 5, 4), np_kernel(a, b))
+  expected = np_conv(x.reshape(-1, 6, 5, 4), np_conv_kernel(a, b))
   y = kfc_jax.kron_conv(x, (a, b))
   assert_close(y, expected.reshape(*batch_shape, *expected.shape[1:]))
 
@@ -136,13 +136,13 @@ def test_four_dimensional_factors_mean_rank_one(x64, rng):
   a, b = random_term(rng, (3, 3, 2, 2), (1, 1, 3, 2), 1)
   x = rng.standard_normal((2, 6, 6, 6))
   assert_close(kfc_jax.kron_conv(x, (a[0], b[0])),
-               reference(x, np.kron(a[0], b[0])))
+               np_conv(x, np.kron(a[0], b[0])))
 
 
 def test_kron_kernel_matches_np_kron(x64, rng):
   for a_shape, b_shape in SPLITS.values():
     a, b = random_term(rng, a_shape, b_shape, 3)
-    np.testing.assert_allclose(kfc_jax.kron_kernel((a, b)), np_kernel(a, b),
+    np.testing.assert_allclose(kfc_jax.kron_kernel((a, b)), np_conv_kernel(a, b),
                                rtol=1e-12)
 
 
@@ -154,7 +154,7 @@ def test_sum_of_terms_with_different_splits(x64, rng, strategy, strides, padding
            random_term(rng, (2, 6, 12, 1), (3, 1, 1, 12), 1),
            random_term(rng, (1, 2, 2, 6), (6, 3, 6, 2), 3)]
   x = rng.standard_normal((2, 13, 10, 12))
-  expected = reference(x, sum(np_kernel(*t) for t in terms), strides, padding)
+  expected = np_conv(x, sum(np_conv_kernel(*t) for t in terms), strides, padding)
   y = jitted(kfc_jax.kron_conv_sum, strides=strides, padding=padding,
              strategy=strategy)(x, terms)
   assert_close(y, expected)
@@ -169,7 +169,7 @@ TOLERANCES = {jnp.float32: 1e-5, jnp.bfloat16: 5e-2, jnp.float16: 5e-3}
 def test_dtypes(rng, dtype, strategy):
   a, b = (jnp.asarray(f, dtype) for f in random_term(rng, (3, 3, 4, 4), (1, 1, 2, 2), 2))
   x = jnp.asarray(rng.standard_normal((2, 8, 8, 8)), dtype)
-  expected = reference(np.asarray(x, np.float64), np_kernel(np.asarray(a, np.float64),
+  expected = np_conv(np.asarray(x, np.float64), np_conv_kernel(np.asarray(a, np.float64),
                                                            np.asarray(b, np.float64)))
   y = kfc_jax.kron_conv(x, (a, b), strategy=strategy,
                         precision=lax.Precision.HIGHEST)
@@ -188,7 +188,7 @@ def test_preferred_element_type_and_promotion(rng, strategy):
   # Against float64 maths on the same (bf16-rounded) inputs: the bf16 kernel
   # or intermediate costs one bf16 rounding, no more.
   f64 = lambda t: np.asarray(t, np.float64)
-  assert_close(y, reference(f64(x), np_kernel(f64(a), f64(b))), 1e-2)
+  assert_close(y, np_conv(f64(x), np_conv_kernel(f64(a), f64(b))), 1e-2)
   assert kfc_jax.kron_conv(x.astype(jnp.float32), (a, b)).dtype == jnp.float32
 
 
@@ -224,9 +224,9 @@ def test_jit_and_no_retracing(rng):
   def f(x, a, b):
     return kfc_jax.kron_conv(x, (a, b), strides=2)
 
-  kernel = np_kernel(a, b)
+  kernel = np_conv_kernel(a, b)
   for x in xs:
-    assert_close(f(x, a, b), reference(x, kernel, 2), 1e-5)
+    assert_close(f(x, a, b), np_conv(x, kernel, 2), 1e-5)
 
 
 class TestErrors:

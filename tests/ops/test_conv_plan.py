@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from conv_reference import np_kernel, random_term, reference
+from references import np_conv, np_conv_kernel, random_term
 
 import kfc_jax
 
@@ -114,8 +114,8 @@ class TestSumPlan:
     fn = lambda x, terms: kfc_jax.kron_conv_sum(x, terms, cost_model=model)
     expected_convs = 1 if plan.strategy == "materialize" else 2 * len(terms)
     assert convs_traced(fn, x, terms) == expected_convs
-    kernel = sum(np_kernel(a, b) for a, b in terms)
-    np.testing.assert_allclose(fn(x, terms), reference(x, kernel), rtol=1e-10)
+    kernel = sum(np_conv_kernel(a, b) for a, b in terms)
+    np.testing.assert_allclose(fn(x, terms), np_conv(x, kernel), rtol=1e-10)
 
   def test_the_models_disagree(self):
     # The two models above must reach both decisions, or the test above
@@ -149,7 +149,7 @@ def test_kron_conv_takes_a_cost_model(x64, rng, model):
   plan = kfc_jax.kron_conv_plan(x.shape, (a.shape, b.shape), cost_model=model)
   fn = lambda x, a, b: kfc_jax.kron_conv(x, (a, b), cost_model=model)
   assert convs_traced(fn, x, a, b) == (1 if plan.strategy == "materialize" else 2)
-  np.testing.assert_allclose(fn(x, a, b), reference(x, np_kernel(a, b)), rtol=1e-10)
+  np.testing.assert_allclose(fn(x, a, b), np_conv(x, np_conv_kernel(a, b)), rtol=1e-10)
 
 
 def test_circular_plan_reads_the_wrapped_input():
