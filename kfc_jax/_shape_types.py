@@ -86,6 +86,13 @@ class KroneckerShape:
   ``in_features``/``out_features`` the layer pads its input with zeros and drops
   the extra outputs (see :func:`~kfc_jax.padded_kron_matmul`), which computes exactly
   ``x @ kron(...)[:in_features, :out_features]``.
+
+  Example usage::
+
+    >>> import kfc_jax
+    >>> s = kfc_jax.KroneckerShape(1000, 256, (32, 32), (16, 16))
+    >>> s.padded, s.factor_shapes, s.params
+    (True, ((1, 32, 16), (1, 32, 16)), 1024)
   """
 
   in_features: int
@@ -228,6 +235,13 @@ class KronConvShape:
     a_shape: ``(ah, aw, ai, ao)``.
     b_shape: ``(bh, bw, bi, bo)``.
     rank: number of terms.
+
+  Example usage::
+
+    >>> import kfc_jax
+    >>> s = kfc_jax.KronConvShape((3, 3, 64, 64), (3, 3, 8, 8), (1, 1, 8, 8), rank=2)
+    >>> s.factor_shapes, s.params, s.dense_params
+    (((2, 3, 3, 8, 8), (2, 1, 1, 8, 8)), 1280, 36864)
   """
 
   kernel_shape: tuple[int, int, int, int]

@@ -68,6 +68,15 @@ class Formulation:
     fixed_out: per factor, its output size when the formulation fixes it
       (formulation I: ``(None, 1)``), else ``None``.
     description: the paper's modelling assumption.
+
+  Example usage::
+
+    >>> import kfc_jax
+    >>> f = kfc_jax.FORMULATIONS["II"]  # every formulation, by name
+    >>> sorted(kfc_jax.FORMULATIONS), f.groups
+    (['CHW', 'I', 'II', 'III', 'IV'], (('C',), ('H', 'W')))
+    >>> f.in_factors((4, 4, 3))  # an HWC input: C = 3, H*W = 16
+    (3, 16)
   """
 
   name: str

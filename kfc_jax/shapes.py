@@ -53,6 +53,8 @@ def _best_split_by_error(in_features: int, out_features: int, weight: Any, k: in
   except ValueError:
     return None  # no exact split fits (e.g. a prime size): pad instead
   best = result.best_of("kronecker")
+  if best is None or best.in_factors is None or best.out_factors is None:
+    return None
   return KroneckerShape(in_features, out_features, best.in_factors, best.out_factors,
                         best.rank)
 

@@ -44,6 +44,21 @@ class CompressedLinen:
   Attributes:
     module: the original Linen model.
     twins: ``{path: twin module}``, paths as ``"Dense_0"``, ``"block/conv"``.
+
+  Example usage::
+
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, kfc_jax
+    >>> class MLP(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     return nn.Dense(4)(nn.relu(nn.Dense(64)(x)))
+    >>> x, model = jnp.ones((2, 64)), MLP()
+    >>> policy = kfc_jax.CompressionPolicy(
+    ...     [kfc_jax.LayerRule("Dense_0", in_factors=(8, 8), out_factors=(8, 8))])
+    >>> compressed, variables, report = kfc_jax.compress_linen_params(
+    ...     model, model.init(jax.random.key(0), x), policy, x)
+    >>> sorted(compressed.twins), compressed.apply(variables, x).shape
+    (['Dense_0'], (2, 4))
   """
 
   module: nn.Module

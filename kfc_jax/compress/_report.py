@@ -50,6 +50,17 @@ class LayerReport:
   ``relative_error`` is the weight error; ``data_error`` the relative output
   error on the calibration data (``None`` without it); ``choice`` what the
   error search picked and its runner-up (empty when the rule fixed it).
+
+  Example usage::
+
+    >>> import kfc_jax
+    >>> from flax import nnx
+    >>> model = nnx.Sequential(nnx.Linear(64, 64, rngs=nnx.Rngs(0)))
+    >>> rule = kfc_jax.LayerRule("layers/0", in_factors=(8, 8), out_factors=(8, 8))
+    >>> _, report = kfc_jax.compress(model, kfc_jax.CompressionPolicy([rule]))
+    >>> row = report.rows[0]
+    >>> row.path, row.after, row.params_before, row.params_after
+    ('layers/0', 'KroneckerLinear (8, 8)->(8, 8)', 4160, 192)
   """
 
   path: str
@@ -81,6 +92,16 @@ class CompressionReport:
 
   ``model_params_before`` / ``model_params_after`` count every ``Param`` of the
   whole model (layers left alone included).
+
+  Example usage::
+
+    >>> import kfc_jax
+    >>> from flax import nnx
+    >>> model = nnx.Sequential(nnx.Linear(64, 64, rngs=nnx.Rngs(0)))
+    >>> rule = kfc_jax.LayerRule("layers/0", in_factors=(8, 8), out_factors=(8, 8))
+    >>> _, report = kfc_jax.compress(model, kfc_jax.CompressionPolicy([rule]))
+    >>> len(report.rows), report.model_params_before, report.model_params_after
+    (1, 4160, 192)
   """
 
   rows: tuple[LayerReport, ...]

@@ -50,6 +50,15 @@ class RunningCovariance(NamedTuple):
   """A streaming second moment: ``sum = sum_i x_i x_i^T`` over ``count`` rows.
 
   Pass it (or its :attr:`covariance`) as ``input_cov=``.
+
+  Example usage::
+
+    >>> import numpy as np, kfc_jax
+    >>> x = np.random.default_rng(0).standard_normal((10, 3))
+    >>> stats = kfc_jax.decompose.input_covariance(x[:4])
+    >>> stats = kfc_jax.decompose.input_covariance(x[4:], running=stats)
+    >>> stats.count, np.allclose(stats.covariance, x.T @ x / 10)
+    (10, True)
   """
 
   sum: np.ndarray

@@ -187,8 +187,9 @@ def suggest_conv_factors(
     >>> s = kfc_jax.suggest_conv_factors((3, 3, 64, 64), compression=5, prefer="flops")
     >>> s.a_shape, s.b_shape, s.rank, s.compression >= 5
     ((3, 3, 8, 64), (1, 1, 8, 1), 1, True)
-    >>> k = np.asarray(kfc_jax.kron_kernel((np.random.randn(3, 3, 8, 8),
-    ...                                     np.random.randn(1, 1, 8, 8))))
+    >>> a, b = (np.random.randn(*shape).astype(np.float32)
+    ...         for shape in [(3, 3, 8, 8), (1, 1, 8, 8)])
+    >>> k = np.asarray(kfc_jax.kron_kernel((a, b)))
     >>> s = kfc_jax.suggest_conv_factors(k.shape, compression=5, kernel=k)
     >>> dec = kfc_jax.gkpd(k, s.a_shape, s.b_shape, s.rank)
     >>> s.compression >= 5, dec.relative_error < 1e-6   # float32 kernel: exact

@@ -53,6 +53,13 @@ class KronConvPlan:
     out_shape: ``(N, Y, X, ao*bo)``.
     chosen: the :class:`~kfc_jax.PlanCost` that runs.
     candidates: every plan considered, cheapest first.
+
+  Example usage::
+
+    >>> import kfc_jax
+    >>> plan = kfc_jax.kron_conv_plan((8, 32, 32, 16), [(3, 3, 4, 8), (1, 1, 4, 8)])
+    >>> plan.out_shape, plan.padding, plan.chosen == plan.candidates[0]
+    ((8, 32, 32, 64), ((1, 1), (1, 1)), True)
   """
 
   x_shape: tuple[int, int, int, int]
@@ -239,6 +246,14 @@ class KronConvSumPlan:
     terms: each term's :class:`KronConvPlan`.
     strategy: ``"materialize"`` (the terms' kernels summed, one dense conv)
       or ``"factored"`` (every term factored).
+
+  Example usage::
+
+    >>> import kfc_jax
+    >>> plan = kfc_jax.kron_conv_sum_plan(
+    ...     (8, 32, 32, 64), [[(3, 3, 8, 8), (1, 1, 8, 8)], [(1, 1, 8, 8), (3, 3, 8, 8)]])
+    >>> len(plan.terms), plan.out_shape, plan.strategy in ("factored", "materialize")
+    (2, (8, 32, 32, 64), True)
   """
 
   terms: tuple[KronConvPlan, ...]

@@ -41,6 +41,14 @@ class CostModel:
   per platform were set from the measurements in ``benchmarks/results/`` (see
   ``benchmarks/kron_matmul.py``, which reports the model's picks against the
   measured best).
+
+  Example usage::
+
+    >>> import kfc_jax
+    >>> model = kfc_jax.CostModel(flops_per_second=1e12, bytes_per_second=1e11,
+    ...                           overhead_seconds=0.0)
+    >>> model.step_seconds(2e9, 1e6, contraction_dim=64)  # compute-bound: 2 ms
+    0.002
   """
 
   flops_per_second: float
@@ -107,6 +115,13 @@ def default_cost_model(platform: str | None = None) -> CostModel:
 
   The constants ``python -m kfc_jax.calibrate`` fitted on this kind of device,
   if it was run (see :func:`kfc_jax.calibrate.main`); else the shipped ones.
+
+  Example usage::
+
+    >>> import kfc_jax
+    >>> model = kfc_jax.default_cost_model("cpu")
+    >>> isinstance(model, kfc_jax.CostModel), model.flops_per_second > 0
+    (True, True)
   """
   platform = platform or jax.default_backend()
   model = builtin_cost_model(platform)
@@ -116,7 +131,16 @@ def default_cost_model(platform: str | None = None) -> CostModel:
 
 @dataclasses.dataclass(frozen=True)
 class PlanCost:
-  """Predicted cost of one way of computing a Kronecker product or conv."""
+  """Predicted cost of one way of computing a Kronecker product or conv.
+
+  Example usage::
+
+    >>> import kfc_jax
+    >>> plan = kfc_jax.kron_matmul_plan((256, 4096), [(64, 64), (64, 64)])
+    >>> cost = plan.candidates[0]  # cheapest first: the one that runs
+    >>> cost == plan.chosen, cost.strategy in ("factored", "materialize")
+    (True, True)
+  """
 
   strategy: str                # "factored" or "materialize"
   order: tuple[int, ...]       # factor contraction order (kron_matmul, "factored")
@@ -133,6 +157,15 @@ class KronMatmulPlan:
 
   ``candidates`` holds every plan considered, cheapest first, so the choice can
   be inspected and checked against measurements.
+
+  Example usage::
+
+    >>> import kfc_jax
+    >>> plan = kfc_jax.kron_matmul_plan((256, 4096), [(64, 64), (64, 64)])
+    >>> plan.batch, plan.in_factors, plan.out_factors, plan.rank
+    (256, (64, 64), (64, 64), 1)
+    >>> plan.strategy, plan.chosen.flops < plan.dense_flops
+    ('factored', True)
   """
 
   batch: int

@@ -34,6 +34,16 @@ def padded_kron_matmul(
     factors: as for :func:`kron_matmul`.
     out_features: ``<= prod(n_t)``.
     **kwargs: passed to :func:`kron_matmul`.
+
+  Example usage::
+
+    >>> import numpy as np, kfc_jax
+    >>> rng = np.random.default_rng(0)
+    >>> a, b, x = (rng.standard_normal(s).astype(np.float32)
+    ...            for s in [(3, 2), (4, 3), (5, 10)])  # a 12 -> 6 map; 10 inputs
+    >>> y = kfc_jax.padded_kron_matmul(x, [a, b], 4)
+    >>> y.shape, np.allclose(y, x @ np.kron(a, b)[:10, :4], atol=1e-4)
+    ((5, 4), True)
   """
   fs = _checks.factor_list(factors)
   m = math.prod(f.shape[1] for f in fs)
