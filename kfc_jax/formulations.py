@@ -217,6 +217,8 @@ FORMULATION_CHW = Formulation(
     description="A: C -> O1, B: H -> O2, D: W -> O3; channels, rows and"
     " columns all decoupled (an extension; not in the paper).")
 
+#: Every formulation by name (``"I"``, ``"II"``, ``"III"``, ``"IV"``, ``"CHW"``);
+#: :class:`Formulation`'s example reads it.
 FORMULATIONS: Mapping[str, Formulation] = {
     f.name: f for f in (FORMULATION_I, FORMULATION_II, FORMULATION_III,
                         FORMULATION_IV, FORMULATION_CHW)}
