@@ -325,7 +325,8 @@ def compress_matrix(linear: nnx.Linear, method: str, compression: int, *,
                                         rngs=rngs)
     layer.factor_0_0[...] = jnp.asarray(dec.factors[0], jnp.float32)
     layer.factor_0_1[...] = jnp.asarray(dec.factors[1], jnp.float32)
-    w_hat = np.asarray(kfc_jax.kron([np.asarray(f) for f in dec.factors]))
+    a, b = (np.asarray(f, np.float64) for f in dec.factors)
+    w_hat = sum(np.kron(a[r], b[r]) for r in range(rank))
     info = {"in_factors": list(in_f), "out_factors": list(out_f), "rank": rank,
             "params": rank * (in_f[0] * out_f[0] + in_f[1] * out_f[1]),
             "splits_tried": len(ranked),
