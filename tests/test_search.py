@@ -360,3 +360,15 @@ def test_suggest_factors_prefers_the_lowest_error_given_the_weight():
     suggest_factors(24, 36, max_params=budget, weight=w, k=3)
   with pytest.raises(ValueError, match=r"weight must have shape \[in_features"):
     suggest_factors(24, 36, max_params=budget, weight=w.T)
+
+
+def test_only_errors_under_the_true_covariance_can_win():
+  # A Kronecker-factored proxy can be far too optimistic for a general
+  # covariance; candidates not re-measured must rank after those that were.
+  rng = np.random.default_rng(16)
+  w = rng.normal(size=(24, 24))
+  x = rng.normal(size=(400, 24)) @ rng.normal(size=(24, 24)) * np.linspace(0.1, 3, 24)
+  result = _search.search_dense(w, compression=4, input_cov=x.T @ x / 400, refine=1)
+  exact = [c.exact for c in result.candidates]
+  assert exact[0] and exact == sorted(exact, reverse=True)
+  assert sum(exact) == 2  # low rank and the one refined split
