@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from examples._common import mnist_data as mnist_input
 from examples._common import pipeline, tfds_data
-from examples.resnet_gkpd import input_pipeline, models, train
+from examples.resnet_gkpd import input_pipeline, models, recovery, train
 from examples.resnet_gkpd import main as resnet_main
 from examples.resnet_gkpd.configs import default
 
@@ -290,3 +290,125 @@ def test_missing_cifar10_says_how_to_get_it(tmp_path, monkeypatch, capsys):
   assert "is not prepared" in err and "cifar-10-binary.tar.gz" in err
   assert input_pipeline.CIFAR10_MANUAL_DIR_ENV in err
   assert "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------
+# recovery.py: GKPD weight-only and data-aware, BN recalibration, distillation.
+# ----------------------------------------------------------------------------
+
+
+def _tiny_splits(n_train: int = 16, n_test: int = 8) -> input_pipeline.Splits:
+  rng = np.random.default_rng(0)
+  images = lambda n: rng.integers(0, 256, (n, 32, 32, 1), dtype=np.uint8)
+  labels = lambda n: rng.integers(0, 10, n).astype(np.int32)
+  return input_pipeline.Splits(train=(images(n_train), labels(n_train)),
+                               test=(images(n_test), labels(n_test)))
+
+
+def test_recalibration_sets_batchnorm_to_the_batch_statistics():
+  config = _config(calibration_batches=2)
+  data = _tiny_splits()
+  dense = train.create_model(8, in_channels=1, seed=0)
+  small, _ = recovery.compress_gkpd(dense, config)
+  calibration = recovery.calibration_batches(config, data.train[0])
+  assert [x.shape for x in calibration] == [(8, 32, 32, 1)] * 2
+  new = recovery.recalibrate(small, calibration)
+  # blocks/0/bn1 normalises conv1's outputs; its inputs come through the
+  # stem with the stem's BatchNorm on each batch's own statistics.
+  outs = []
+  for x in calibration:
+    h = small.stem(jnp.asarray(x))
+    mu, var = h.mean((0, 1, 2)), h.var((0, 1, 2))
+    bn = small.stem_bn
+    h = nnx.relu((h - mu) / jnp.sqrt(var + bn.epsilon) * bn.scale[...]
+                 + bn.bias[...])
+    outs.append(np.asarray(small.blocks[0].conv1(h), np.float64))
+  z = np.concatenate(outs).reshape(-1, 16)
+  bn1 = new.blocks[0].bn1
+  np.testing.assert_allclose(bn1.mean[...], z.mean(0), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(bn1.var[...], z.var(0), rtol=1e-3, atol=1e-4)
+  # The stale statistics were different, and the input model is unchanged.
+  assert not np.allclose(small.blocks[0].bn1.mean[...], z.mean(0), atol=1e-2)
+  assert np.allclose(small.blocks[0].bn1.var[...], 1.0)
+
+
+def _first_block_only(monkeypatch):
+  """Compress only blocks/0 (16 -> 16 channels): the data-aware fits of the
+  wider convs take minutes of CPU, too long for a smoke test."""
+  policy = models.compression_policy
+
+  def first_block(model, **kwargs):
+    rules = [dataclasses.replace(r, pattern=r"blocks/0/conv[12]")
+             for r in policy(model, **kwargs).rules]
+    return kfc_jax.CompressionPolicy(rules)
+
+  monkeypatch.setattr(models, "compression_policy", first_block)
+
+
+def test_data_aware_output_error_is_at_most_weight_only(monkeypatch):
+  _first_block_only(monkeypatch)
+  config = _config(calibration_batches=2)
+  data = _tiny_splits()
+  dense = train.create_model(8, in_channels=1, seed=0)
+  calibration = recovery.calibration_batches(config, data.train[0])
+  covs = kfc_jax.recovery.collect_input_covariances(
+      dense, calibration, models.block_conv_paths(dense))
+  weight_only, weight_report = recovery.compress_gkpd(dense, config)
+  # At the same splits and ranks (the fast path): only the objective differs.
+  aware, report = kfc_jax.compress(
+      dense, recovery.same_splits_policy(weight_only), calibration=calibration)
+  assert [r.after for r in report.rows] == [
+      r.after for r in weight_report.rows]
+  before = recovery.output_errors(dense, weight_only, covs)
+  after = recovery.output_errors(dense, aware, covs)
+  assert sorted(before) == sorted(after) == ["blocks/0/conv1",
+                                             "blocks/0/conv2"]
+  for path in before:
+    assert 0 < after[path] <= before[path] * (1 + 1e-6), path
+  assert sum(after.values()) < sum(before.values())
+  # Same budget: the same factor shapes, 5.5x on each of the two convs.
+  assert models.conv_params(aware) == models.conv_params(weight_only)
+  assert models.count_params(dense.blocks[0].conv1) / models.count_params(
+      aware.blocks[0].conv1) >= 5
+
+
+def test_recovery_stages_run_and_resume(tmp_path, monkeypatch):
+  _first_block_only(monkeypatch)
+  config = _config(epochs=1, num_train=16, calibration_batches=2,
+                   distill_steps=1, eval_batch_size=8,
+                   data_aware_splits="weight-only")
+  data = _tiny_splits()
+  results = recovery.run(config, tmp_path, data=data)
+  names = [r["stage"] for r in results["stages"]]
+  assert names == ["dense"] + [v + s for v in recovery.variants(config)
+                               for s in recovery.STEPS]
+  assert names[4] == "data-aware GKPD (weight-only splits)"
+  dense = results["stages"][0]
+  # Only blocks/0 compressed, at the same shapes in both variants.
+  assert len({r["conv_params"] for r in results["stages"][1:]}) == 1
+  for r in results["stages"][1:]:
+    assert r["conv_params"] < dense["conv_params"] - 2 * 2_304 * 0.8
+    assert r["test_accuracy"] * 8 / 100 == pytest.approx(
+        round(r["test_accuracy"] * 8 / 100))
+  bn_only = results["stages"][2]
+  assert bn_only["params"] == results["stages"][1]["params"]
+  table = (tmp_path / "recovery.md").read_text()
+  assert "| data-aware GKPD (weight-only splits) + distillation |" in table
+  # A rerun with the same settings trains and compresses nothing.
+  monkeypatch.setattr(recovery, "compress_gkpd", _must_not_run)
+  monkeypatch.setattr(train, "train_epoch", _must_not_run)
+  again = recovery.run(config, tmp_path, data=data)
+  assert again["stages"] == json.loads(json.dumps(results["stages"]))
+
+
+def _must_not_run(*args, **kwargs):
+  raise AssertionError("a finished stage ran again")
+
+
+def test_recovery_config_errors():
+  with pytest.raises(ValueError, match="distill_steps"):
+    recovery.check_config(_config(distill_steps=0))
+  with pytest.raises(ValueError, match="distill_label_weight"):
+    recovery.check_config(_config(distill_label_weight=2.0))
+  with pytest.raises(ValueError, match="data_aware_splits"):
+    recovery.check_config(_config(data_aware_splits="best"))

@@ -59,6 +59,22 @@ class Config:
     prefetch: batches kept in flight by the input pipeline.
     progress: show a progress bar with running loss and accuracy.
     log_every: steps between refreshes of the progress bar's metrics.
+    calibration_batches: batches of ``batch_size`` training images (drawn
+      once with ``seed``, not augmented) on which ``recovery.py`` collects
+      the block convs' input covariances (data-aware GKPD) and refits the
+      BatchNorm statistics.
+    distill_steps: steps of distillation fine-tuning from the dense parent
+      in ``recovery.py`` (batches of ``batch_size`` augmented training
+      images; the same batches for every compressed model).
+    distill_learning_rate: peak step size of that fine-tuning (the same
+      SGD recipe as training, warm-up and cosine decay over its steps).
+    distill_temperature: softening of both logits in the distillation loss.
+    distill_label_weight: weight of the hard-label cross-entropy in that
+      loss (0: the teacher's logits only).
+    data_aware_splits: how data-aware GKPD picks each conv's split:
+      ``"search"`` -- ``kfc_jax.compress(..., calibration=)`` searches the
+      splits by output error; ``"weight-only"`` -- it fits at the splits and
+      ranks the weight-only search chose (one fit per layer, much cheaper).
   """
 
   dataset: str = "cifar10"
@@ -83,6 +99,12 @@ class Config:
   prefetch: int = 2
   progress: bool = True
   log_every: int = 20
+  calibration_batches: int = 8
+  distill_steps: int = 200
+  distill_learning_rate: float = 0.01
+  distill_temperature: float = 2.0
+  distill_label_weight: float = 0.0
+  data_aware_splits: str = "search"
 
 
 def get_config() -> Config:
