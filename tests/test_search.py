@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from kfc_jax import _search, gkpd, kron_kernel
+from kfc_jax._search import _spectra
 
 
 def _pairs(n):
@@ -140,7 +141,7 @@ def test_large_weights_are_screened_without_losing_the_winner(monkeypatch):
   rng = np.random.default_rng(6)
   w = _structured(rng, 64, 96, ((8, 8), (8, 12)))
   exact = _search.search_dense(w, compression=8, exhaustive=True)
-  monkeypatch.setattr(_search, "_BIG", 0)
+  monkeypatch.setattr(_spectra, "BIG", 0)
   fast = _search.search_dense(w, compression=8)
   assert fast.best.label == exact.best.label
   assert fast.best.relative_error == pytest.approx(exact.best.relative_error, rel=1e-3)
