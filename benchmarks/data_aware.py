@@ -104,7 +104,8 @@ def conv_rows(train, test, rng):
     start = time.perf_counter()
     data = kfc_jax.gkpd(kernel, a_shape, b_shape, rank, input_cov=stats)
     seconds = time.perf_counter() - start
-    k = lambda d: sum(np.kron(d.factors[0][r], d.factors[1][r]) for r in range(rank))
+    k = lambda d, rank=rank: sum(np.kron(d.factors[0][r], d.factors[1][r])
+                                 for r in range(rank))
     rows.append({
         "layer": "conv 5x5x1x32", "method": f"gkpd {a_shape}x{b_shape} rank {rank}",
         "params": rank * (int(np.prod(a_shape)) + int(np.prod(b_shape))),
@@ -155,7 +156,7 @@ def main(argv=None) -> None:
   env = {"machine": f"{platform.machine()}, {os.cpu_count()} cores (shared, loaded by"
                     " other work), OPENBLAS_NUM_THREADS="
                     f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}",
-         "command": " ".join(["python"] + sys.argv),
+         "command": " ".join(["python", *sys.argv]),
          "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
   os.makedirs(args.out, exist_ok=True)
   stem = os.path.join(args.out, "data_aware")

@@ -59,12 +59,12 @@ def case(seed: int):
   rng = np.random.default_rng(seed)
   ms = [int(v) for v in rng.integers(1, 5, 3)]
   ns = [int(v) for v in rng.integers(1, 5, 3)]
-  sizes = [m * n for m, n in zip(ms, ns)]
+  sizes = [m * n for m, n in zip(ms, ns, strict=True)]
   bound = int(np.prod(sizes)) // max(sizes)
   rank = min(int(rng.integers(2, 4)), bound)
   if rank < 2:
     return None
-  factors = [rng.standard_normal((rank, m, n)) for m, n in zip(ms, ns)]
+  factors = [rng.standard_normal((rank, m, n)) for m, n in zip(ms, ns, strict=True)]
   w = sum(np.kron(np.kron(factors[0][r], factors[1][r]), factors[2][r])
           for r in range(rank))
   return ms, ns, rank, w
@@ -106,7 +106,7 @@ def main(argv=None) -> None:
       "total_seconds": float(times.sum()),
       "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
                  " (shared, loaded by other work)",
-      "command": " ".join(["python"] + sys.argv),
+      "command": " ".join(["python", *sys.argv]),
       "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
   }
   stem = os.path.join(args.out, f"nkp_convergence_{args.label}")

@@ -15,7 +15,8 @@ from kfc_jax import formulations
 
 H, W, C = 3, 4, 5
 
-# docs/DESIGN.md, "KFC formulations", written as einsums over the factors with their axes unflattened.
+# docs/DESIGN.md, "KFC formulations", written as einsums over the factors with their axes
+# unflattened.
 EINSUMS = {
     "I": ("nhwc,rco,rhwp->nop", (6, 1), [(C,), (H, W)]),
     "II": ("nhwc,rco,rhwp->nop", (3, 2), [(C,), (H, W)]),

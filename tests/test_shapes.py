@@ -162,7 +162,8 @@ class TestErrors:
       kfc_jax.factorize(n)
 
   def test_shape_factors_too_small(self):
-    with pytest.raises(ValueError, match=r"in_factors \(4, 4\) multiply to 16, fewer than in_features=20"):
+    with pytest.raises(ValueError, match=r"in_factors \(4, 4\) multiply to 16,"
+                       r" fewer than in_features=20"):
       kfc_jax.KroneckerShape(20, 16, (4, 4), (4, 4))
 
   def test_unresolved_term_cannot_be_counted(self):

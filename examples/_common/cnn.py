@@ -244,10 +244,7 @@ class PaperCNN(nnx.Module):
     """The conv stack: images ``[*batch, H, W, C]`` to the FC layer's map."""
     convs = iter(self.convs)
     for layer in self.conv_stack:
-      if layer == "pool":
-        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
-      else:
-        x = nnx.relu(next(convs)(x))
+      x = nnx.max_pool(x, (2, 2), strides=(2, 2)) if layer == "pool" else nnx.relu(next(convs)(x))
     return x
 
   def head(self, features: jax.Array, *, train: bool = False) -> jax.Array:

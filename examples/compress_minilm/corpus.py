@@ -97,7 +97,7 @@ def package_versions() -> dict[str, str | None]:
 
 def package_texts() -> Iterator[tuple[str, str]]:
   """``(source, text)``: docstrings, description and licenses of each package."""
-  for import_name, dist_name in DOCUMENTED_PACKAGES:
+  for import_name, _ in DOCUMENTED_PACKAGES:
     spec = importlib.util.find_spec(import_name)  # locates; does not import
     for location in sorted((spec and spec.submodule_search_locations) or ()):
       yield from _docstrings(pathlib.Path(location), SKIPPED_PACKAGE_DIRS,

@@ -116,10 +116,11 @@ def winners(rows: list[dict]) -> str:
     for fit in ("weight", "data"):
       pair = {r["method"]: r for r in group if r["calibration"] == fit}
       if len(pair) == 2:
-        k, l = pair["kronecker"], pair["low_rank"]
+        kron, low = pair["kronecker"], pair["low_rank"]
+        before = kron["before"]["mean_cosine"] - low["before"]["mean_cosine"]
         lines.append(
-          f"  - {fit}: Kronecker − low rank = {k['before']['mean_cosine'] - l['before']['mean_cosine']:+.3f}"
-          f" before, {k['after_mean_cosine'] - l['after_mean_cosine']:+.3f} after.")
+          f"  - {fit}: Kronecker − low rank = {before:+.3f}"
+          f" before, {kron['after_mean_cosine'] - low['after_mean_cosine']:+.3f} after.")
   return "\n".join(lines) + "\n"
 
 
@@ -133,14 +134,14 @@ def plot(rows: list[dict], path: pathlib.Path) -> None:
   fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.5), squeeze=False)
   styles = {("low_rank", "weight"): ("tab:blue", "o"), ("low_rank", "data"): ("tab:cyan", "s"),
             ("kronecker", "weight"): ("tab:red", "^"), ("kronecker", "data"): ("tab:orange", "D")}
-  for ax, matrices in zip(axes[0], sets):
+  for ax, matrices in zip(axes[0], sets, strict=True):
     for (method, fit), (color, marker) in styles.items():
       pts = sorted((r["matrices_params"], r["before"]["mean_cosine"], r["after_mean_cosine"])
                    for r in rows if (r["matrices"], r["method"], r["calibration"])
                    == (matrices, method, fit))
       if not pts:
         continue
-      x, before, after = zip(*pts)
+      x, before, after = zip(*pts, strict=True)
       ax.plot(x, after, color=color, marker=marker, label=f"{method}, {fit}: distilled")
       ax.plot(x, before, color=color, marker=marker, linestyle=":", alpha=0.6,
               label=f"{method}, {fit}: as compressed")

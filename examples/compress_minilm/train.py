@@ -154,7 +154,7 @@ def input_covariances(model: models.MiniLM, tokenizer: models.Tokenizer,
   sums = {p: 0.0 for p in paths}
   tokens = 0
   total = math.ceil(len(sentences) / batch_size)
-  for idx, ids, mask in tqdm.tqdm(batches(tokenizer, sentences, max_len, batch_size),
+  for _idx, ids, mask in tqdm.tqdm(batches(tokenizer, sentences, max_len, batch_size),
                                   total=total, desc=desc, disable=desc is None,
                                   leave=False):
     moments = _second_moments(model, ids, mask)
@@ -420,7 +420,7 @@ def distillation_loss(student: models.MiniLM, teacher: models.MiniLM,
   cos_loss = jnp.sum(jnp.where(valid, 1.0 - cos, 0.0)) / jnp.maximum(valid.sum(), 1)
   m = mask.astype(jnp.float32)[..., None]
   hidden = sum(jnp.sum(m * (s - jax.lax.stop_gradient(t)) ** 2)
-               for s, t in zip(s_hidden[1:], t_hidden[1:]))
+               for s, t in zip(s_hidden[1:], t_hidden[1:], strict=False))
   hidden = hidden / (len(s_hidden) - 1) / jnp.maximum(m.sum(), 1) / s_emb.shape[-1]
   return cos_loss + hidden_weight * hidden, {"cos_loss": cos_loss, "hidden_mse": hidden}
 

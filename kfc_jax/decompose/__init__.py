@@ -13,5 +13,6 @@ from kfc_jax.decompose._nkp import nearest_kronecker_tensor as nearest_kronecker
 from kfc_jax.decompose._sum import KroneckerSumDecomposition as KroneckerSumDecomposition
 from kfc_jax.decompose._sum import KroneckerSumTerm as KroneckerSumTerm
 from kfc_jax.decompose._sum import nearest_kronecker_sum as nearest_kronecker_sum
+
 # Moved to kfc_jax.shapes; still importable from here.
 from kfc_jax.shapes import KronConvShape as KronConvShape

@@ -119,8 +119,8 @@ def input_covariance(x: Any, *, running: RunningCovariance | None = None
 def patches(x: np.ndarray, kernel_size: tuple[int, int], strides: tuple[int, int],
             padding: Any, dilation: tuple[int, int]) -> np.ndarray:
   """``[N*Ho*Wo, kh*kw*C]`` patches of an NHWC ``x``, ordered ``(kh, kw, C)``."""
-  n, h, w, c = x.shape
-  span = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
+  n, h, w, _c = x.shape
+  span = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation, strict=True)]
   if isinstance(padding, str):
     if padding.upper() not in ("SAME", "VALID"):
       raise ValueError(

@@ -59,7 +59,7 @@ def greedy_start(t: np.ndarray, rank: int) -> list[np.ndarray]:
   modes = [np.zeros((d, rank)) for d in t.shape]
   residual = t.copy()
   for j in range(rank):  # each term fits the residual of the previous ones
-    for mode, v in zip(modes, _sequential_rank_one(residual)):
+    for mode, v in zip(modes, _sequential_rank_one(residual), strict=True):
       mode[:, j] = v
     residual = residual - reconstruct([m[:, j:j + 1] for m in modes], t.shape)
   return modes
@@ -97,7 +97,7 @@ def gevd_start(t: np.ndarray, rank: int) -> list[np.ndarray] | None:
   core = np.einsum("ijk,ir,js->rsk", t3, u1, u2)
   mix = np.random.default_rng(0).standard_normal((merged, 2))
   s1, s2 = core @ mix[:, 0], core @ mix[:, 1]
-  vecs = np.linalg.eig(s1 @ np.linalg.pinv(s2))[1].real
+  vecs = np.real(np.linalg.eig(s1 @ np.linalg.pinv(s2))[1])
   a = u1 @ vecs
   a /= np.maximum(np.linalg.norm(a, axis=0), 1e-300)
   rows = np.linalg.pinv(a) @ unfold(t3, 0)  # row r ≈ vec(b_r c_r^T)
@@ -149,7 +149,7 @@ def run_als(t: np.ndarray, modes: list[np.ndarray], max_sweeps: int, tol: float
     new_err = _error(t, norm, new)
     if sweeps > 1:
       jump = sweeps ** (1.0 / 3.0)
-      trial = [m0 + jump * (m1 - m0) for m0, m1 in zip(modes, new)]
+      trial = [m0 + jump * (m1 - m0) for m0, m1 in zip(modes, new, strict=True)]
       trial_err = _error(t, norm, trial)
       if trial_err < new_err:
         new, new_err = trial, trial_err
@@ -177,4 +177,5 @@ def cp_als(t: np.ndarray, rank: int, max_sweeps: int, tol: float
       modes, err = found, found_err
     if err <= 1e-12:  # exact: no other start can do better
       break
+  assert modes is not None  # the greedy start is never None
   return modes, err

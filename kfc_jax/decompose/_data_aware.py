@@ -96,7 +96,7 @@ def kronecker_factors_of(cov_t: np.ndarray, groups: list[list[int]], n_in: int,
       vecs[f] = new
     if change < 1e-10:
       break
-  return [v.reshape(p, p) for v, p in zip(vecs, sizes)]
+  return [v.reshape(p, p) for v, p in zip(vecs, sizes, strict=True)]
 
 
 def whitened_start(t, factor_axes, n_in, rank, cov, cov_reg,
@@ -107,7 +107,7 @@ def whitened_start(t, factor_axes, n_in, rank, cov, cov_reg,
   in_groups = [[a for a in g if a < n_in] for g in factor_axes]
   with_inputs = [f for f, g in enumerate(in_groups) if g]
   facs = kronecker_factors_of(cov_t, [in_groups[f] for f in with_inputs], n_in)
-  roots = {f: _psd_root(c, cov_reg) for f, c in zip(with_inputs, facs)}
+  roots = {f: _psd_root(c, cov_reg) for f, c in zip(with_inputs, facs, strict=True)}
   whitened = t
   for f, (root, _) in roots.items():
     whitened = apply_along(whitened, in_groups[f], root)
@@ -131,7 +131,7 @@ def balance(factors: list[np.ndarray]) -> list[np.ndarray]:
   norms = np.stack([np.linalg.norm(f.reshape(rank, -1), axis=1) for f in factors])
   target = np.prod(norms, axis=0) ** (1.0 / len(factors))
   scale = np.where(norms > 0, target / np.where(norms > 0, norms, 1.0), 0.0)
-  return [f * s.reshape(-1, *[1] * (f.ndim - 1)) for f, s in zip(factors, scale)]
+  return [f * s.reshape(-1, *[1] * (f.ndim - 1)) for f, s in zip(factors, scale, strict=True)]
 
 
 def als(t: np.ndarray, factor_axes, n_in: int, cov: np.ndarray,

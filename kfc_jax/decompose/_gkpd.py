@@ -21,11 +21,14 @@ from typing import Any, Literal
 import numpy as np
 
 from kfc_jax import _checks
+from kfc_jax._checks import divisor_pairs
 from kfc_jax.decompose import _covariance
 from kfc_jax.decompose._covariance import DEFAULT_COV_REG
-from kfc_jax.decompose._nkp import (KroneckerDecomposition, data_aware_decomposition,
-                                    nearest_kronecker_tensor)
-from kfc_jax._checks import divisor_pairs
+from kfc_jax.decompose._nkp import (
+  KroneckerDecomposition,
+  data_aware_decomposition,
+  nearest_kronecker_tensor,
+)
 from kfc_jax.shapes import KronConvShape
 
 _AXES = ("height", "width", "in_channels", "out_channels")
@@ -38,7 +41,7 @@ def _check_split(kernel_shape, a_shape, b_shape):
     if len(s) != 4:
       raise ValueError(
           f"{name} must be (h, w, in, out), 4 positive ints, got {s}.")
-  for axis, k, p, q in zip(_AXES, kernel_shape, a, b):
+  for axis, k, p, q in zip(_AXES, kernel_shape, a, b, strict=True):
     if p * q != k:
       raise ValueError(
           f"a_shape {a} and b_shape {b} must multiply to the kernel shape"
@@ -239,8 +242,8 @@ def suggest_conv_factors(
     imbalance = abs(math.log(a[2] * b[3] / max(1, a[3] * b[2])))
     key = {"params": (s.params, -s.flops_per_pixel),
            "flops": (-s.flops_per_pixel, s.params),
-           "error": lambda: (-_gkpd_error(kernel, a, b, r), -s.flops_per_pixel,
-                             s.params)}[prefer]
+           "error": lambda a=a, b=b, r=r, s=s: (-_gkpd_error(kernel, a, b, r),
+                                                -s.flops_per_pixel, s.params)}[prefer]
     key = (key() if callable(key) else key) + (-imbalance, a, b)
     if best is None or key > best[0]:
       best = (key, s)

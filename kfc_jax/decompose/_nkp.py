@@ -14,13 +14,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from kfc_jax import _checks
-from kfc_jax.decompose import _covariance
-from kfc_jax.decompose import _cp
-from kfc_jax.decompose import _data_aware
+from kfc_jax._checks import relative_error
+from kfc_jax.decompose import _covariance, _cp, _data_aware
 from kfc_jax.decompose._covariance import DEFAULT_COV_REG
 
 DATA_SWEEPS = 50  # default ALS sweeps of the data-aware refinement
-from kfc_jax._checks import relative_error
 
 
 class KroneckerDecomposition(NamedTuple):
@@ -67,7 +65,7 @@ def _balance(vectors: list[np.ndarray]) -> list[np.ndarray]:
   k = len(vectors)
   target = np.prod(norms, axis=0) ** (1.0 / k)
   scale = np.where(norms > 0, target / np.where(norms > 0, norms, 1.0), 0.0)
-  return [v * s[:, None] for v, s in zip(vectors, scale)]
+  return [v * s[:, None] for v, s in zip(vectors, scale, strict=True)]
 
 
 def nearest_kronecker_tensor(
@@ -176,7 +174,7 @@ def nearest_kronecker_tensor(
   if len(groups) == 1:
     error = 0.0
   vectors = _balance(vectors) if len(groups) > 1 else vectors
-  factors = tuple(v.reshape(rank, *s) for v, s in zip(vectors, group_shapes))
+  factors = tuple(v.reshape(rank, *s) for v, s in zip(vectors, group_shapes, strict=True))
   dec = KroneckerDecomposition(factors, error, singular_values)
   if input_cov is None:
     if input_ndim is not None:

@@ -17,13 +17,12 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
 from kfc_jax import _checks
-from kfc_jax.decompose import _covariance
-from kfc_jax.decompose import _data_aware
+from kfc_jax.decompose import _covariance, _data_aware
 from kfc_jax.decompose._covariance import DEFAULT_COV_REG
 from kfc_jax.decompose._nkp import nearest_kronecker_tensor
 
@@ -209,9 +208,9 @@ _INNER_SWEEPS = 10  # ALS sweeps per term per block-coordinate step (data-aware)
 
 
 def _total(factors, terms, m, n) -> np.ndarray:
-  return sum(
+  return cast(np.ndarray, sum(
       _reconstruct(fs, t.factor_axes, (*t.in_shape, *t.out_shape)).reshape(
-          math.prod(t.in_shape), -1)[:m, :n] for fs, t in zip(factors, terms))
+          math.prod(t.in_shape), -1)[:m, :n] for fs, t in zip(factors, terms, strict=True)))
 
 
 def _weight_refit(terms):
@@ -245,7 +244,7 @@ def _descend(w, terms, sweeps, tol, refit, error, exact_single=True
                              tensor.shape).reshape(full_shapes[i])
 
   def total() -> np.ndarray:
-    return sum(a[:m, :n] for a in approx)
+    return cast(np.ndarray, sum(a[:m, :n] for a in approx))
 
   for i in range(len(terms)):
     fit(i, w - total())

@@ -14,7 +14,7 @@ import functools
 import itertools
 import math
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple, Union
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from kfc_jax import _checks, _dtypes
 from kfc_jax.ops import _autotune
 
-Strategy = Union[Literal["auto", "factored", "materialize"], tuple[int, ...]]
+Strategy = Literal["auto", "factored", "materialize"] | tuple[int, ...]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Multiplication by a sum of Kronecker products, without forming the product.
 
 Conventions (``docs/DESIGN.md``, "Conventions"): row-vector layout
-``y = x @ W``; Kronecker order of ``jnp.kron``; each factor carries a leading rank axis, ``F_t: [r, m_t, n_t]``,
-and ``W = sum_r F_1[r] ⊗ ... ⊗ F_k[r]`` has shape ``[prod(m_t), prod(n_t)]``.
+``y = x @ W``; Kronecker order of ``jnp.kron``; each factor carries a leading rank axis,
+``F_t: [r, m_t, n_t]``, and ``W = sum_r F_1[r] ⊗ ... ⊗ F_k[r]`` has shape
+``[prod(m_t), prod(n_t)]``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from jax import lax
 
 from kfc_jax import _checks, _dtypes
 from kfc_jax.ops import _vjp
-from kfc_jax.ops._cost import (CostModel, Strategy, default_cost_model,
-                                kron_matmul_plan)
+from kfc_jax.ops._cost import CostModel, Strategy, default_cost_model, kron_matmul_plan
 
 Array = jax.Array
 PrecisionLike = Any
@@ -48,16 +48,16 @@ def _factored(x, factors, order, precision, pet):
   labels = ["batch"] + [("in", i) for i in range(k)]
 
   def canonical(target, rank_next_to_target=False):
-    outs = sorted((l for l in labels if l[0] == "out"), key=lambda l: l[1])
-    ins = sorted((l for l in labels if l[0] == "in" and l != target),
-                 key=lambda l: l[1])
+    outs = sorted((lab for lab in labels if lab[0] == "out"), key=lambda lab: lab[1])
+    ins = sorted((lab for lab in labels if lab[0] == "in" and lab != target),
+                 key=lambda lab: lab[1])
     head = ["rank"] if "rank" in labels and not rank_next_to_target else []
     tail = ["rank"] if "rank" in labels and rank_next_to_target else []
-    return head + ["batch"] + outs + ins + tail + [target]
+    return [*head, "batch", *outs, *ins, *tail, target]
 
   def permute(new_labels):
     nonlocal t, labels
-    perm = [labels.index(l) for l in new_labels]
+    perm = [labels.index(lab) for lab in new_labels]
     if perm != list(range(len(perm))):
       t = jnp.transpose(t, perm)
     labels = list(new_labels)
@@ -71,15 +71,15 @@ def _factored(x, factors, order, precision, pet):
       permute(canonical(target, rank_next_to_target=True))
       nd = t.ndim
       t = _dot(t, f, (((nd - 2, nd - 1), (0, 1)), ((), ())), precision, pet)
-      labels = labels[:-2] + [("out", i)]
+      labels = [*labels[:-2], ("out", i)]
     elif first:
       permute(canonical(target))
       t = _dot(t, f, (((t.ndim - 1,), (1,)), ((), ())), precision, pet)
-      labels = labels[:-1] + ["rank", ("out", i)]
+      labels = [*labels[:-1], "rank", ("out", i)]
     else:
       permute(canonical(target))
       t = _dot(t, f, (((t.ndim - 1,), (1,)), ((0,), (0,))), precision, pet)
-      labels = ["rank"] + labels[1:-1] + [("out", i)]
+      labels = ["rank", *labels[1:-1], ("out", i)]
     if pet is None:
       t = t.astype(x.dtype)
   permute(["batch"] + [("out", i) for i in range(k)])

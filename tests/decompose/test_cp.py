@@ -6,17 +6,19 @@ three-factor weights were not recovered (``benchmarks/nkp_convergence.py``).
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+from conftest import np_kron
 
 import kfc_jax
-from conftest import np_kron
 from kfc_jax.decompose import _cp
 
 
 def _exact(seed, ms, ns, rank):
   rng = np.random.default_rng(seed)
-  factors = [rng.standard_normal((rank, m, n)) for m, n in zip(ms, ns)]
+  factors = [rng.standard_normal((rank, m, n)) for m, n in zip(ms, ns, strict=True)]
   return np_kron(factors)
 
 
@@ -42,7 +44,7 @@ def test_recovery_rate_on_random_exact_weights():
     rank = min(int(rng.integers(2, 4)), int(np.prod(sizes) // sizes.max()))
     if rank < 2:
       continue
-    w = np_kron([rng.standard_normal((rank, m, n)) for m, n in zip(ms, ns)])
+    w = np_kron([rng.standard_normal((rank, m, n)) for m, n in zip(ms, ns, strict=True)])
     if kfc_jax.nearest_kronecker(w, ms.tolist(), ns.tolist(), rank).relative_error > 1e-8:
       failures.append(seed)
   assert not failures
@@ -60,7 +62,7 @@ def test_error_never_increases_with_more_sweeps(rng):
   w = rng.standard_normal((12, 12))
   errors = [kfc_jax.nearest_kronecker(w, (2, 3, 2), (3, 2, 2), 3, max_sweeps=k).relative_error
             for k in (1, 2, 5, 20, 100)]
-  assert all(b <= a + 1e-15 for a, b in zip(errors, errors[1:]))
+  assert all(b <= a + 1e-15 for a, b in itertools.pairwise(errors))
   assert errors[-1] < errors[0]
 
 
@@ -68,6 +70,6 @@ def test_run_als_is_monotone_and_stops_on_convergence(rng):
   t = rng.standard_normal((4, 5, 6))
   start = _cp.greedy_start(t, 3)
   errors = [_cp.run_als(t, start, k, tol=0.0)[1] for k in range(0, 30, 3)]
-  assert all(b <= a + 1e-15 for a, b in zip(errors, errors[1:]))
+  assert all(b <= a + 1e-15 for a, b in itertools.pairwise(errors))
   _, _, sweeps = _cp.run_als(t, start, 100000, tol=1e-6)
   assert sweeps < 100000

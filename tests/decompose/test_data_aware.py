@@ -8,11 +8,13 @@ the eigenvalues of ``W^T C W``, which need no root at all.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+from conftest import np_kron
 
 import kfc_jax
-from conftest import np_kron
 from kfc_jax.decompose import _data_aware
 
 
@@ -145,7 +147,7 @@ class TestNearestKronecker:
     _, history = _data_aware.als(w.reshape(*m, *n), [(0, 2), (1, 3)], 2, cov, start,
                                  max_sweeps=50, tol=0.0)
     assert len(history) > 10
-    assert all(b <= a * (1 + 1e-12) for a, b in zip(history, history[1:]))
+    assert all(b <= a * (1 + 1e-12) for a, b in itertools.pairwise(history))
     assert history[-1] < 0.5 * history[0]
     np.testing.assert_allclose(history[0], _objective(w, np_kron(start), cov), rtol=1e-12)
 
@@ -175,7 +177,7 @@ class TestNearestKronecker:
     w = rng.standard_normal((12, np.prod(ns)))
     weight = kfc_jax.nearest_kronecker(w, ms, ns, 2)
     data = kfc_jax.nearest_kronecker(w, ms, ns, 2, input_cov=2.0 * np.eye(12))
-    for a, b in zip(weight.factors, data.factors):
+    for a, b in zip(weight.factors, data.factors, strict=True):
       np.testing.assert_allclose(a, b, rtol=1e-12)
     np.testing.assert_allclose(data.data_error, weight.relative_error, rtol=1e-12)
 
@@ -213,7 +215,7 @@ class TestBadCovariances:
   def test_singular_without_ridge(self):
     cov = np.diag([1.0, 1, 1, 1, 1, 0])
     w = np.arange(24.0).reshape(6, 4)
-    with pytest.raises(ValueError, match="input_cov is singular.*pass cov_reg > 0"):
+    with pytest.raises(ValueError, match=r"input_cov is singular.*pass cov_reg > 0"):
       kfc_jax.low_rank(w, 2, input_cov=cov, cov_reg=0.0)
     dec = kfc_jax.low_rank(w, 2, input_cov=cov)  # the default ridge makes it usable
     assert np.all(np.isfinite(dec.u)) and 0 <= dec.data_error < 1

@@ -7,9 +7,9 @@ import math
 import jax
 import numpy as np
 import pytest
+from conftest import np_kron, random_factors
 
 import kfc_jax
-from conftest import np_kron, random_factors
 
 
 def _random_cov(rng, size):
@@ -44,7 +44,7 @@ class TestGkpd:
   @pytest.mark.parametrize("rank", [1, 2])
   def test_kronecker_factored_patch_covariance_gives_the_optimum(
       self, rng, a_shape, b_shape, rank):
-    kh, kw, ci, co = (p * q for p, q in zip(a_shape, b_shape))
+    kh, kw, ci, co = (p * q for p, q in zip(a_shape, b_shape, strict=True))
     kernel = rng.standard_normal((kh, kw, ci, co))
     ah, aw, ai, ao = a_shape
     bh, bw, bi, bo = b_shape
@@ -88,7 +88,7 @@ class TestGkpd:
     kernel = rng.standard_normal((3, 3, 4, 4))
     weight = kfc_jax.gkpd(kernel, (3, 1, 2, 2), (1, 3, 2, 2), 2)
     data = kfc_jax.gkpd(kernel, (3, 1, 2, 2), (1, 3, 2, 2), 2, input_cov=np.eye(36))
-    for a, b in zip(weight.factors, data.factors):
+    for a, b in zip(weight.factors, data.factors, strict=True):
       np.testing.assert_allclose(a, b, rtol=1e-12)
 
   def test_wrong_covariance_size_names_the_patch(self, rng):
@@ -124,7 +124,7 @@ class TestSum:
     cov = _random_cov(rng, w.shape[0])
     data = kfc_jax.nearest_kronecker_sum(w, terms, input_cov=cov, tol=0)
     weight = kfc_jax.nearest_kronecker_sum(w, terms, tol=0)
-    assert all(b <= a + 1e-12 for a, b in zip(data.history, data.history[1:]))
+    assert all(b <= a + 1e-12 for a, b in zip(data.history, data.history[1:], strict=False))
     w_hat = sum(np_kron(fs)[:w.shape[0], :w.shape[1]] for fs in data.factors)
     np.testing.assert_allclose(_data_error(w, w_hat, cov), data.data_error, rtol=1e-9)
     np.testing.assert_allclose(np.linalg.norm(w - w_hat) / np.linalg.norm(w),
@@ -138,8 +138,8 @@ class TestSum:
     terms = [_cut((3, 4), (5, 2)), _cut((6, 2), (2, 5))]
     weight = kfc_jax.nearest_kronecker_sum(w, terms)
     data = kfc_jax.nearest_kronecker_sum(w, terms, input_cov=np.eye(12))
-    for fa, fb in zip(weight.factors, data.factors):
-      for a, b in zip(fa, fb):
+    for fa, fb in zip(weight.factors, data.factors, strict=True):
+      for a, b in zip(fa, fb, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12)
     assert data.data_error == pytest.approx(weight.relative_error, rel=1e-12)
 

@@ -17,7 +17,7 @@ DTYPES = [jnp.bfloat16, jnp.float16, np.float32]
 
 
 def _same(result, reference):
-  for a, b in zip(result, reference):
+  for a, b in zip(result, reference, strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 

@@ -62,8 +62,8 @@ def test_singular_values_are_the_rearranged_kernels(rng):
   # Rearrangement written out by hand: rows (p1, q1, i1, o1), columns (p2, ...).
   m = np.zeros((math.prod(a_shape), math.prod(b_shape)))
   for idx in np.ndindex(*shape):
-    ia = [i // bs for i, bs in zip(idx, b_shape)]
-    ib = [i % bs for i, bs in zip(idx, b_shape)]
+    ia = [i // bs for i, bs in zip(idx, b_shape, strict=True)]
+    ib = [i % bs for i, bs in zip(idx, b_shape, strict=True)]
     m[np.ravel_multi_index(ia, a_shape), np.ravel_multi_index(ib, b_shape)] = kernel[idx]
   np.testing.assert_allclose(kfc_jax.gkpd(kernel, a_shape, b_shape).singular_values,
                              np.linalg.svd(m, compute_uv=False), rtol=1e-10)
@@ -98,7 +98,7 @@ class TestSuggest:
     shape = (3, 3, channels, channels)
     s = kfc_jax.suggest_conv_factors(shape, compression=5, prefer=prefer)
     assert s.compression >= 5
-    assert all(p * q == k for p, q, k in zip(s.a_shape, s.b_shape, shape))
+    assert all(p * q == k for p, q, k in zip(s.a_shape, s.b_shape, shape, strict=True))
     assert 1 <= s.rank <= min(math.prod(s.a_shape), math.prod(s.b_shape))
     assert s.flops_per_pixel < s.dense_flops_per_pixel
 
@@ -126,14 +126,16 @@ class TestSuggest:
     assert kfc_jax.gkpd(kernel, q.a_shape, q.b_shape, q.rank).relative_error > 10 * err
 
   def test_errors(self):
-    with pytest.raises(ValueError, match=r"kernel_shape must be \(kh, kw, C_in, C_out\).*\(3, 3, 4\)"):
+    with pytest.raises(ValueError, match=r"kernel_shape must be \(kh, kw, C_in, C_out\)"
+                       r".*\(3, 3, 4\)"):
       kfc_jax.suggest_conv_factors((3, 3, 4))
     with pytest.raises(ValueError, match=r"compression must be a finite number > 1"
                        r" \(dense / compressed parameters\), got 1"):
       kfc_jax.suggest_conv_factors((3, 3, 4, 4), compression=1)
     with pytest.raises(ValueError, match="one of compression and max_params"):
       kfc_jax.suggest_conv_factors((3, 3, 4, 4), compression=None)
-    with pytest.raises(ValueError, match=r"prefer must be 'error', 'params' or 'flops', got 'speed'"):
+    with pytest.raises(ValueError, match=r"prefer must be 'error', 'params' or 'flops',"
+                       r" got 'speed'"):
       kfc_jax.suggest_conv_factors((3, 3, 4, 4), prefer="speed")
     with pytest.raises(ValueError, match="prefer='error' needs the kernel"):
       kfc_jax.suggest_conv_factors((3, 3, 4, 4), prefer="error")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
+from conftest import np_kron, random_factors
 
 import kfc_jax
-from conftest import np_kron, random_factors
 
 
 def _rearrange(w, m1, m2, n1, n2):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import np_kron, random_factors
 
 import kfc_jax
-from conftest import np_kron, random_factors
 
 
 def _cut(ms, ns, rank=1):
@@ -29,7 +29,7 @@ def test_two_groupings_descend_monotonically_to_a_near_exact_fit(rng):
        + np_kron(random_factors(rng, (6, 2), (2, 5), 1)))
   dec = kfc_jax.nearest_kronecker_sum(w, [_cut((3, 4), (5, 2)), _cut((6, 2), (2, 5))],
                                       sweeps=200, tol=0)
-  assert all(b <= a + 1e-12 for a, b in zip(dec.history, dec.history[1:]))
+  assert all(b <= a + 1e-12 for a, b in zip(dec.history, dec.history[1:], strict=False))
   assert dec.relative_error < 1e-3
   approx = sum(np_kron(fs) for fs in dec.factors)
   np.testing.assert_allclose(np.linalg.norm(w - approx) / np.linalg.norm(w),
@@ -41,7 +41,7 @@ def test_padding_is_filled_by_the_term_itself(rng):
   w = full[:13, :8]
   # EM for the missing entries is slow on some draws (one needs ~1,000 sweeps).
   dec = kfc_jax.nearest_kronecker_sum(w, [_cut((4, 4), (3, 3))], sweeps=2000, tol=0)
-  assert all(b <= a + 1e-12 for a, b in zip(dec.history, dec.history[1:]))
+  assert all(b <= a + 1e-12 for a, b in zip(dec.history, dec.history[1:], strict=False))
   assert dec.history[-1] < dec.history[0] / 100
   approx = np_kron(dec.factors[0])[:13, :8]
   np.testing.assert_allclose(np.linalg.norm(w - approx) / np.linalg.norm(w),

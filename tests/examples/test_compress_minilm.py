@@ -83,7 +83,7 @@ def test_missing_archive_and_files(tmp_path):
     models.load_pretrained(tmp_path / "nothing.zip")
   members = _real_members()
   del members[models.WEIGHTS_FILE]
-  with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
+  with pytest.raises(FileNotFoundError, match=r"has no model\.safetensors"):
     models.load_pretrained(_zip_with(tmp_path, members))
   (tmp_path / "junk.zip").write_text("not a zip")
   with pytest.raises(ValueError, match="not a zip archive"):
@@ -246,7 +246,7 @@ def test_compress_and_distil_two_steps(pretrained, tiny_teacher, method, tmp_pat
   for p in paths:
     info = infos[p]
     assert info["params"] <= info["dense_params"] // 4
-    n_in, n_out = np.shape(teacher.get_matrix(p).kernel[...])
+    _n_in, _n_out = np.shape(teacher.get_matrix(p).kernel[...])
     dense_kernel = np.asarray(teacher.get_matrix(p).kernel[...])
     # Data-aware: no worse on its own objective than the weight-only fit.
     w_only = train.output_error(dense_kernel, train.materialize(weight_only.get_matrix(p)),
@@ -291,7 +291,7 @@ def test_embedding_metrics_against_direct_formulas():
   student[7] = teacher[3]  # sentence 7's nearest teacher embedding is 3's
   got = train.embedding_metrics(student, teacher)
   cos = [float(s @ t / np.linalg.norm(s) / np.linalg.norm(t))
-         for s, t in zip(student, teacher)]
+         for s, t in zip(student, teacher, strict=True)]
   assert got["mean_cosine"] == pytest.approx(np.mean(cos))
   assert got["p5_cosine"] == pytest.approx(np.percentile(cos, 5))
   own = [int(np.argmax([s @ t for t in teacher]) == i) for i, s in enumerate(student)]

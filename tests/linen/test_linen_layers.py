@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import np_kron, random_factors
 from flax import nnx
+from layer_cases import FAST_INIT
 
 import kfc_jax
-from conftest import np_kron, random_factors
-from layer_cases import FAST_INIT
 
 
 def _dense_params(rng, kernel, bias=True):
@@ -110,6 +110,6 @@ def test_sharding_metadata_boxes_every_factor():
   # Unboxed, they are the plain arrays apply() needs.
   y = layer.apply({"params": params}, jnp.ones((2, 12)))
   assert y.shape == (2, 10)
-  with pytest.raises(ValueError, match="accept only a sharding.*'tag'"):
+  with pytest.raises(ValueError, match=r"accept only a sharding.*'tag'"):
     kfc_jax.linen.KroneckerLinear(12, 10, factor_metadata={"tag": 1}).init(
         jax.random.key(0), jnp.ones((1, 12)))

@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import np_kron, random_factors
 from flax import nnx
+from layer_cases import FAST_INIT, kfc_term_kernel, nnx_params
 
 import kfc_jax
-from conftest import np_kron, random_factors
-from layer_cases import FAST_INIT, kfc_term_kernel, nnx_params
 
 KFC = kfc_jax.nnx.KFC
 KroneckerLinear = kfc_jax.nnx.KroneckerLinear

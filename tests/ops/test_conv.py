@@ -284,7 +284,8 @@ class TestErrors:
       kfc_jax.kron_conv(jnp.ones((1, 4, 4, 6)), (self.A, self.B), strides=(1.5, 1))
 
   def test_bad_dilation(self):
-    with pytest.raises(ValueError, match=r"kernel_dilation must be a positive integer \(>= 1\), got 0"):
+    with pytest.raises(ValueError, match=r"kernel_dilation must be a positive integer"
+                       r" \(>= 1\), got 0"):
       kfc_jax.kron_conv(jnp.ones((1, 4, 4, 6)), (self.A, self.B), kernel_dilation=0)
 
   @pytest.mark.parametrize("padding", ["FULL", (1, 2, 3), ((1, 2), (3,)), 1.5], ids=str)
