@@ -31,11 +31,11 @@ def compile_fn(fn: Callable, *args) -> tuple[Callable, int]:
 
 
 def time_interleaved(
-    fns: Mapping[str, tuple[Callable, tuple]],
-    *,
-    repeats: int,
-    warmup: int = 3,
-    seed: int = 0,
+  fns: Mapping[str, tuple[Callable, tuple]],
+  *,
+  repeats: int,
+  warmup: int = 3,
+  seed: int = 0,
 ) -> dict[str, float]:
   """Median seconds per call of each compiled function, timed interleaved."""
   order = list(fns)
@@ -60,21 +60,20 @@ def environment(dtype: str) -> dict[str, Any]:
   cpu = platform.processor() or platform.machine()
   try:
     with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f
-                 if line.startswith("model name"))
+      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
   except (OSError, StopIteration):
     pass
   return {
-      "device": f"{device.platform}: {device.device_kind}",
-      "device_count": jax.device_count(),
-      "host_cpu": cpu,
-      "cpu_count": os.cpu_count(),
-      "dtype": dtype,
-      "jax": jax.__version__,
-      "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
-      "python": sys.version.split()[0],
-      "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-      "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    "device": f"{device.platform}: {device.device_kind}",
+    "device_count": jax.device_count(),
+    "host_cpu": cpu,
+    "cpu_count": os.cpu_count(),
+    "dtype": dtype,
+    "jax": jax.__version__,
+    "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
+    "python": sys.version.split()[0],
+    "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+    "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
   }
 
 
@@ -96,9 +95,16 @@ def parse_args(doc: str, argv=None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def run_grid(name: str, args: argparse.Namespace, grid, run_case: Callable,
-             summarize: Callable, progress: Callable, repeats: int,
-             checks_key: str) -> int:
+def run_grid(
+  name: str,
+  args: argparse.Namespace,
+  grid,
+  run_case: Callable,
+  summarize: Callable,
+  progress: Callable,
+  repeats: int,
+  checks_key: str,
+) -> int:
   """Runs ``run_case`` over ``grid``, then writes ``summarize``'s table.
 
   Results go to ``{args.out}/{name}_{backend}_{dtype}[_quick].json`` and

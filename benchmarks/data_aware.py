@@ -39,7 +39,7 @@ DATA = "/work/shared/data/mnist"
 def mnist_images(name: str) -> np.ndarray:
   with gzip.open(os.path.join(DATA, name)) as f:
     raw = f.read()
-  count, rows, cols = (int.from_bytes(raw[4 * i:4 * i + 4], "big") for i in (1, 2, 3))
+  count, rows, cols = (int.from_bytes(raw[4 * i : 4 * i + 4], "big") for i in (1, 2, 3))
   return np.frombuffer(raw, np.uint8, offset=16).reshape(count, rows, cols) / 255.0
 
 
@@ -49,8 +49,11 @@ def output_error(y, y_hat) -> float:
 
 def conv(x, kernel):
   with jax.enable_x64(True):
-    return np.asarray(jax.lax.conv_general_dilated(
-        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    return np.asarray(
+      jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+      )
+    )
 
 
 def dense_rows(train, test, rng):
@@ -61,25 +64,39 @@ def dense_rows(train, test, rng):
   rows = []
 
   def add(method, params, weight, data, seconds):
-    rows.append({"layer": "dense 784->256", "method": method, "params": params,
-                 "weight_error": weight.relative_error if hasattr(weight, "relative_error")
-                 else None,
-                 "test_output_error_weight_only": output_error(y_test, x_test @ weight_w(weight)),
-                 "test_output_error_data_aware": output_error(y_test, x_test @ weight_w(data)),
-                 "train_data_error_data_aware": data.data_error,
-                 "data_aware_seconds": seconds})
+    rows.append(
+      {
+        "layer": "dense 784->256",
+        "method": method,
+        "params": params,
+        "weight_error": weight.relative_error if hasattr(weight, "relative_error") else None,
+        "test_output_error_weight_only": output_error(y_test, x_test @ weight_w(weight)),
+        "test_output_error_data_aware": output_error(y_test, x_test @ weight_w(data)),
+        "train_data_error_data_aware": data.data_error,
+        "data_aware_seconds": seconds,
+      }
+    )
 
   for rank in (8, 32):
     start = time.perf_counter()
     data = kfc_jax.low_rank(w, rank, input_cov=cov)
-    add(f"low rank {rank}", rank * (784 + 256), kfc_jax.low_rank(w, rank), data,
-        time.perf_counter() - start)
+    add(
+      f"low rank {rank}",
+      rank * (784 + 256),
+      kfc_jax.low_rank(w, rank),
+      data,
+      time.perf_counter() - start,
+    )
   for rank in (4, 16):
     start = time.perf_counter()
     data = kfc_jax.nearest_kronecker(w, (28, 28), (16, 16), rank, input_cov=cov)
-    add(f"(28,16)x(28,16) rank {rank}", rank * 2 * 28 * 16,
-        kfc_jax.nearest_kronecker(w, (28, 28), (16, 16), rank), data,
-        time.perf_counter() - start)
+    add(
+      f"(28,16)x(28,16) rank {rank}",
+      rank * 2 * 28 * 16,
+      kfc_jax.nearest_kronecker(w, (28, 28), (16, 16), rank),
+      data,
+      time.perf_counter() - start,
+    )
   return rows
 
 
@@ -98,28 +115,30 @@ def conv_rows(train, test, rng):
   x_test = test[:2000, ..., None]
   y_test = conv(x_test, kernel)
   rows = []
-  for a_shape, b_shape, rank in (((5, 1, 1, 8), (1, 5, 1, 4), 2),
-                                 ((5, 1, 1, 4), (1, 5, 1, 8), 4)):
+  for a_shape, b_shape, rank in (((5, 1, 1, 8), (1, 5, 1, 4), 2), ((5, 1, 1, 4), (1, 5, 1, 8), 4)):
     weight = kfc_jax.gkpd(kernel, a_shape, b_shape, rank)
     start = time.perf_counter()
     data = kfc_jax.gkpd(kernel, a_shape, b_shape, rank, input_cov=stats)
     seconds = time.perf_counter() - start
-    k = lambda d, rank=rank: sum(np.kron(d.factors[0][r], d.factors[1][r])
-                                 for r in range(rank))
-    rows.append({
-        "layer": "conv 5x5x1x32", "method": f"gkpd {a_shape}x{b_shape} rank {rank}",
+    k = lambda d, rank=rank: sum(np.kron(d.factors[0][r], d.factors[1][r]) for r in range(rank))
+    rows.append(
+      {
+        "layer": "conv 5x5x1x32",
+        "method": f"gkpd {a_shape}x{b_shape} rank {rank}",
         "params": rank * (int(np.prod(a_shape)) + int(np.prod(b_shape))),
         "weight_error": weight.relative_error,
         "test_output_error_weight_only": output_error(y_test, conv(x_test, k(weight))),
         "test_output_error_data_aware": output_error(y_test, conv(x_test, k(data))),
-        "train_data_error_data_aware": data.data_error, "data_aware_seconds": seconds})
+        "train_data_error_data_aware": data.data_error,
+        "data_aware_seconds": seconds,
+      }
+    )
   return rows
 
 
 def timing_rows(rng):
   rows = []
-  for (m, n), ms, ns in (((384, 1536), (16, 24), (32, 48)),
-                         ((1536, 384), (32, 48), (16, 24))):
+  for (m, n), ms, ns in (((384, 1536), (16, 24), (32, 48)), ((1536, 384), (32, 48), (16, 24))):
     w = rng.standard_normal((m, n))
     x = rng.standard_normal((3000, m)) * np.exp(rng.standard_normal(m))
     cov = input_covariance(x @ (np.eye(m) + rng.standard_normal((m, m)) / np.sqrt(m)))
@@ -130,17 +149,33 @@ def timing_rows(rng):
       start = time.perf_counter()
       data = kfc_jax.nearest_kronecker(w, ms, ns, rank, input_cov=cov)
       t_data = time.perf_counter() - start
-      rows.append({"shape": [m, n], "split": [ms, ns], "rank": rank,
-                   "weight_only_seconds": t_weight, "data_aware_seconds": t_data,
-                   "data_error_weight_only": float(np.sqrt(
-                       np.sum((w - weight_w(weight)) * (cov.covariance @ (w - weight_w(weight))))
-                       / np.sum(w * (cov.covariance @ w)))),
-                   "data_error_data_aware": data.data_error})
+      rows.append(
+        {
+          "shape": [m, n],
+          "split": [ms, ns],
+          "rank": rank,
+          "weight_only_seconds": t_weight,
+          "data_aware_seconds": t_data,
+          "data_error_weight_only": float(
+            np.sqrt(
+              np.sum((w - weight_w(weight)) * (cov.covariance @ (w - weight_w(weight))))
+              / np.sum(w * (cov.covariance @ w))
+            )
+          ),
+          "data_error_data_aware": data.data_error,
+        }
+      )
     start = time.perf_counter()
     low = kfc_jax.low_rank(w, 64, input_cov=cov)
-    rows.append({"shape": [m, n], "split": "low rank", "rank": 64,
-                 "data_aware_seconds": time.perf_counter() - start,
-                 "data_error_data_aware": low.data_error})
+    rows.append(
+      {
+        "shape": [m, n],
+        "split": "low rank",
+        "rank": 64,
+        "data_aware_seconds": time.perf_counter() - start,
+        "data_error_data_aware": low.data_error,
+      }
+    )
   return rows
 
 
@@ -153,38 +188,51 @@ def main(argv=None) -> None:
   test = mnist_images("t10k-images-idx3-ubyte.gz")
   quality = dense_rows(train, test, rng) + conv_rows(train, test, rng)
   timing = timing_rows(rng)
-  env = {"machine": f"{platform.machine()}, {os.cpu_count()} cores (shared, loaded by"
-                    " other work), OPENBLAS_NUM_THREADS="
-                    f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}",
-         "command": " ".join(["python", *sys.argv]),
-         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+  env = {
+    "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared, loaded by"
+    " other work), OPENBLAS_NUM_THREADS="
+    f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}",
+    "command": " ".join(["python", *sys.argv]),
+    "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+  }
   os.makedirs(args.out, exist_ok=True)
   stem = os.path.join(args.out, "data_aware")
   with open(stem + ".json", "w") as f:
     json.dump({"env": env, "quality": quality, "timing": timing}, f, indent=1)
-  lines = ["# Data-aware vs weight-only decompositions", "",
-           f"`{env['command']}` on {env['machine']}, {env['date']}.", "",
-           "Output error = ||y - y_hat|| / ||y|| of the layer on the 10,000 MNIST test"
-           " images (2,000 for the conv); the covariance is from the 60,000 training"
-           " images. Weights are random Gaussian; the inputs are real.", "",
-           "| layer | method | params | weight error | output error, weight-only |"
-           " output error, data-aware | data-aware time (s) |",
-           "|---|---|---|---|---|---|---|"]
+  lines = [
+    "# Data-aware vs weight-only decompositions",
+    "",
+    f"`{env['command']}` on {env['machine']}, {env['date']}.",
+    "",
+    "Output error = ||y - y_hat|| / ||y|| of the layer on the 10,000 MNIST test"
+    " images (2,000 for the conv); the covariance is from the 60,000 training"
+    " images. Weights are random Gaussian; the inputs are real.",
+    "",
+    "| layer | method | params | weight error | output error, weight-only |"
+    " output error, data-aware | data-aware time (s) |",
+    "|---|---|---|---|---|---|---|",
+  ]
   for r in quality:
     lines.append(
-        f"| {r['layer']} | {r['method']} | {r['params']:,} | {r['weight_error']:.3f} |"
-        f" {r['test_output_error_weight_only']:.3f} | {r['test_output_error_data_aware']:.3f}"
-        f" | {r['data_aware_seconds']:.2f} |")
-  lines += ["", "Time at MiniLM FFN sizes, general covariance (3,000 synthetic rows):", "",
-            "| shape | split | rank | weight-only (s) | data-aware (s) |"
-            " data error, weight-only | data error, data-aware |",
-            "|---|---|---|---|---|---|---|"]
+      f"| {r['layer']} | {r['method']} | {r['params']:,} | {r['weight_error']:.3f} |"
+      f" {r['test_output_error_weight_only']:.3f} | {r['test_output_error_data_aware']:.3f}"
+      f" | {r['data_aware_seconds']:.2f} |"
+    )
+  lines += [
+    "",
+    "Time at MiniLM FFN sizes, general covariance (3,000 synthetic rows):",
+    "",
+    "| shape | split | rank | weight-only (s) | data-aware (s) |"
+    " data error, weight-only | data error, data-aware |",
+    "|---|---|---|---|---|---|---|",
+  ]
   for r in timing:
     lines.append(
-        f"| {r['shape'][0]}x{r['shape'][1]} | {r['split']} | {r['rank']} |"
-        f" {r.get('weight_only_seconds', float('nan')):.2f} | {r['data_aware_seconds']:.2f} |"
-        f" {r.get('data_error_weight_only', float('nan')):.3f} |"
-        f" {r['data_error_data_aware']:.3f} |")
+      f"| {r['shape'][0]}x{r['shape'][1]} | {r['split']} | {r['rank']} |"
+      f" {r.get('weight_only_seconds', float('nan')):.2f} | {r['data_aware_seconds']:.2f} |"
+      f" {r.get('data_error_weight_only', float('nan')):.3f} |"
+      f" {r['data_error_data_aware']:.3f} |"
+    )
   with open(stem + ".md", "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))

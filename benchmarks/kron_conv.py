@@ -55,27 +55,28 @@ import kfc_jax
 class Case:
   name: str
   batch: int
-  size: int          # H = W
-  channels: int      # C_in = C_out
-  a_shape: tuple[int, ...]   # (r, ah, aw, ai, ao)
-  b_shape: tuple[int, ...]   # (r, bh, bw, bi, bo)
+  size: int  # H = W
+  channels: int  # C_in = C_out
+  a_shape: tuple[int, ...]  # (r, ah, aw, ai, ao)
+  b_shape: tuple[int, ...]  # (r, bh, bw, bi, bo)
   strides: int = 1
 
 
 def _splits(c: int) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
   return [
-      ("3x3(x)1x1 r3", (3, 3, 3, c // 4, c // 4), (3, 1, 1, 4, 4)),
-      ("1x1(x)3x3 r3", (3, 1, 1, 4, 4), (3, 3, 3, c // 4, c // 4)),
-      ("3x3(x)1x1 r1", (1, 3, 3, c // 8, c // 8), (1, 1, 1, 8, 8)),
+    ("3x3(x)1x1 r3", (3, 3, 3, c // 4, c // 4), (3, 1, 1, 4, 4)),
+    ("1x1(x)3x3 r3", (3, 1, 1, 4, 4), (3, 3, 3, c // 4, c // 4)),
+    ("3x3(x)1x1 r1", (1, 3, 3, c // 8, c // 8), (1, 1, 1, 8, 8)),
   ]
 
 
-GRID = [Case(f"{c}->{c} @{s}x{s} {label}", 64, s, c, a, b)
-        for c, s in [(64, 32), (128, 32), (256, 32), (64, 16), (128, 16), (256, 16)]
-        for label, a, b in _splits(c)]
+GRID = [
+  Case(f"{c}->{c} @{s}x{s} {label}", 64, s, c, a, b)
+  for c, s in [(64, 32), (128, 32), (256, 32), (64, 16), (128, 16), (256, 16)]
+  for label, a, b in _splits(c)
+]
 
-QUICK_GRID = [Case(f"16->16 @8x8 {label}", 4, 8, 16, a, b)
-              for label, a, b in _splits(16)[:1]]
+QUICK_GRID = [Case(f"16->16 @8x8 {label}", 4, 8, 16, a, b) for label, a, b in _splits(16)[:1]]
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -84,74 +85,85 @@ def run_case(case: Case, dtype, repeats: int) -> dict:
   # NumPy draws: jax.random compiles for seconds per shape on CPU.
   rng = np.random.default_rng(0)
   normal = lambda shape, fan_in: jnp.asarray(
-      rng.standard_normal(shape, np.float32) / math.sqrt(fan_in), dtype)
+    rng.standard_normal(shape, np.float32) / math.sqrt(fan_in), dtype
+  )
   c = case.channels
   x = normal((case.batch, case.size, case.size, c), 1)
   a = normal(case.a_shape, math.prod(case.a_shape[1:4]))
   b = normal(case.b_shape, math.prod(case.b_shape[1:4]))
   kernel = normal((3, 3, c, c), 9 * c)
   s = case.strides
-  plan = kfc_jax.kron_conv_plan(x.shape, [case.a_shape, case.b_shape], strides=s,
-                                dtype=dtype)
+  plan = kfc_jax.kron_conv_plan(x.shape, [case.a_shape, case.b_shape], strides=s, dtype=dtype)
 
   fwd = {
-      "dense": (lambda x, k: lax.conv_general_dilated(
-          x, k, (s, s), "SAME", dimension_numbers=DN), (x, kernel)),
-      "materialized": (lambda x, a, b: kfc_jax.kron_conv(
-          x, (a, b), strides=s, strategy="materialize"), (x, a, b)),
-      "factored": (lambda x, a, b: kfc_jax.kron_conv(
-          x, (a, b), strides=s, strategy="factored"), (x, a, b)),
+    "dense": (
+      lambda x, k: lax.conv_general_dilated(x, k, (s, s), "SAME", dimension_numbers=DN),
+      (x, kernel),
+    ),
+    "materialized": (
+      lambda x, a, b: kfc_jax.kron_conv(x, (a, b), strides=s, strategy="materialize"),
+      (x, a, b),
+    ),
+    "factored": (
+      lambda x, a, b: kfc_jax.kron_conv(x, (a, b), strides=s, strategy="factored"),
+      (x, a, b),
+    ),
   }
 
   def with_grad(f, n_args):
     def loss(*args):
       return jnp.sum(f(*args).astype(jnp.float32))
+
     return jax.grad(loss, argnums=tuple(range(n_args)))
 
   results = {}
-  for mode, table in (("fwd", fwd),
-                      ("fwd+bwd", {k: (with_grad(f, len(a_)), a_)
-                                   for k, (f, a_) in fwd.items()})):
+  for mode, table in (
+    ("fwd", fwd),
+    ("fwd+bwd", {k: (with_grad(f, len(a_)), a_) for k, (f, a_) in fwd.items()}),
+  ):
     compiled, temps = {}, {}
     for label, (f, args) in table.items():
       compiled[label], temps[label] = _timing.compile_fn(f, *args)
     times = _timing.time_interleaved(
-        {label: (compiled[label], table[label][1]) for label in table},
-        repeats=repeats, warmup=1)
-    results[mode] = {label: {"ms": 1e3 * times[label], "temp_bytes": temps[label]}
-                     for label in table}
+      {label: (compiled[label], table[label][1]) for label in table}, repeats=repeats, warmup=1
+    )
+    results[mode] = {
+      label: {"ms": 1e3 * times[label], "temp_bytes": temps[label]} for label in table
+    }
   dense_params = 9 * c * c
   params = math.prod(case.a_shape) + math.prod(case.b_shape)
   return {
-      **dataclasses.asdict(case),
-      "params": params,
-      "compression": dense_params / params,
-      "plan": {"strategy": plan.strategy,
-               "predicted_ms": {p.strategy: 1e3 * p.seconds for p in plan.candidates},
-               "flops": {p.strategy: p.flops for p in plan.candidates},
-               "dense_flops": plan.dense_flops},
-      "results": results,
+    **dataclasses.asdict(case),
+    "params": params,
+    "compression": dense_params / params,
+    "plan": {
+      "strategy": plan.strategy,
+      "predicted_ms": {p.strategy: 1e3 * p.seconds for p in plan.candidates},
+      "flops": {p.strategy: p.flops for p in plan.candidates},
+      "dense_flops": plan.dense_flops,
+    },
+    "results": results,
   }
 
 
 def summarize(rows, env) -> tuple[str, list[str]]:
   lines = [
-      "# kron_conv benchmark",
-      "",
-      f"Device: {env['device']} ({env['host_cpu']}, {env['cpu_count']} cores); dtype"
-      f" {env['dtype']}; jax {env['jax']}; python {env['python']}; {env['date']}.",
-      f"Command: `{env['command']}`",
-      "",
-      "3x3 conv, C -> C, SAME, stride 1, NHWC. Median ms per call (interleaved,"
-      " after warm-up, `block_until_ready`); temporary memory of the compiled"
-      " program in MiB in brackets. `factored` = kron_conv (two small convs,"
-      " kernel never formed); `materialized` = kron_kernel + dense conv on every"
-      " call; `auto` = what the cost model picks (its measured time is that"
-      " competitor's). FLOPs = factored / dense.",
-      "",
-      "| layer | split | params (x) | FLOPs | mode | dense | materialized | factored |"
-      " factored vs dense | auto pick | auto vs best |",
-      "|---|---|---|---|---|---|---|---|---|---|---|",
+    "# kron_conv benchmark",
+    "",
+    f"Device: {env['device']} ({env['host_cpu']}, {env['cpu_count']} cores); dtype"
+    f" {env['dtype']}; jax {env['jax']}; python {env['python']}; {env['date']}.",
+    f"Command: `{env['command']}`",
+    "",
+    "3x3 conv, C -> C, SAME, stride 1, NHWC. Median ms per call (interleaved,"
+    " after warm-up, `block_until_ready`); temporary memory of the compiled"
+    " program in MiB in brackets. `factored` = kron_conv (two small convs,"
+    " kernel never formed); `materialized` = kron_kernel + dense conv on every"
+    " call; `auto` = what the cost model picks (its measured time is that"
+    " competitor's). FLOPs = factored / dense.",
+    "",
+    "| layer | split | params (x) | FLOPs | mode | dense | materialized | factored |"
+    " factored vs dense | auto pick | auto vs best |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   misses = []
   for row in rows:
@@ -164,27 +176,35 @@ def summarize(rows, env) -> tuple[str, list[str]]:
       mib = {k: v["temp_bytes"] / 2**20 for k, v in res.items()}
       best = min(ms["materialized"], ms["factored"])
       lines.append(
-          f"| {' '.join(layer)} | {split} | {row['params']:,} ({row['compression']:.1f}x)"
-          f" | {flops:.2f} | {mode}"
-          f" | {ms['dense']:.1f} [{mib['dense']:.1f}]"
-          f" | {ms['materialized']:.1f} [{mib['materialized']:.1f}]"
-          f" | {ms['factored']:.1f} [{mib['factored']:.1f}]"
-          f" | {ms['dense'] / ms['factored']:.2f}x | {pick}"
-          f" | {ms[label] / best:.2f}x |")
+        f"| {' '.join(layer)} | {split} | {row['params']:,} ({row['compression']:.1f}x)"
+        f" | {flops:.2f} | {mode}"
+        f" | {ms['dense']:.1f} [{mib['dense']:.1f}]"
+        f" | {ms['materialized']:.1f} [{mib['materialized']:.1f}]"
+        f" | {ms['factored']:.1f} [{mib['factored']:.1f}]"
+        f" | {ms['dense'] / ms['factored']:.2f}x | {pick}"
+        f" | {ms[label] / best:.2f}x |"
+      )
       if ms[label] > 1.10 * best:
-        misses.append(f"{row['name']} {mode}: auto picked {pick} ({ms[label]:.1f} ms),"
-                      f" the other took {best:.1f} ms")
-  lines += ["", "Cost-model misses (auto more than 10% slower than the better of"
-            " factored and materialized):", "" if misses else "none."]
+        misses.append(
+          f"{row['name']} {mode}: auto picked {pick} ({ms[label]:.1f} ms),"
+          f" the other took {best:.1f} ms"
+        )
+  lines += [
+    "",
+    "Cost-model misses (auto more than 10% slower than the better of factored and materialized):",
+    "" if misses else "none.",
+  ]
   lines += [f"- {m}" for m in misses]
   return "\n".join(lines) + "\n", misses
 
 
 def _progress(case, row) -> str:
   res = row["results"]["fwd"]
-  return (f"{case.name:32s} dense {res['dense']['ms']:8.2f} ms  materialized"
-          f" {res['materialized']['ms']:8.2f} ms  factored {res['factored']['ms']:8.2f}"
-          f" ms  (auto: {row['plan']['strategy']})")
+  return (
+    f"{case.name:32s} dense {res['dense']['ms']:8.2f} ms  materialized"
+    f" {res['materialized']['ms']:8.2f} ms  factored {res['factored']['ms']:8.2f}"
+    f" ms  (auto: {row['plan']['strategy']})"
+  )
 
 
 def main(argv=None):
@@ -192,8 +212,16 @@ def main(argv=None):
   # A 256-channel layer at 32x32 takes ~1 s forward on 2 CPU cores: 5 repeats
   # keep the full grid near 10 minutes.
   repeats = args.repeats or (3 if args.quick else 5)
-  return _timing.run_grid("kron_conv", args, QUICK_GRID if args.quick else GRID,
-                          run_case, summarize, _progress, repeats, "misses")
+  return _timing.run_grid(
+    "kron_conv",
+    args,
+    QUICK_GRID if args.quick else GRID,
+    run_case,
+    summarize,
+    _progress,
+    repeats,
+    "misses",
+  )
 
 
 if __name__ == "__main__":

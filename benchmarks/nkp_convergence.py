@@ -45,8 +45,7 @@ def old_cp_als(t, rank, max_sweeps, tol):
       gram = np.ones((rank, rank))
       for m in others:
         gram *= m.T @ m
-      modes[n] = np.linalg.lstsq(gram.T, (unfolded[n] @ _cp.khatri_rao(others)).T,
-                                 rcond=None)[0].T
+      modes[n] = np.linalg.lstsq(gram.T, (unfolded[n] @ _cp.khatri_rao(others)).T, rcond=None)[0].T
     err = np.linalg.norm(t - _cp.reconstruct(modes, t.shape)) / norm
     if prev - err < tol:
       prev = min(prev, err)
@@ -65,18 +64,19 @@ def case(seed: int):
   if rank < 2:
     return None
   factors = [rng.standard_normal((rank, m, n)) for m, n in zip(ms, ns, strict=True)]
-  w = sum(np.kron(np.kron(factors[0][r], factors[1][r]), factors[2][r])
-          for r in range(rank))
+  w = sum(np.kron(np.kron(factors[0][r], factors[1][r]), factors[2][r]) for r in range(rank))
   return ms, ns, rank, w
 
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--count", type=int, default=400, help="seeds 0..count-1")
-  parser.add_argument("--max-sweeps", type=int, default=None,
-                      help="pass max_sweeps (default: the library's default)")
-  parser.add_argument("--old", action="store_true",
-                      help="the fit before issue 15 item 8 (with --max-sweeps 100)")
+  parser.add_argument(
+    "--max-sweeps", type=int, default=None, help="pass max_sweeps (default: the library's default)"
+  )
+  parser.add_argument(
+    "--old", action="store_true", help="the fit before issue 15 item 8 (with --max-sweeps 100)"
+  )
   parser.add_argument("--label", default="current")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   args = parser.parse_args(argv)
@@ -92,42 +92,60 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     dec = kfc_jax.nearest_kronecker(w, ms, ns, rank, **options)
     seconds = time.perf_counter() - start
-    rows.append({"seed": seed, "in_factors": ms, "out_factors": ns, "rank": rank,
-                 "relative_error": dec.relative_error, "seconds": seconds})
+    rows.append(
+      {
+        "seed": seed,
+        "in_factors": ms,
+        "out_factors": ns,
+        "rank": rank,
+        "relative_error": dec.relative_error,
+        "seconds": seconds,
+      }
+    )
   errors = np.array([r["relative_error"] for r in rows])
   times = np.array([r["seconds"] for r in rows])
   failed = [r for r in rows if r["relative_error"] >= 1e-6]
   summary = {
-      "label": args.label, "options": options, "cases": len(rows),
-      "recovered": len(rows) - len(failed),
-      "worst_relative_error": float(errors.max()),
-      "median_relative_error": float(np.median(errors)),
-      "median_seconds": float(np.median(times)), "max_seconds": float(times.max()),
-      "total_seconds": float(times.sum()),
-      "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-                 " (shared, loaded by other work)",
-      "command": " ".join(["python", *sys.argv]),
-      "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    "label": args.label,
+    "options": options,
+    "cases": len(rows),
+    "recovered": len(rows) - len(failed),
+    "worst_relative_error": float(errors.max()),
+    "median_relative_error": float(np.median(errors)),
+    "median_seconds": float(np.median(times)),
+    "max_seconds": float(times.max()),
+    "total_seconds": float(times.sum()),
+    "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    " (shared, loaded by other work)",
+    "command": " ".join(["python", *sys.argv]),
+    "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
   }
   stem = os.path.join(args.out, f"nkp_convergence_{args.label}")
   os.makedirs(args.out, exist_ok=True)
   with open(stem + ".json", "w") as f:
     json.dump({"summary": summary, "cases": rows}, f, indent=1)
   lines = [
-      f"# Three-factor nearest_kronecker, exactly low-rank weights ({args.label})", "",
-      f"`{summary['command']}` on {summary['machine']}, {summary['date']}.", "",
-      f"- recovered (relative error < 1e-6): **{summary['recovered']} of"
-      f" {summary['cases']}**",
-      f"- worst relative error: {summary['worst_relative_error']:.3g}",
-      f"- time per decomposition: median {1e3 * summary['median_seconds']:.1f} ms,"
-      f" max {1e3 * summary['max_seconds']:.0f} ms, total"
-      f" {summary['total_seconds']:.1f} s", "",
+    f"# Three-factor nearest_kronecker, exactly low-rank weights ({args.label})",
+    "",
+    f"`{summary['command']}` on {summary['machine']}, {summary['date']}.",
+    "",
+    f"- recovered (relative error < 1e-6): **{summary['recovered']} of {summary['cases']}**",
+    f"- worst relative error: {summary['worst_relative_error']:.3g}",
+    f"- time per decomposition: median {1e3 * summary['median_seconds']:.1f} ms,"
+    f" max {1e3 * summary['max_seconds']:.0f} ms, total"
+    f" {summary['total_seconds']:.1f} s",
+    "",
   ]
   if failed:
-    lines += ["| seed | in_factors | out_factors | rank | relative error |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {r['seed']} | {r['in_factors']} | {r['out_factors']} | {r['rank']} |"
-              f" {r['relative_error']:.3g} |" for r in failed[:40]]
+    lines += [
+      "| seed | in_factors | out_factors | rank | relative error |",
+      "|---|---|---|---|---|",
+    ]
+    lines += [
+      f"| {r['seed']} | {r['in_factors']} | {r['out_factors']} | {r['rank']} |"
+      f" {r['relative_error']:.3g} |"
+      for r in failed[:40]
+    ]
     if len(failed) > 40:
       lines.append(f"| ... {len(failed) - 40} more | | | | |")
   with open(stem + ".md", "w") as f:

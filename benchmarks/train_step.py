@@ -36,11 +36,11 @@ VARIANTS = models.ALL_VARIANTS  # The nine rows of the MNIST table.
 
 def _step_fn(variant: str, batch):
   model = models.MnistCNN(variant, rngs=nnx.Rngs(0))
-  optimizer = nnx.Optimizer(model, loop.adam_with_l2(1e-3, 1e-4, "constant", None),
-                            wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, loop.adam_with_l2(1e-3, 1e-4, "constant", None), wrt=nnx.Param)
 
   def step(batch):
     return train.train_step(model, optimizer, batch)
+
   return step, (batch,)
 
 
@@ -52,26 +52,40 @@ def main(argv=None) -> int:
   rng = np.random.default_rng(0)
   rows = []
   for batch_size in batch_sizes:
-    batch = {"image": rng.integers(0, 256, (batch_size, *models.IMAGE_SHAPE), np.uint8),
-             "label": rng.integers(0, models.NUM_CLASSES, (batch_size,), np.int32)}
+    batch = {
+      "image": rng.integers(0, 256, (batch_size, *models.IMAGE_SHAPE), np.uint8),
+      "label": rng.integers(0, models.NUM_CLASSES, (batch_size,), np.int32),
+    }
     fns = {v: _step_fn(v, batch) for v in VARIANTS}
     times = _timing.time_interleaved(fns, repeats=repeats)
     rows.append({"batch": batch_size, "ms": {v: 1e3 * t for v, t in times.items()}})
     print(batch_size, {v: round(1e3 * t, 3) for v, t in times.items()}, flush=True)
-  lines = ["# MNIST CNN training step per FC variant", "",
-           f"Device: {env['device']} ({env['host_cpu']}, {env['cpu_count']} cores);"
-           f" jax {env['jax']}; python {env['python']}; {env['date']}.",
-           f"Command: `{env['command']}`", "",
-           "Median ms per `train_step` (Adam + L2, dropout on), interleaved in one"
-           " process; ratio = variant / Baseline (< 1: faster than dense).", "",
-           "| batch | " + " | ".join(VARIANTS) + " | " +
-           " | ".join(f"{v} / Baseline" for v in VARIANTS[1:]) + " |",
-           "|---|" + "---|" * (2 * len(VARIANTS) - 1)]
+  lines = [
+    "# MNIST CNN training step per FC variant",
+    "",
+    f"Device: {env['device']} ({env['host_cpu']}, {env['cpu_count']} cores);"
+    f" jax {env['jax']}; python {env['python']}; {env['date']}.",
+    f"Command: `{env['command']}`",
+    "",
+    "Median ms per `train_step` (Adam + L2, dropout on), interleaved in one"
+    " process; ratio = variant / Baseline (< 1: faster than dense).",
+    "",
+    "| batch | "
+    + " | ".join(VARIANTS)
+    + " | "
+    + " | ".join(f"{v} / Baseline" for v in VARIANTS[1:])
+    + " |",
+    "|---|" + "---|" * (2 * len(VARIANTS) - 1),
+  ]
   for row in rows:
     ms = row["ms"]
-    lines.append(f"| {row['batch']} | " + " | ".join(f"{ms[v]:.3f}" for v in VARIANTS)
-                 + " | " + " | ".join(f"{ms[v] / ms['Baseline']:.2f}x"
-                                      for v in VARIANTS[1:]) + " |")
+    lines.append(
+      f"| {row['batch']} | "
+      + " | ".join(f"{ms[v]:.3f}" for v in VARIANTS)
+      + " | "
+      + " | ".join(f"{ms[v] / ms['Baseline']:.2f}x" for v in VARIANTS[1:])
+      + " |"
+    )
   markdown = "\n".join(lines) + "\n"
   suffix = "_quick" if args.quick else ""
   stem = os.path.join(args.out, f"train_step_{jax.default_backend()}_{args.dtype}{suffix}")

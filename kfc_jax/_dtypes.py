@@ -30,16 +30,20 @@ REAL_FLOATING = ("float16", "bfloat16", "float32", "float64")
 def factor_dtype(dtype: Any, name: str) -> None:
   """Checks that a factor's dtype is real floating (the dtype policy)."""
   if not jnp.issubdtype(dtype, jnp.floating):
-    extra = (" (complex factors are not supported: kfc_jax's ops, layers and"
-             " decompositions are real-valued)"
-             if jnp.issubdtype(dtype, jnp.complexfloating) else "")
+    extra = (
+      " (complex factors are not supported: kfc_jax's ops, layers and"
+      " decompositions are real-valued)"
+      if jnp.issubdtype(dtype, jnp.complexfloating)
+      else ""
+    )
     raise TypeError(
-        f"{name} must have a real floating dtype (one of {REAL_FLOATING}), got"
-        f" {dtype}{extra}.")
+      f"{name} must have a real floating dtype (one of {REAL_FLOATING}), got {dtype}{extra}."
+    )
 
 
-def compute_dtype(x: Any, factors: Sequence[Any], preferred_element_type: Any,
-                  name: str = "x") -> tuple[Any, Any]:
+def compute_dtype(
+  x: Any, factors: Sequence[Any], preferred_element_type: Any, name: str = "x"
+) -> tuple[Any, Any]:
   """Applies the dtype policy to validated factors and ``x``.
 
   Returns:
@@ -48,15 +52,20 @@ def compute_dtype(x: Any, factors: Sequence[Any], preferred_element_type: Any,
     every op is ``pet`` if given, else ``dtype``.
   """
   x_dtype = x.dtype
-  if not (jnp.issubdtype(x_dtype, jnp.floating)
-          or jnp.issubdtype(x_dtype, jnp.integer)
-          or jnp.issubdtype(x_dtype, jnp.bool_)):
-    extra = (" (complex inputs are not supported: kfc_jax's ops, layers and"
-             " decompositions are real-valued)"
-             if jnp.issubdtype(x_dtype, jnp.complexfloating) else "")
+  if not (
+    jnp.issubdtype(x_dtype, jnp.floating)
+    or jnp.issubdtype(x_dtype, jnp.integer)
+    or jnp.issubdtype(x_dtype, jnp.bool_)
+  ):
+    extra = (
+      " (complex inputs are not supported: kfc_jax's ops, layers and"
+      " decompositions are real-valued)"
+      if jnp.issubdtype(x_dtype, jnp.complexfloating)
+      else ""
+    )
     raise TypeError(
-        f"{name} must have a real floating, integer or bool dtype, got"
-        f" {x_dtype}{extra}.")
+      f"{name} must have a real floating, integer or bool dtype, got {x_dtype}{extra}."
+    )
   dtype = jnp.result_type(x_dtype, *(f.dtype for f in factors))
   pet = optional_float_dtype(preferred_element_type, "preferred_element_type")
   return dtype, pet
@@ -70,8 +79,8 @@ def as_array(value: Any, name: str) -> Any:
     return jnp.asarray(value)
   except (TypeError, ValueError) as e:
     raise TypeError(
-        f"{name} must be an array of numbers, got {value!r} of type"
-        f" {type(value).__name__}.") from e
+      f"{name} must be an array of numbers, got {value!r} of type {type(value).__name__}."
+    ) from e
 
 
 def optional_float_dtype(value: Any, name: str, allow_none: bool = True) -> Any:
@@ -86,20 +95,27 @@ def optional_float_dtype(value: Any, name: str, allow_none: bool = True) -> Any:
     none = "None or " if allow_none else ""
     shown = dtype.name if dtype is not None else repr(value)
     raise TypeError(
-        f"{name} must be {none}a real floating dtype (one of {REAL_FLOATING}),"
-        f" got {shown}.")
+      f"{name} must be {none}a real floating dtype (one of {REAL_FLOATING}), got {shown}."
+    )
   return dtype
 
 
-def layer_options(*, dtype: Any, param_dtype: Any, preferred_element_type: Any,
-                  rngs: Any = None, check_rngs: bool = False) -> None:
+def layer_options(
+  *,
+  dtype: Any,
+  param_dtype: Any,
+  preferred_element_type: Any,
+  rngs: Any = None,
+  check_rngs: bool = False,
+) -> None:
   """Checks the options every layer shares (the dtype policy, ``rngs``)."""
   optional_float_dtype(dtype, "dtype")
   optional_float_dtype(param_dtype, "param_dtype", allow_none=False)
   optional_float_dtype(preferred_element_type, "preferred_element_type")
   if check_rngs:
     from flax import nnx  # the NNX layers only
+
     if not isinstance(rngs, nnx.Rngs):
       raise TypeError(
-          f"rngs must be an nnx.Rngs (e.g. nnx.Rngs(0)), got {rngs!r} of type"
-          f" {type(rngs).__name__}.")
+        f"rngs must be an nnx.Rngs (e.g. nnx.Rngs(0)), got {rngs!r} of type {type(rngs).__name__}."
+      )

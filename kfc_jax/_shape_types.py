@@ -27,7 +27,7 @@ def _factorizations(n: int, k: int, largest: int) -> tuple[tuple[int, ...], ...]
     return ((n,),) if n <= largest else ()
   out = []
   for d in range(min(n, largest), 0, -1):
-    if n % d == 0 and d ** k >= n:
+    if n % d == 0 and d**k >= n:
       out.extend((d, *rest) for rest in _factorizations(n // d, k - 1, d))
   return tuple(out)
 
@@ -112,25 +112,27 @@ class KroneckerShape:
     _checks.positive_int(self.rank, "rank")
     if len(ms) != len(ns):
       raise ValueError(
-          f"in_factors and out_factors must have the same length, got"
-          f" in_factors={ms} and out_factors={ns}.")
+        f"in_factors and out_factors must have the same length, got"
+        f" in_factors={ms} and out_factors={ns}."
+      )
     if math.prod(ms) < self.in_features:
       example = factorize(padded_size(self.in_features, len(ms)), len(ms))
       raise ValueError(
-          f"in_factors {ms} multiply to {math.prod(ms)}, fewer than"
-          f" in_features={self.in_features}; they must multiply to at least it,"
-          f" e.g. {example}.")
+        f"in_factors {ms} multiply to {math.prod(ms)}, fewer than"
+        f" in_features={self.in_features}; they must multiply to at least it,"
+        f" e.g. {example}."
+      )
     if math.prod(ns) < self.out_features:
       example = factorize(padded_size(self.out_features, len(ns)), len(ns))
       raise ValueError(
-          f"out_factors {ns} multiply to {math.prod(ns)}, fewer than"
-          f" out_features={self.out_features}; they must multiply to at least"
-          f" it, e.g. {example}.")
+        f"out_factors {ns} multiply to {math.prod(ns)}, fewer than"
+        f" out_features={self.out_features}; they must multiply to at least"
+        f" it, e.g. {example}."
+      )
 
   @property
   def factor_shapes(self) -> tuple[tuple[int, int, int], ...]:
-    return tuple((self.rank, m, n)
-                 for m, n in zip(self.in_factors, self.out_factors, strict=True))
+    return tuple((self.rank, m, n) for m, n in zip(self.in_factors, self.out_factors, strict=True))
 
   @property
   def term(self) -> KroneckerTerm:
@@ -139,8 +141,10 @@ class KroneckerShape:
 
   @property
   def padded(self) -> bool:
-    return (math.prod(self.in_factors) != self.in_features
-            or math.prod(self.out_factors) != self.out_features)
+    return (
+      math.prod(self.in_factors) != self.in_features
+      or math.prod(self.out_factors) != self.out_features
+    )
 
   @property
   def params(self) -> int:
@@ -158,8 +162,7 @@ class KroneckerShape:
 
   def flops(self, batch: int = 1, dtype: Any = jnp.float32) -> int:
     """FLOPs of ``kron_matmul``'s auto plan for ``batch`` rows."""
-    plan = kron_matmul_plan(
-        (batch, math.prod(self.in_factors)), self.factor_shapes, dtype=dtype)
+    plan = kron_matmul_plan((batch, math.prod(self.in_factors)), self.factor_shapes, dtype=dtype)
     return plan.chosen.flops
 
   def dense_flops(self, batch: int = 1) -> int:
@@ -192,16 +195,18 @@ class KroneckerTerm:
   formulation: Formulation | None = None
 
   def __repr__(self) -> str:
-    formulation = ("" if self.formulation is None
-                   else f", formulation={self.formulation.name!r}")
-    return (f"KroneckerTerm(in_factors={self.in_factors}, out_factors="
-            f"{self.out_factors}, rank={self.rank}{formulation})")
+    formulation = "" if self.formulation is None else f", formulation={self.formulation.name!r}"
+    return (
+      f"KroneckerTerm(in_factors={self.in_factors}, out_factors="
+      f"{self.out_factors}, rank={self.rank}{formulation})"
+    )
 
   def _resolved(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
     if self.in_factors is None or self.out_factors is None:
       raise ValueError(
-          f"{self!r} has unset factors; a layer resolves them (see"
-          " kfc_jax.suggest_factors) before they can be counted.")
+        f"{self!r} has unset factors; a layer resolves them (see"
+        " kfc_jax.suggest_factors) before they can be counted."
+      )
     return self.in_factors, self.out_factors
 
   @property

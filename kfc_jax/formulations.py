@@ -88,12 +88,14 @@ class Formulation:
     flat = [a for g in self.groups for a in g]
     if sorted(flat) != sorted(AXES) or any(not g for g in self.groups):
       raise ValueError(
-          f"Formulation {self.name!r}: groups must split the axes {AXES} into"
-          f" non-empty groups, each axis once, got {self.groups}.")
+        f"Formulation {self.name!r}: groups must split the axes {AXES} into"
+        f" non-empty groups, each axis once, got {self.groups}."
+      )
     if self.fixed_out is not None and len(self.fixed_out) != len(self.groups):
       raise ValueError(
-          f"Formulation {self.name!r}: fixed_out needs one entry per group"
-          f" ({len(self.groups)}), got {self.fixed_out}.")
+        f"Formulation {self.name!r}: fixed_out needs one entry per group"
+        f" ({len(self.groups)}), got {self.fixed_out}."
+      )
 
   @property
   def num_factors(self) -> int:
@@ -117,14 +119,13 @@ class Formulation:
     split = iter(factorize(rest, len(free)) if free else ())
     return tuple(f if f is not None else next(split) for f in fixed)
 
-  def factor_shapes(self, in_shape: Sequence[int], out_factors: Sequence[int],
-                    rank: int = 1) -> tuple[tuple[int, int, int], ...]:
+  def factor_shapes(
+    self, in_shape: Sequence[int], out_factors: Sequence[int], rank: int = 1
+  ) -> tuple[tuple[int, int, int], ...]:
     """``(rank, m_f, n_f)`` of each factor."""
-    return tuple((rank, m, n)
-                 for m, n in zip(self.in_factors(in_shape), out_factors, strict=True))
+    return tuple((rank, m, n) for m, n in zip(self.in_factors(in_shape), out_factors, strict=True))
 
-  def params(self, in_shape: Sequence[int], out_factors: Sequence[int],
-             rank: int = 1) -> int:
+  def params(self, in_shape: Sequence[int], out_factors: Sequence[int], rank: int = 1) -> int:
     """Number of factor parameters of one term."""
     return sum(math.prod(s) for s in self.factor_shapes(in_shape, out_factors, rank))
 
@@ -139,8 +140,7 @@ class Formulation:
     """
     x = jnp.asarray(x) if not hasattr(x, "ndim") else x
     if x.ndim < 3:
-      raise ValueError(
-          f"x must have shape [*batch, H, W, C], got shape {tuple(x.shape)}.")
+      raise ValueError(f"x must have shape [*batch, H, W, C], got shape {tuple(x.shape)}.")
     lead = x.ndim - 3
     perm = self.permutation
     if perm != (0, 1, 2):
@@ -149,8 +149,9 @@ class Formulation:
     x = x.reshape(*x.shape[:lead], math.prod(x.shape[lead:]))
     return kron_matmul(x, factors, **kron_kwargs)
 
-  def materialize(self, factors: Sequence[Any], in_shape: Sequence[int],
-                  **kron_kwargs: Any) -> jnp.ndarray:
+  def materialize(
+    self, factors: Sequence[Any], in_shape: Sequence[int], **kron_kwargs: Any
+  ) -> jnp.ndarray:
     """The dense weight ``[H*W*C, O]`` (rows in NHWC order) of one term."""
     w = kron(factors, **kron_kwargs)
     grouped = [in_shape[p] for p in self.permutation]
@@ -158,16 +159,16 @@ class Formulation:
     inverse = np.argsort(self.permutation)
     return jnp.transpose(w, (*inverse, 3)).reshape(math.prod(in_shape), -1)
 
-  def sum_term(self, in_shape: Sequence[int], out_factors: Sequence[int],
-               rank: int = 1) -> KroneckerSumTerm:
+  def sum_term(
+    self, in_shape: Sequence[int], out_factors: Sequence[int], rank: int = 1
+  ) -> KroneckerSumTerm:
     """This term as a cut of ``W.reshape(H, W, C, *out_factors)``."""
-    axes = tuple(
-        (*(AXES.index(a) for a in g), 3 + f)
-        for f, g in enumerate(self.groups))
+    axes = tuple((*(AXES.index(a) for a in g), 3 + f) for f, g in enumerate(self.groups))
     return KroneckerSumTerm(tuple(in_shape), tuple(out_factors), axes, rank)
 
-  def decompose(self, w: Any, in_shape: Sequence[int],
-                out_factors: Sequence[int], rank: int = 1) -> KroneckerDecomposition:
+  def decompose(
+    self, w: Any, in_shape: Sequence[int], out_factors: Sequence[int], rank: int = 1
+  ) -> KroneckerDecomposition:
     """Nearest ``rank``-term factors of a dense ``w: [H*W*C, O]``.
 
     Optimal for two factors (the truncated SVD of the weight rearranged over
@@ -180,52 +181,63 @@ class Formulation:
     w = _checks.finite_matrix(w, "w")
     if w.shape != (math.prod(in_shape), math.prod(out_factors)):
       raise ValueError(
-          "w must have shape [H*W*C, O] ="
-          f" {[math.prod(in_shape), math.prod(out_factors)]}"
-          f" for in_shape {in_shape} and out_factors {tuple(out_factors)}, got"
-          f" {list(w.shape)}.")
+        "w must have shape [H*W*C, O] ="
+        f" {[math.prod(in_shape), math.prod(out_factors)]}"
+        f" for in_shape {in_shape} and out_factors {tuple(out_factors)}, got"
+        f" {list(w.shape)}."
+      )
     term = self.sum_term(in_shape, out_factors, rank)
-    dec = nearest_kronecker_tensor(w.reshape(*in_shape, *out_factors),
-                                   term.factor_axes, rank)
-    factors = tuple(f.reshape(rank, m, n) for f, (_, m, n) in zip(
-        dec.factors, self.factor_shapes(in_shape, out_factors, rank), strict=True))
+    dec = nearest_kronecker_tensor(w.reshape(*in_shape, *out_factors), term.factor_axes, rank)
+    factors = tuple(
+      f.reshape(rank, m, n)
+      for f, (_, m, n) in zip(
+        dec.factors, self.factor_shapes(in_shape, out_factors, rank), strict=True
+      )
+    )
     return dec._replace(factors=factors)
 
 
 FORMULATION_I = Formulation(
-    "I", (("C",), ("H", "W")), fixed_out=(None, 1),
-    description=(
-        "A: C -> O, B: H*W -> 1. The channel transform is the same at every"
-        " position and B is a learned spatial weighting. The paper's text for"
-        " formulation I is garbled in the copy we hold; this is our reading,"
-        " the only one consistent with its parameter counts (KFC-I keeps more"
-        " parameters than KFC-II). It is formulation II with O2 = 1."))
+  "I",
+  (("C",), ("H", "W")),
+  fixed_out=(None, 1),
+  description=(
+    "A: C -> O, B: H*W -> 1. The channel transform is the same at every"
+    " position and B is a learned spatial weighting. The paper's text for"
+    " formulation I is garbled in the copy we hold; this is our reading,"
+    " the only one consistent with its parameter counts (KFC-I keeps more"
+    " parameters than KFC-II). It is formulation II with O2 = 1."
+  ),
+)
 FORMULATION_II = Formulation(
-    "II", (("C",), ("H", "W")),
-    description="A: C -> O1, B: H*W -> O2; channel transform decoupled from"
-    " the spatial transform.")
+  "II",
+  (("C",), ("H", "W")),
+  description="A: C -> O1, B: H*W -> O2; channel transform decoupled from the spatial transform.",
+)
 FORMULATION_III = Formulation(
-    "III", (("C", "H"), ("W",)),
-    description="A: C*H -> O1, B: W -> O2; columns decoupled.")
+  "III", (("C", "H"), ("W",)), description="A: C*H -> O1, B: W -> O2; columns decoupled."
+)
 FORMULATION_IV = Formulation(
-    "IV", (("C", "W"), ("H",)),
-    description="A: C*W -> O1, B: H -> O2; rows decoupled.")
+  "IV", (("C", "W"), ("H",)), description="A: C*W -> O1, B: H -> O2; rows decoupled."
+)
 # Named by its groups rather than "V": the paper lists I-IV only, and this
 # three-factor split (every axis its own factor) is our extension.
 FORMULATION_CHW = Formulation(
-    "CHW", (("C",), ("H",), ("W",)),
-    description="A: C -> O1, B: H -> O2, D: W -> O3; channels, rows and"
-    " columns all decoupled (an extension; not in the paper).")
+  "CHW",
+  (("C",), ("H",), ("W",)),
+  description="A: C -> O1, B: H -> O2, D: W -> O3; channels, rows and"
+  " columns all decoupled (an extension; not in the paper).",
+)
 
 #: Every formulation by name (``"I"``, ``"II"``, ``"III"``, ``"IV"``, ``"CHW"``);
 #: :class:`Formulation`'s example reads it.
 FORMULATIONS: Mapping[str, Formulation] = {
-    f.name: f for f in (FORMULATION_I, FORMULATION_II, FORMULATION_III,
-                        FORMULATION_IV, FORMULATION_CHW)}
+  f.name: f
+  for f in (FORMULATION_I, FORMULATION_II, FORMULATION_III, FORMULATION_IV, FORMULATION_CHW)
+}
 
 
-def get_formulation(formulation: str | Formulation, name: str = "formulation"
-                    ) -> Formulation:
+def get_formulation(formulation: str | Formulation, name: str = "formulation") -> Formulation:
   """Looks up a formulation by name (``"I"``, ``"II"``, ``"III"``, ``"IV"``, ``"CHW"``).
 
   Example usage::
@@ -240,8 +252,8 @@ def get_formulation(formulation: str | Formulation, name: str = "formulation"
   if isinstance(formulation, str) and formulation.upper() in FORMULATIONS:
     return FORMULATIONS[formulation.upper()]
   raise ValueError(
-      f"{name} must be one of {tuple(FORMULATIONS)} or a Formulation, got"
-      f" {formulation!r}.")
+    f"{name} must be one of {tuple(FORMULATIONS)} or a Formulation, got {formulation!r}."
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,8 +288,8 @@ class KFCTerm:
   def _out(self) -> tuple[int, ...]:
     if self.out_factors is None:
       raise ValueError(
-          f"{self!r} has no out_factors yet; resolve_terms(terms, out_features)"
-          " picks them.")
+        f"{self!r} has no out_factors yet; resolve_terms(terms, out_features) picks them."
+      )
     return tuple(self.out_factors)
 
   def factor_shapes(self, in_shape: Sequence[int]) -> tuple[tuple[int, int, int], ...]:
@@ -304,8 +316,9 @@ def _resolve_term(term: Any, i: int, out_features: int) -> KFCTerm:
     term = KFCTerm(*term)
   elif not isinstance(term, KFCTerm):
     raise TypeError(
-        f"{where} must be (formulation, out_factors), (formulation,"
-        f" out_factors, rank), a formulation name or a KFCTerm, got {term!r}.")
+      f"{where} must be (formulation, out_factors), (formulation,"
+      f" out_factors, rank), a formulation name or a KFCTerm, got {term!r}."
+    )
   spec = get_formulation(term.formulation, f"{where} formulation")
   rank = _checks.positive_int(term.rank, f"{where} rank")
   k = spec.num_factors
@@ -315,17 +328,22 @@ def _resolve_term(term: Any, i: int, out_features: int) -> KFCTerm:
     out = _checks.int_tuple(term.out_factors, f"{where} out_factors")
   example = spec.default_out_factors(out_features)
   if len(out) != k or math.prod(out) != out_features:
-    choices = (f"e.g. {example}" if k != 2 or spec.fixed_out else
-               "e.g. " + ", ".join(map(str, _checks.balanced_pairs(out_features))))
+    choices = (
+      f"e.g. {example}"
+      if k != 2 or spec.fixed_out
+      else "e.g. " + ", ".join(map(str, _checks.balanced_pairs(out_features)))
+    )
     raise ValueError(
-        f"{where} (formulation {spec.name}) out_factors must be {k} positive"
-        f" integers multiplying to out_features={out_features}, got {out}"
-        f" (product {math.prod(out)}); {choices}.")
+      f"{where} (formulation {spec.name}) out_factors must be {k} positive"
+      f" integers multiplying to out_features={out_features}, got {out}"
+      f" (product {math.prod(out)}); {choices}."
+    )
   for f, fixed in enumerate(spec.fixed_out or ()):
     if fixed is not None and out[f] != fixed:
       raise ValueError(
-          f"{where} (formulation {spec.name}) fixes output factor {f} to"
-          f" {fixed}, got out_factors={out}; use {example}.")
+        f"{where} (formulation {spec.name}) fixes output factor {f} to"
+        f" {fixed}, got out_factors={out}; use {example}."
+      )
   return KFCTerm(spec, out, rank)
 
 
@@ -350,7 +368,7 @@ def resolve_terms(terms: Any, out_features: int) -> tuple[KFCTerm, ...]:
     terms = [terms]
   if not isinstance(terms, Sequence) or not terms:
     raise TypeError(
-        f"terms must be a non-empty list of terms such as [('II', (64, 4))],"
-        f" got {terms!r}.")
+      f"terms must be a non-empty list of terms such as [('II', (64, 4))], got {terms!r}."
+    )
   out_features = _checks.positive_int(out_features, "out_features")
   return tuple(_resolve_term(t, i, out_features) for i, t in enumerate(terms))

@@ -30,46 +30,47 @@ def _ordered_factorizations(n: int, k: int) -> set[tuple[int, ...]]:
   return {p for f in _factorizations(n, k, n) for p in itertools.permutations(f)}
 
 
-def _best_split_by_error(in_features: int, out_features: int, weight: Any, k: int,
-                         max_params: int | None, rank: int | None
-                         ) -> KroneckerShape | None:
+def _best_split_by_error(
+  in_features: int, out_features: int, weight: Any, k: int, max_params: int | None, rank: int | None
+) -> KroneckerShape | None:
   """``suggest_factors(prefer="error")``: the search's best two-factor split."""
   from kfc_jax import _search  # the search imports decompose, which imports us
+
   if weight is None:
     raise ValueError("prefer='error' needs the trained kernel; pass weight=.")
   w = _checks.finite_matrix(weight, "weight")
   if w.shape != (in_features, out_features):
-    raise ValueError(f"weight must have shape [in_features, out_features] ="
-                     f" {[in_features, out_features]}, got {list(w.shape)}.")
+    raise ValueError(
+      f"weight must have shape [in_features, out_features] ="
+      f" {[in_features, out_features]}, got {list(w.shape)}."
+    )
   if max_params is None:
-    raise ValueError("prefer='error' chooses within a budget; pass max_params or"
-                     " compression.")
+    raise ValueError("prefer='error' chooses within a budget; pass max_params or compression.")
   if k != 2:
-    raise ValueError(f"prefer='error' scores two-factor splits; got k={k}. Use"
-                     " prefer='params' for more factors.")
+    raise ValueError(
+      f"prefer='error' scores two-factor splits; got k={k}. Use prefer='params' for more factors."
+    )
   try:
-    result = _search.search_dense(w, max_params=max_params, methods=("kronecker",),
-                                  rank=rank)
+    result = _search.search_dense(w, max_params=max_params, methods=("kronecker",), rank=rank)
   except ValueError:
     return None  # no exact split fits (e.g. a prime size): pad instead
   best = result.best_of("kronecker")
   if best is None or best.in_factors is None or best.out_factors is None:
     return None
-  return KroneckerShape(in_features, out_features, best.in_factors, best.out_factors,
-                        best.rank)
+  return KroneckerShape(in_features, out_features, best.in_factors, best.out_factors, best.rank)
 
 
 def suggest_factors(
-    in_features: int,
-    out_features: int,
-    *,
-    k: int = 2,
-    max_params: int | None = None,
-    compression: float | None = None,
-    rank: int | None = None,
-    max_imbalance: float = 2.0,
-    weight: Any = None,
-    prefer: str | None = None,
+  in_features: int,
+  out_features: int,
+  *,
+  k: int = 2,
+  max_params: int | None = None,
+  compression: float | None = None,
+  rank: int | None = None,
+  max_imbalance: float = 2.0,
+  weight: Any = None,
+  prefer: str | None = None,
 ) -> KroneckerShape:
   """Suggests factor shapes (and rank) for a Kronecker layer.
 
@@ -132,9 +133,10 @@ def suggest_factors(
     max_params = int(in_features * out_features / compression)
     if max_params < 1:
       raise ValueError(
-          f"compression={compression} leaves less than one parameter of the"
-          f" {in_features}x{out_features} layer; use at most"
-          f" {in_features * out_features}.")
+        f"compression={compression} leaves less than one parameter of the"
+        f" {in_features}x{out_features} layer; use at most"
+        f" {in_features * out_features}."
+      )
   if max_params is not None:
     max_params = _checks.positive_int(max_params, "max_params")
   if prefer is None:
@@ -161,24 +163,26 @@ def suggest_factors(
   for ms in in_choices:
     for ns in out_choices:
       per_rank = sum(a * b for a, b in zip(ms, ns, strict=True))
-      max_rank = min(per_rank and max_params // per_rank,
-                     (m * n) // max(a * b for a, b in zip(ms, ns, strict=True)))
+      max_rank = min(
+        per_rank and max_params // per_rank,
+        (m * n) // max(a * b for a, b in zip(ms, ns, strict=True)),
+      )
       ranks = [rank] if rank is not None else [max_rank]
       for r in ranks:
         if r < 1 or r * per_rank > max_params:
           continue
         proper = all(a > 1 and b > 1 for a, b in zip(ms, ns, strict=True))
-        key = (proper, r * per_rank, -imbalance(ms, ns),
-               -max(ms) - max(ns), ms, ns)
+        key = (proper, r * per_rank, -imbalance(ms, ns), -max(ms) - max(ns), ms, ns)
         if best is None or key > best[0]:
           best = (key, ms, ns, r)
   if best is None:
     smallest = KroneckerShape(in_features, out_features, *balanced, rank or 1)
     raise ValueError(
-        f"no {k}-factor Kronecker layer {in_features}->{out_features}"
-        f"{'' if rank is None else f' of rank {rank}'} fits max_params="
-        f"{max_params}; the smallest has {smallest.params} parameters"
-        f" (in_factors={balanced[0]}, out_factors={balanced[1]}). Raise the"
-        " budget or use more factors (k).")
+      f"no {k}-factor Kronecker layer {in_features}->{out_features}"
+      f"{'' if rank is None else f' of rank {rank}'} fits max_params="
+      f"{max_params}; the smallest has {smallest.params} parameters"
+      f" (in_factors={balanced[0]}, out_factors={balanced[1]}). Raise the"
+      " budget or use more factors (k)."
+    )
   _, ms, ns, r = best
   return KroneckerShape(in_features, out_features, ms, ns, r)

@@ -77,19 +77,45 @@ class ModelSummary:
 
   def table(self) -> str:
     """The summary as a text table, one row per layer and a total."""
-    header = ("path", "layer", "in -> out", "params", "dense params", "saved",
-              "FLOPs", "dense FLOPs", "speedup")
+    header = (
+      "path",
+      "layer",
+      "in -> out",
+      "params",
+      "dense params",
+      "saved",
+      "FLOPs",
+      "dense FLOPs",
+      "speedup",
+    )
     lines = []
     for r in self.rows:
       c = r.cost
       layer = f"{c.kind} {c.detail}".strip()
-      lines.append((r.path or "(root)", layer, f"{c.in_features} -> {c.out_features}",
-                    f"{c.params:,}", f"{c.dense_params:,}",
-                    ratio(c.dense_params, c.params), f"{c.flops:,}",
-                    f"{c.dense_flops:,}", ratio(c.dense_flops, c.flops)))
-    total = ("total", "", "", f"{self.params:,}", f"{self.dense_params:,}",
-             ratio(self.dense_params, self.params), f"{self.flops:,}",
-             f"{self.dense_flops:,}", ratio(self.dense_flops, self.flops))
+      lines.append(
+        (
+          r.path or "(root)",
+          layer,
+          f"{c.in_features} -> {c.out_features}",
+          f"{c.params:,}",
+          f"{c.dense_params:,}",
+          ratio(c.dense_params, c.params),
+          f"{c.flops:,}",
+          f"{c.dense_flops:,}",
+          ratio(c.dense_flops, c.flops),
+        )
+      )
+    total = (
+      "total",
+      "",
+      "",
+      f"{self.params:,}",
+      f"{self.dense_params:,}",
+      ratio(self.dense_params, self.params),
+      f"{self.flops:,}",
+      f"{self.dense_flops:,}",
+      ratio(self.dense_flops, self.flops),
+    )
     return format_table(header, [lines, [total]], left_columns=3)
 
   def __str__(self) -> str:
@@ -104,12 +130,14 @@ def _check_nnx_model(model: Any) -> None:
   """Raises unless ``model`` is an NNX graph node summarize can walk."""
   if isinstance(model, nn.Module):
     raise TypeError(
-        "model is a Linen module; summarize takes NNX models. Use"
-        " summarize_linen(module, variables, *inputs) for Linen.")
+      "model is a Linen module; summarize takes NNX models. Use"
+      " summarize_linen(module, variables, *inputs) for Linen."
+    )
   if not isinstance(model, (nnx.Module, list, tuple, dict)):
     raise TypeError(
-        "model must be an NNX module (or a list, tuple or dict of them), got"
-        f" {model!r} of type {type(model).__name__}.")
+      "model must be an NNX module (or a list, tuple or dict of them), got"
+      f" {model!r} of type {type(model).__name__}."
+    )
 
 
 def summarize(model: Any, *, batch: int = 1) -> ModelSummary:
@@ -149,18 +177,28 @@ def summarize(model: Any, *, batch: int = 1) -> ModelSummary:
     if isinstance(module, KroneckerLayer):
       rows.append(LayerSummary(layer_path(path), module.cost(batch)))
     elif isinstance(module, nnx.Linear):
-      rows.append(LayerSummary(layer_path(path), dense_linear_cost(
-          "Linear", module.in_features, module.out_features,
-          module.bias is not None, batch)))
+      rows.append(
+        LayerSummary(
+          layer_path(path),
+          dense_linear_cost(
+            "Linear", module.in_features, module.out_features, module.bias is not None, batch
+          ),
+        )
+      )
     elif isinstance(module, nnx.Conv):
-      rows.append(LayerSummary(layer_path(path), dense_conv_cost(
-          "Conv", module.kernel[...].shape, module.bias is not None, batch)))
+      rows.append(
+        LayerSummary(
+          layer_path(path),
+          dense_conv_cost("Conv", module.kernel[...].shape, module.bias is not None, batch),
+        )
+      )
   rows.sort(key=lambda r: r.path)
   return ModelSummary(tuple(rows), batch)
 
 
-def summarize_linen(module: nn.Module, variables: Any, *args: Any, batch: int = 1,
-                    **kwargs: Any) -> ModelSummary:
+def summarize_linen(
+  module: nn.Module, variables: Any, *args: Any, batch: int = 1, **kwargs: Any
+) -> ModelSummary:
   """Summarises the kfc_jax layers and ``nn.Dense`` layers of a Linen model.
 
   The model is traced with :func:`jax.eval_shape` (nothing is computed) and
@@ -184,10 +222,10 @@ def summarize_linen(module: nn.Module, variables: Any, *args: Any, batch: int = 
   """
   if not isinstance(module, nn.Module):
     raise TypeError(
-        f"module must be a Linen module (flax.linen.Module), got {module!r} of"
-        f" type {type(module).__name__}"
-        + ("; use summarize(model) for NNX models." if isinstance(module, nnx.Module)
-           else "."))
+      f"module must be a Linen module (flax.linen.Module), got {module!r} of"
+      f" type {type(module).__name__}"
+      + ("; use summarize(model) for NNX models." if isinstance(module, nnx.Module) else ".")
+    )
   batch = _checks.positive_int(batch, "batch")
   rows: dict[str, LayerSummary] = {}
 
@@ -197,19 +235,28 @@ def summarize_linen(module: nn.Module, variables: Any, *args: Any, batch: int = 
     if context.method_name == "__call__":
       path = layer_path(m.path)
       if isinstance(m, KroneckerLayer):
-        rows.setdefault(path, LayerSummary(path, m.cost_for_input(
-            batch, call_args[0].shape)))
+        rows.setdefault(path, LayerSummary(path, m.cost_for_input(batch, call_args[0].shape)))
       elif isinstance(m, nn.Dense):
-        rows.setdefault(path, LayerSummary(path, dense_linear_cost(
-            "Dense", call_args[0].shape[-1], m.features, m.use_bias, batch)))
+        rows.setdefault(
+          path,
+          LayerSummary(
+            path, dense_linear_cost("Dense", call_args[0].shape[-1], m.features, m.use_bias, batch)
+          ),
+        )
       elif isinstance(m, nn.Conv) and len(_window(m.kernel_size)) == 2:
         x = call_args[0]
-        kernel = (*_window(m.kernel_size), x.shape[-1] // m.feature_group_count,
-                  m.features)
+        kernel = (*_window(m.kernel_size), x.shape[-1] // m.feature_group_count, m.features)
         pixels = batch * out.shape[-3] * out.shape[-2]  # output pixels per call
         cost = dense_conv_cost("Conv", kernel, m.use_bias, pixels)
-        rows.setdefault(path, LayerSummary(path, dataclasses.replace(
-            cost, in_features=x.shape[-1], detail=f"@{x.shape[-3]}x{x.shape[-2]}")))
+        rows.setdefault(
+          path,
+          LayerSummary(
+            path,
+            dataclasses.replace(
+              cost, in_features=x.shape[-1], detail=f"@{x.shape[-3]}x{x.shape[-2]}"
+            ),
+          ),
+        )
     return out
 
   with nn.intercept_methods(interceptor):

@@ -32,8 +32,7 @@ def kfc_term_kernel(factors, in_shape, groups) -> np.ndarray:
   sizes = dict(zip(AXES, in_shape, strict=True))
   h, wi, c = np.meshgrid(*(np.arange(s) for s in in_shape), indexing="ij")
   coords = dict(H=h.ravel(), W=wi.ravel(), C=c.ravel())  # NHWC row order
-  kron_rows = np.ravel_multi_index([coords[a] for a in order],
-                                   [sizes[a] for a in order])
+  kron_rows = np.ravel_multi_index([coords[a] for a in order], [sizes[a] for a in order])
   return w[kron_rows]
 
 
@@ -74,10 +73,10 @@ class Case:
   linen_cls: Any
   args: tuple
   kwargs: dict
-  x_shape: tuple[int, ...]          # one example's input shape
+  x_shape: tuple[int, ...]  # one example's input shape
   reference: Callable[[dict, np.ndarray], np.ndarray]
-  kernel: Callable[[dict], np.ndarray] | None = None   # None: not linear (KDL)
-  conv: dict | None = None          # the conv's strides, padding, dilation
+  kernel: Callable[[dict], np.ndarray] | None = None  # None: not linear (KDL)
+  conv: dict | None = None  # the conv's strides, padding, dilation
 
   @property
   def linear(self) -> bool:
@@ -111,9 +110,11 @@ class Case:
 
 def _kron_linear_kernel(in_features, out_features, n_terms, n_factors):
   def kernel(params):
-    return sum(np_kron([_p(params, f"factor_{t}_{f}") for f in range(k)])
-               [:in_features, :out_features]
-               for t, k in zip(range(n_terms), n_factors, strict=True))
+    return sum(
+      np_kron([_p(params, f"factor_{t}_{f}") for f in range(k)])[:in_features, :out_features]
+      for t, k in zip(range(n_terms), n_factors, strict=True)
+    )
+
   return kernel
 
 
@@ -125,6 +126,7 @@ def _kfc_kernel(in_shape, formulations):
       fs = [_p(params, f"factor_{t}_{f}") for f in range(len(groups))]
       total = total + kfc_term_kernel(fs, in_shape, groups)
     return total
+
   return kernel
 
 
@@ -132,25 +134,40 @@ def _dense_case(id, nnx_cls, linen_cls, args, kwargs, x_shape, kernel_fn):
   def forward(params, x):
     y = x.reshape(x.shape[0], -1) @ kernel_fn(params)
     return y + _p(params, "bias") if "bias" in params else y
+
   return Case(id, nnx_cls, linen_cls, args, kwargs, x_shape, forward, kernel_fn)
 
 
 def _conv_case(id, args, kwargs, hw):
   """A KroneckerConv case: ``args = (in, out, kernel_size[, strides])``."""
-  conv = dict(strides=args[3] if len(args) > 3 else 1,
-              padding=kwargs.get("padding", "SAME"),
-              dilation=kwargs.get("kernel_dilation", 1))
+  conv = dict(
+    strides=args[3] if len(args) > 3 else 1,
+    padding=kwargs.get("padding", "SAME"),
+    dilation=kwargs.get("kernel_dilation", 1),
+  )
 
   def kernel_fn(params):
     n_terms = len([k for k in params if k.endswith("_0")])
-    return sum(np_conv_kernel(_p(params, f"factor_{t}_0"), _p(params, f"factor_{t}_1"))
-               for t in range(n_terms))
+    return sum(
+      np_conv_kernel(_p(params, f"factor_{t}_0"), _p(params, f"factor_{t}_1"))
+      for t in range(n_terms)
+    )
 
   def forward(params, x):
     y = np_conv(x, kernel_fn(params), **conv)
     return y + _p(params, "bias") if "bias" in params else y
-  return Case(id, kfc_jax.nnx.KroneckerConv, kfc_jax.linen.KroneckerConv, args,
-              kwargs, (*hw, args[0]), forward, kernel_fn, conv)
+
+  return Case(
+    id,
+    kfc_jax.nnx.KroneckerConv,
+    kfc_jax.linen.KroneckerConv,
+    args,
+    kwargs,
+    (*hw, args[0]),
+    forward,
+    kernel_fn,
+    conv,
+  )
 
 
 def _kdl_reference(in_factors, out_factors, activation):
@@ -170,6 +187,7 @@ def _kdl_reference(in_factors, out_factors, activation):
         y = y + _p(params, "left_bias")[r]
       total = total + act(y)
     return total.reshape(*x.shape[:-1], -1)
+
   return forward
 
 
@@ -178,40 +196,90 @@ def np_relu(z):
 
 
 CASES = [
-    _dense_case("linear-2f-r2", kfc_jax.nnx.KroneckerLinear,
-                kfc_jax.linen.KroneckerLinear, (12, 10),
-                dict(in_factors=(3, 4), out_factors=(5, 2), rank=2), (12,),
-                _kron_linear_kernel(12, 10, 1, [2])),
-    _dense_case("linear-3f-padded", kfc_jax.nnx.KroneckerLinear,
-                kfc_jax.linen.KroneckerLinear, (13, 7),
-                dict(in_factors=(2, 2, 4), out_factors=(2, 2, 2)), (13,),
-                _kron_linear_kernel(13, 7, 1, [3])),
-    _dense_case("linear-terms", kfc_jax.nnx.KroneckerLinear,
-                kfc_jax.linen.KroneckerLinear, (12, 6),
-                dict(terms=[((3, 4), (2, 3)), ((2, 2, 3), (1, 2, 3), 2)]), (12,),
-                _kron_linear_kernel(12, 6, 2, [2, 3])),
-    _dense_case("kfc-II", kfc_jax.nnx.KFC, kfc_jax.linen.KFC, ((3, 4, 5), 6),
-                dict(terms=[("II", (3, 2))]), (3, 4, 5),
-                _kfc_kernel((3, 4, 5), ["II"])),
-    _dense_case("kfc-combined", kfc_jax.nnx.KFC, kfc_jax.linen.KFC, ((3, 4, 5), 6),
-                dict(terms=[("I", (6, 1)), ("III", (2, 3), 2), ("IV", (3, 2)),
-                            ("CHW", (1, 2, 3))]), (3, 4, 5),
-                _kfc_kernel((3, 4, 5), ["I", "III", "IV", "CHW"])),
-    _dense_case("low-rank", kfc_jax.nnx.LowRankLinear, kfc_jax.linen.LowRankLinear,
-                (12, 10), dict(rank=3), (12,), lambda p: _p(p, "u") @ _p(p, "v")),
-    Case("kdl-relu", kfc_jax.nnx.KDL, kfc_jax.linen.KDL, (12, 10),
-         dict(in_factors=(3, 4), out_factors=(5, 2), rank=2), (12,),
-         _kdl_reference((3, 4), (5, 2), np_relu)),
-    _conv_case("conv-3x3(x)1x1-r2", (8, 6, 3),
-               dict(a_shape=(3, 3, 4, 3), b_shape=(1, 1, 2, 2), rank=2), (7, 8)),
-    _conv_case("conv-2x2(x)2x2-stride2-valid", (6, 4, 4, 2),
-               dict(a_shape=(2, 2, 2, 2), b_shape=(2, 2, 3, 2), padding="VALID"),
-               (9, 10)),
-    _conv_case("conv-terms-dilated", (4, 8, (3, 3)),
-               dict(terms=[((3, 1, 2, 2), (1, 3, 2, 4), 2), ((3, 3, 4, 2), None)],
-                    kernel_dilation=2), (7, 8)),
-    _conv_case("conv-default-split-no-bias-explicit-pad", (8, 8, (2, 3), 2),
-               dict(use_bias=False, padding=((1, 0), (2, 1))), (7, 8)),
+  _dense_case(
+    "linear-2f-r2",
+    kfc_jax.nnx.KroneckerLinear,
+    kfc_jax.linen.KroneckerLinear,
+    (12, 10),
+    dict(in_factors=(3, 4), out_factors=(5, 2), rank=2),
+    (12,),
+    _kron_linear_kernel(12, 10, 1, [2]),
+  ),
+  _dense_case(
+    "linear-3f-padded",
+    kfc_jax.nnx.KroneckerLinear,
+    kfc_jax.linen.KroneckerLinear,
+    (13, 7),
+    dict(in_factors=(2, 2, 4), out_factors=(2, 2, 2)),
+    (13,),
+    _kron_linear_kernel(13, 7, 1, [3]),
+  ),
+  _dense_case(
+    "linear-terms",
+    kfc_jax.nnx.KroneckerLinear,
+    kfc_jax.linen.KroneckerLinear,
+    (12, 6),
+    dict(terms=[((3, 4), (2, 3)), ((2, 2, 3), (1, 2, 3), 2)]),
+    (12,),
+    _kron_linear_kernel(12, 6, 2, [2, 3]),
+  ),
+  _dense_case(
+    "kfc-II",
+    kfc_jax.nnx.KFC,
+    kfc_jax.linen.KFC,
+    ((3, 4, 5), 6),
+    dict(terms=[("II", (3, 2))]),
+    (3, 4, 5),
+    _kfc_kernel((3, 4, 5), ["II"]),
+  ),
+  _dense_case(
+    "kfc-combined",
+    kfc_jax.nnx.KFC,
+    kfc_jax.linen.KFC,
+    ((3, 4, 5), 6),
+    dict(terms=[("I", (6, 1)), ("III", (2, 3), 2), ("IV", (3, 2)), ("CHW", (1, 2, 3))]),
+    (3, 4, 5),
+    _kfc_kernel((3, 4, 5), ["I", "III", "IV", "CHW"]),
+  ),
+  _dense_case(
+    "low-rank",
+    kfc_jax.nnx.LowRankLinear,
+    kfc_jax.linen.LowRankLinear,
+    (12, 10),
+    dict(rank=3),
+    (12,),
+    lambda p: _p(p, "u") @ _p(p, "v"),
+  ),
+  Case(
+    "kdl-relu",
+    kfc_jax.nnx.KDL,
+    kfc_jax.linen.KDL,
+    (12, 10),
+    dict(in_factors=(3, 4), out_factors=(5, 2), rank=2),
+    (12,),
+    _kdl_reference((3, 4), (5, 2), np_relu),
+  ),
+  _conv_case(
+    "conv-3x3(x)1x1-r2", (8, 6, 3), dict(a_shape=(3, 3, 4, 3), b_shape=(1, 1, 2, 2), rank=2), (7, 8)
+  ),
+  _conv_case(
+    "conv-2x2(x)2x2-stride2-valid",
+    (6, 4, 4, 2),
+    dict(a_shape=(2, 2, 2, 2), b_shape=(2, 2, 3, 2), padding="VALID"),
+    (9, 10),
+  ),
+  _conv_case(
+    "conv-terms-dilated",
+    (4, 8, (3, 3)),
+    dict(terms=[((3, 1, 2, 2), (1, 3, 2, 4), 2), ((3, 3, 4, 2), None)], kernel_dilation=2),
+    (7, 8),
+  ),
+  _conv_case(
+    "conv-default-split-no-bias-explicit-pad",
+    (8, 8, (2, 3), 2),
+    dict(use_bias=False, padding=((1, 0), (2, 1))),
+    (7, 8),
+  ),
 ]
 
 CASE_IDS = [c.id for c in CASES]
@@ -228,4 +296,5 @@ def randomize(layer, rng) -> None:
   for name, value in nnx_params(layer).items():
     scale = math.sqrt(value.shape[-2]) if value.ndim >= 2 else 1.0
     getattr(layer, name).set_value(
-        jnp.asarray(rng.standard_normal(value.shape) / scale, value.dtype))
+      jnp.asarray(rng.standard_normal(value.shape) / scale, value.dtype)
+    )

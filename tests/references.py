@@ -25,8 +25,10 @@ def np_kron(factors) -> np.ndarray:
 
 
 def random_factors(rng, in_factors, out_factors, rank, dtype=np.float64):
-  return [rng.standard_normal((rank, m, n)).astype(dtype)
-          for m, n in zip(in_factors, out_factors, strict=True)]
+  return [
+    rng.standard_normal((rank, m, n)).astype(dtype)
+    for m, n in zip(in_factors, out_factors, strict=True)
+  ]
 
 
 def np_conv_kernel(a, b) -> np.ndarray:
@@ -60,20 +62,21 @@ def np_conv(x, kernel, strides=1, padding="SAME", dilation=1) -> np.ndarray:
   dilation = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
   x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
   kh, kw, _, _ = kernel.shape
-  (top, bottom), (left, right) = _explicit_pads(padding, x.shape[1:3], (kh, kw),
-                                                strides, dilation)
+  (top, bottom), (left, right) = _explicit_pads(padding, x.shape[1:3], (kh, kw), strides, dilation)
   # Positive pads are zeros; negative ones crop.
-  xp = np.pad(x, ((0, 0), (max(top, 0), max(bottom, 0)), (max(left, 0), max(right, 0)),
-                  (0, 0)))
-  xp = xp[:, max(-top, 0):xp.shape[1] - max(-bottom, 0),
-          max(-left, 0):xp.shape[2] - max(-right, 0)]
+  xp = np.pad(x, ((0, 0), (max(top, 0), max(bottom, 0)), (max(left, 0), max(right, 0)), (0, 0)))
+  xp = xp[
+    :, max(-top, 0) : xp.shape[1] - max(-bottom, 0), max(-left, 0) : xp.shape[2] - max(-right, 0)
+  ]
   eh, ew = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1
   win = np.lib.stride_tricks.sliding_window_view(xp, (eh, ew), axis=(1, 2))
-  win = win[:, ::strides[0], ::strides[1], :, ::dilation[0], ::dilation[1]]
+  win = win[:, :: strides[0], :: strides[1], :, :: dilation[0], :: dilation[1]]
   return np.einsum("nyxcpq,pqco->nyxo", win, kernel)
 
 
 def random_term(rng, a_shape, b_shape, rank, dtype=np.float64):
   """Random conv factors ``(A [rank, *a_shape], B [rank, *b_shape])``."""
-  return (rng.standard_normal((rank, *a_shape)).astype(dtype),
-          rng.standard_normal((rank, *b_shape)).astype(dtype))
+  return (
+    rng.standard_normal((rank, *a_shape)).astype(dtype),
+    rng.standard_normal((rank, *b_shape)).astype(dtype),
+  )

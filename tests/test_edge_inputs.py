@@ -31,13 +31,21 @@ import kfc_jax
 MATMUL_STRATEGIES = ["auto", "factored", "materialize", (1, 0), "autotune"]
 CONV_STRATEGIES = ["auto", "factored", "materialize"]
 # Unit roundoff of every float dtype of the policy.
-ROUNDOFF = {jnp.float16: 2.0**-11, jnp.bfloat16: 2.0**-8,
-            jnp.float32: 2.0**-24, jnp.float64: 2.0**-53}
+ROUNDOFF = {
+  jnp.float16: 2.0**-11,
+  jnp.bfloat16: 2.0**-8,
+  jnp.float32: 2.0**-24,
+  jnp.float64: 2.0**-53,
+}
 # Conv splits that take each route of the factored conv (matmul, gemm-conv,
 # conv-gemm and conv-conv), as (A HWIO, B HWIO); x has 4 channels.
-CONV_SPLITS = [((1, 1, 2, 2), (1, 1, 2, 3)), ((3, 3, 2, 2), (1, 1, 2, 3)),
-               ((1, 1, 2, 2), (3, 3, 2, 3)), ((3, 1, 2, 2), (1, 3, 2, 3)),
-               ((2, 2, 2, 2), (2, 2, 2, 3))]
+CONV_SPLITS = [
+  ((1, 1, 2, 2), (1, 1, 2, 3)),
+  ((3, 3, 2, 2), (1, 1, 2, 3)),
+  ((1, 1, 2, 2), (3, 3, 2, 3)),
+  ((3, 1, 2, 2), (1, 3, 2, 3)),
+  ((2, 2, 2, 2), (2, 2, 2, 3)),
+]
 
 
 # ---------------------------------------------------------------------------
@@ -57,8 +65,11 @@ def test_matmul_empty_batch(strategy, backward, batch_shape, use_jit):
     y = kfc_jax.kron_matmul(x, factors, strategy=strategy, backward=backward)
     return y.astype(jnp.float32).sum(), y
 
-  fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)) if use_jit else \
-      jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+  fn = (
+    jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    if use_jit
+    else jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+  )
   (total, y), (dx, dfs) = fn(x, factors)
   assert y.shape == (*batch_shape, 6) and y.dtype == jnp.bfloat16
   assert float(total) == 0.0
@@ -70,12 +81,12 @@ def test_matmul_empty_batch(strategy, backward, batch_shape, use_jit):
 
 def test_matmul_empty_batch_keeps_the_policy_dtype():
   factors = [jnp.ones((2, 3)), jnp.ones((3, 2))]
-  y = kfc_jax.kron_matmul(jnp.zeros((0, 6), jnp.int32), factors,
-                          preferred_element_type=jnp.float16)
+  y = kfc_jax.kron_matmul(jnp.zeros((0, 6), jnp.int32), factors, preferred_element_type=jnp.float16)
   assert y.shape == (0, 6) and y.dtype == jnp.float16
   with jax.enable_x64(True):
-    y = kfc_jax.kron_matmul(jnp.zeros((0, 6), jnp.float16),
-                            [f.astype(jnp.float64) for f in factors])
+    y = kfc_jax.kron_matmul(
+      jnp.zeros((0, 6), jnp.float16), [f.astype(jnp.float64) for f in factors]
+    )
     assert y.dtype == jnp.float64
 
 
@@ -114,7 +125,8 @@ def test_conv_empty_batch(strategy, split, use_sum):
     expected_hw = ((7 - kh) // 2 + 1, (8 - kw) // 2 + 1)
     assert y.shape == (*batch_shape, *expected_hw, 6) and y.dtype == jnp.float32
   dx, da, db = jax.grad(lambda *args: conv(*args).sum(), argnums=(0, 1, 2))(
-      jnp.zeros((0, 7, 8, 4)), a, b)
+    jnp.zeros((0, 7, 8, 4)), a, b
+  )
   assert dx.shape == (0, 7, 8, 4) and da.shape == a.shape and db.shape == b.shape
   assert not np.any(np.asarray(da)) and not np.any(np.asarray(db))
 
@@ -151,10 +163,14 @@ def _expected_dtype(x_dtype, factor_dtype, pet):
 
 
 @pytest.mark.parametrize("strategy", ["auto", "factored", "materialize", (1, 0)], ids=str)
-@pytest.mark.parametrize("x_dtype", [jnp.float16, jnp.bfloat16, jnp.float32, jnp.int32,
-                                     jnp.bool_], ids=lambda d: jnp.dtype(d).name)
-@pytest.mark.parametrize("factor_dtype", [jnp.bfloat16, jnp.float32],
-                         ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize(
+  "x_dtype",
+  [jnp.float16, jnp.bfloat16, jnp.float32, jnp.int32, jnp.bool_],
+  ids=lambda d: jnp.dtype(d).name,
+)
+@pytest.mark.parametrize(
+  "factor_dtype", [jnp.bfloat16, jnp.float32], ids=lambda d: jnp.dtype(d).name
+)
 @pytest.mark.parametrize("pet", [None, jnp.float32], ids=str)
 def test_matmul_dtype_policy(rng, strategy, x_dtype, factor_dtype, pet):
   factors = random_factors(rng, (2, 3), (3, 2), 2)
@@ -168,37 +184,44 @@ def test_matmul_dtype_policy(rng, strategy, x_dtype, factor_dtype, pet):
   w = np_kron([np.asarray(f.astype(compute), np.float64) for f in fs])
   expected = np.asarray(xs.astype(compute), np.float64) @ w
   scale = np.abs(np.asarray(xs.astype(compute), np.float64)) @ np_kron(
-      [np.abs(np.asarray(f.astype(compute), np.float64)) for f in fs])
+    [np.abs(np.asarray(f.astype(compute), np.float64)) for f in fs]
+  )
   tol = 16 * ROUNDOFF[jnp.dtype(compute).type] * scale + 1e-30
   assert np.all(np.abs(np.asarray(y, np.float64) - expected) <= tol)
 
 
 @pytest.mark.parametrize("strategy", CONV_STRATEGIES)
-@pytest.mark.parametrize("x_dtype", [jnp.float16, jnp.bfloat16, jnp.float32, jnp.int32],
-                         ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize(
+  "x_dtype", [jnp.float16, jnp.bfloat16, jnp.float32, jnp.int32], ids=lambda d: jnp.dtype(d).name
+)
 @pytest.mark.parametrize("pet", [None, jnp.float32], ids=str)
 def test_conv_dtype_policy(rng, strategy, x_dtype, pet):
   a = jnp.asarray(rng.standard_normal((2, 3, 1, 2, 2)), jnp.bfloat16)
   b = jnp.asarray(rng.standard_normal((2, 1, 3, 2, 3)), jnp.bfloat16)
   x = jnp.asarray(rng.integers(-2, 3, (2, 5, 6, 4)), x_dtype)
-  for y in (kfc_jax.kron_conv(x, (a, b), strategy=strategy, preferred_element_type=pet),
-            kfc_jax.kron_conv_sum(x, [(a, b)], strategy=strategy,
-                                  preferred_element_type=pet)):
+  for y in (
+    kfc_jax.kron_conv(x, (a, b), strategy=strategy, preferred_element_type=pet),
+    kfc_jax.kron_conv_sum(x, [(a, b)], strategy=strategy, preferred_element_type=pet),
+  ):
     assert y.dtype == _expected_dtype(x_dtype, jnp.bfloat16, pet)
     compute = jnp.result_type(x_dtype, jnp.bfloat16)
     xs = np.asarray(x.astype(compute), np.float64)
     k = np_conv_kernel(a, b)
     expected = np_conv(xs, k)
-    scale = np_conv(np.abs(xs), np.abs(np_conv_kernel(np.abs(np.asarray(a, np.float64)),
-                                                      np.abs(np.asarray(b, np.float64)))))
+    scale = np_conv(
+      np.abs(xs),
+      np.abs(np_conv_kernel(np.abs(np.asarray(a, np.float64)), np.abs(np.asarray(b, np.float64)))),
+    )
     tol = 16 * ROUNDOFF[jnp.dtype(compute).type] * scale + 1e-30
     assert np.all(np.abs(np.asarray(y, np.float64) - expected) <= tol)
 
 
 def test_conv_pairs_are_not_read_as_one_rank_two_term(rng):
   """The issue's reproduction: it returned a result off by up to 19."""
-  c1, d1, c2, d2 = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in
-                    [(3, 3, 2, 2), (1, 1, 2, 2), (3, 3, 2, 2), (1, 1, 2, 2)])
+  c1, d1, c2, d2 = (
+    jnp.asarray(rng.standard_normal(s), jnp.float32)
+    for s in [(3, 3, 2, 2), (1, 1, 2, 2), (3, 3, 2, 2), (1, 1, 2, 2)]
+  )
   x = jnp.asarray(rng.standard_normal((1, 6, 6, 4)), jnp.float32)
   with pytest.raises(TypeError, match="kron_conv_sum"):
     kfc_jax.kron_conv(x, [(c1, d1), (c2, d2)])
@@ -242,8 +265,7 @@ def test_property_kron_conv(data):
     a = jnp.asarray(rng.standard_normal((rank, *a_hw, ai, ao)), dtype)
     b = jnp.asarray(rng.standard_normal((rank, *b_hw, bi, bo)), dtype)
     x = jnp.asarray(rng.standard_normal((*batch, *hw, ai * bi)), dtype)
-    y = kfc_jax.kron_conv(x, (a, b), strides=strides, padding=padding,
-                          strategy=strategy)
+    y = kfc_jax.kron_conv(x, (a, b), strides=strides, padding=padding, strategy=strategy)
     a64, b64, x64 = (np.asarray(t, np.float64) for t in (a, b, x))
   assert y.dtype == dtype
   x_flat = x64.reshape(-1, *hw, ai * bi)
@@ -252,8 +274,7 @@ def test_property_kron_conv(data):
     chex.assert_shape(y, (*batch, *probe.shape[1:]))
     return
   expected = np_conv(x_flat, np_conv_kernel(a64, b64), strides, padding)
-  scale = np_conv(np.abs(x_flat), np_conv_kernel(np.abs(a64), np.abs(b64)), strides,
-                  padding)
+  scale = np_conv(np.abs(x_flat), np_conv_kernel(np.abs(a64), np.abs(b64)), strides, padding)
   chex.assert_shape(y, (*batch, *expected.shape[1:]))
   y_flat = np.asarray(y, np.float64).reshape(expected.shape)
   tol = 16 * ROUNDOFF[dtype] * scale + 1e-30
@@ -265,8 +286,7 @@ def test_property_kron_conv(data):
 def test_property_layers(data):
   case = data.draw(st.sampled_from(CASES), label="case")
   batch = data.draw(st.lists(st.integers(0, 2), min_size=1, max_size=2), label="batch")
-  dtype = data.draw(st.sampled_from([jnp.float16, jnp.bfloat16, jnp.float32]),
-                    label="dtype")
+  dtype = data.draw(st.sampled_from([jnp.float16, jnp.bfloat16, jnp.float32]), label="dtype")
   rng = np.random.default_rng(data.draw(st.integers(0, 2**31 - 1), label="seed"))
   layer = case.nnx(param_dtype=dtype, dtype=dtype)
   randomize(layer, rng)

@@ -18,11 +18,11 @@ H, W, C = 3, 4, 5
 # docs/DESIGN.md, "KFC formulations", written as einsums over the factors with their axes
 # unflattened.
 EINSUMS = {
-    "I": ("nhwc,rco,rhwp->nop", (6, 1), [(C,), (H, W)]),
-    "II": ("nhwc,rco,rhwp->nop", (3, 2), [(C,), (H, W)]),
-    "III": ("nhwc,rcho,rwp->nop", (2, 3), [(C, H), (W,)]),
-    "IV": ("nhwc,rcwo,rhp->nop", (3, 2), [(C, W), (H,)]),
-    "CHW": ("nhwc,rco,rhp,rwq->nopq", (1, 2, 3), [(C,), (H,), (W,)]),
+  "I": ("nhwc,rco,rhwp->nop", (6, 1), [(C,), (H, W)]),
+  "II": ("nhwc,rco,rhwp->nop", (3, 2), [(C,), (H, W)]),
+  "III": ("nhwc,rcho,rwp->nop", (2, 3), [(C, H), (W,)]),
+  "IV": ("nhwc,rcwo,rhp->nop", (3, 2), [(C, W), (H,)]),
+  "CHW": ("nhwc,rco,rhp,rwq->nopq", (1, 2, 3), [(C,), (H,), (W,)]),
 }
 
 
@@ -49,8 +49,7 @@ def test_materialize_matches_np_kron(x64, rng, name):
   spec = kfc_jax.get_formulation(name)
   fs = _factors(rng, name, rank=3)
   w = spec.materialize([jnp.asarray(f) for f in fs], (H, W, C))
-  np.testing.assert_allclose(w, kfc_term_kernel(fs, (H, W, C), spec.groups),
-                             rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(w, kfc_term_kernel(fs, (H, W, C), spec.groups), rtol=1e-12, atol=1e-12)
 
 
 def test_parameter_formulas_of_the_table():
@@ -59,8 +58,7 @@ def test_parameter_formulas_of_the_table():
   assert kfc_jax.KFCTerm("II", (o1, o2)).params((H, W, C)) == C * o1 + H * W * o2
   assert kfc_jax.KFCTerm("III", (o1, o2)).params((H, W, C)) == C * H * o1 + W * o2
   assert kfc_jax.KFCTerm("IV", (o1, o2)).params((H, W, C)) == C * W * o1 + H * o2
-  assert kfc_jax.KFCTerm("CHW", (2, 4, 4), 3).params((H, W, C)) == 3 * (
-      C * 2 + H * 4 + W * 4)
+  assert kfc_jax.KFCTerm("CHW", (2, 4, 4), 3).params((H, W, C)) == 3 * (C * 2 + H * 4 + W * 4)
 
 
 def test_identity_grouping_skips_the_transpose(x64, rng):
@@ -85,13 +83,15 @@ def test_decompose_is_optimal_over_the_axis_groups(x64, rng, name):
   g0 = [axes[a] for a in spec.groups[0]] + [3]
   g1 = [axes[a] for a in spec.groups[1]] + [4]
   t = w.reshape(H, W, C, *out).transpose(g0 + g1)
-  r = t.reshape(int(np.prod(t.shape[:len(g0)])), -1)
+  r = t.reshape(int(np.prod(t.shape[: len(g0)])), -1)
   s = np.linalg.svd(r, compute_uv=False)
-  np.testing.assert_allclose(dec.relative_error,
-                             np.sqrt(np.sum(s[2:] ** 2)) / np.linalg.norm(w), rtol=1e-9)
+  np.testing.assert_allclose(
+    dec.relative_error, np.sqrt(np.sum(s[2:] ** 2)) / np.linalg.norm(w), rtol=1e-9
+  )
   approx = np.asarray(spec.materialize([jnp.asarray(f) for f in dec.factors], (H, W, C)))
-  np.testing.assert_allclose(np.linalg.norm(w - approx) / np.linalg.norm(w),
-                             dec.relative_error, rtol=1e-9)
+  np.testing.assert_allclose(
+    np.linalg.norm(w - approx) / np.linalg.norm(w), dec.relative_error, rtol=1e-9
+  )
 
 
 def test_default_out_factors_and_labels():
@@ -107,12 +107,15 @@ def test_formulation_i_documents_our_reading():
   assert set(kfc_jax.FORMULATIONS) == {"I", "II", "III", "IV", "CHW"}
 
 
-@pytest.mark.parametrize("groups,fixed,match", [
+@pytest.mark.parametrize(
+  "groups,fixed,match",
+  [
     ((("H",), ("C",)), None, "each axis once"),
     ((("H", "W"), ("C", "C")), None, "each axis once"),
     ((("H", "W", "C"), ()), None, "non-empty"),
     ((("H", "W"), ("C",)), (1,), "one entry per group"),
-])
+  ],
+)
 def test_invalid_formulations(groups, fixed, match):
   with pytest.raises(ValueError, match=match):
     kfc_jax.Formulation("bad", groups, fixed)

@@ -41,7 +41,7 @@ def _resolve_from(node: ast.ImportFrom, module: str) -> str | None:
   if not node.level:
     return node.module
   base = _package_of(module).split(".")
-  base = base[:len(base) - node.level + 1]
+  base = base[: len(base) - node.level + 1]
   return ".".join(base + ([node.module] if node.module else []))
 
 
@@ -51,7 +51,7 @@ def _violations(module: str, source: str | None = None) -> list[str]:
   if source is None:
     source = MODULES[module].read_text()
   tree = ast.parse(source, str(MODULES[module]))
-  aliases: dict[str, str] = {}   # local name -> kfc_jax module it is bound to
+  aliases: dict[str, str] = {}  # local name -> kfc_jax module it is bound to
   found = []
 
   def check(owner: str, name: str, line: int) -> None:
@@ -94,30 +94,31 @@ def _violations(module: str, source: str | None = None) -> list[str]:
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_no_private_name_from_another_package(module):
   assert _violations(module) == [], (
-      f"{module} uses private names of other packages; import a public name"
-      " (kfc_jax/_checks.py holds the shared argument checks)")
+    f"{module} uses private names of other packages; import a public name"
+    " (kfc_jax/_checks.py holds the shared argument checks)"
+  )
 
 
 def test_the_walk_finds_what_it_must(monkeypatch):
   # A probe module in kfc_jax.layers takes private names of kfc_jax.ops four
   # ways; the same source in kfc_jax.ops is within its package.
   source = (
-      "from kfc_jax.ops._kron import _factored\n"
-      "from kfc_jax.ops import _kron\n"
-      "import kfc_jax.ops._conv as conv_module\n"
-      "import kfc_jax\n"
-      "_kron._chunked\n"
-      "def f():\n"
-      "  return conv_module._factored, kfc_jax.ops._kron._factored\n"
-      "_kron.kron_matmul, kfc_jax.__version__\n")
+    "from kfc_jax.ops._kron import _factored\n"
+    "from kfc_jax.ops import _kron\n"
+    "import kfc_jax.ops._conv as conv_module\n"
+    "import kfc_jax\n"
+    "_kron._chunked\n"
+    "def f():\n"
+    "  return conv_module._factored, kfc_jax.ops._kron._factored\n"
+    "_kron.kron_matmul, kfc_jax.__version__\n"
+  )
   for where in ("layers", "ops"):
-    monkeypatch.setitem(MODULES, f"kfc_jax.{where}._probe",
-                        PACKAGE / where / "_probe.py")
+    monkeypatch.setitem(MODULES, f"kfc_jax.{where}._probe", PACKAGE / where / "_probe.py")
   assert _violations("kfc_jax.ops._probe", source) == []
   owner = "(private to kfc_jax.ops)"
   assert _violations("kfc_jax.layers._probe", source) == [
-      f"1: kfc_jax.ops._kron._factored {owner}",
-      f"5: kfc_jax.ops._kron._chunked {owner}",
-      f"7: kfc_jax.ops._conv._factored {owner}",
-      f"7: kfc_jax.ops._kron._factored {owner}",
+    f"1: kfc_jax.ops._kron._factored {owner}",
+    f"5: kfc_jax.ops._kron._chunked {owner}",
+    f"7: kfc_jax.ops._conv._factored {owner}",
+    f"7: kfc_jax.ops._kron._factored {owner}",
   ]

@@ -13,7 +13,7 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 def _run_section(heading: str) -> list[str]:
   """Runs the first Python block after ``heading``; returns its printed lines."""
   text = README.read_text()
-  section = text[text.index(heading):]
+  section = text[text.index(heading) :]
   code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
   assert len(code.strip().splitlines()) <= 16
   out = io.StringIO()

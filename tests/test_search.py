@@ -25,8 +25,9 @@ def _nkp_error(w, ms, ns, rank):
   (m1, m2), (n1, n2) = ms, ns
   r = w.reshape(m1, m2, n1, n2).transpose(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)
   u, s, vt = np.linalg.svd(r, full_matrices=False)
-  approx = sum(np.kron((u[:, t] * s[t]).reshape(m1, n1), vt[t].reshape(m2, n2))
-               for t in range(rank))
+  approx = sum(
+    np.kron((u[:, t] * s[t]).reshape(m1, n1), vt[t].reshape(m2, n2)) for t in range(rank)
+  )
   return np.linalg.norm(w - approx) / np.linalg.norm(w)
 
 
@@ -48,17 +49,20 @@ def _exhaustive_kronecker(w, budget):
 def _structured(rng, m, n, split):
   """A weight with some Kronecker structure on `split` plus noise."""
   (m1, m2), (n1, n2) = split
-  w = sum(np.kron(rng.normal(size=(m1, n1)), rng.normal(size=(m2, n2))) * 0.7 ** t
-          for t in range(3))
+  w = sum(np.kron(rng.normal(size=(m1, n1)), rng.normal(size=(m2, n2))) * 0.7**t for t in range(3))
   return w + 0.3 * rng.normal(size=(m, n))
 
 
-@pytest.mark.parametrize("shape,split,compression", [
+@pytest.mark.parametrize(
+  "shape,split,compression",
+  [
     ((24, 36), ((4, 6), (6, 6)), 4),
     ((32, 16), ((8, 4), (2, 8)), 6),
     ((30, 20), ((5, 6), (4, 5)), 3),
     ((16, 24), ((2, 8), (6, 4)), 8),
-], ids=["24x36", "32x16", "30x20", "16x24"])
+  ],
+  ids=["24x36", "32x16", "30x20", "16x24"],
+)
 def test_best_kronecker_split_is_the_exhaustive_optimum(shape, split, compression):
   rng = np.random.default_rng(sum(shape) + compression)
   w = _structured(rng, *shape, split)
@@ -73,7 +77,8 @@ def test_best_kronecker_split_is_the_exhaustive_optimum(shape, split, compressio
     assert got.rank == want_rank
     # The reported error is what the factors reach on the materialised weight.
     assert got.relative_error == pytest.approx(
-        _nkp_error(w, got.in_factors, got.out_factors, got.rank), rel=1e-9)
+      _nkp_error(w, got.in_factors, got.out_factors, got.rank), rel=1e-9
+    )
 
 
 def test_every_scored_error_is_its_splits_optimum():
@@ -85,7 +90,8 @@ def test_every_scored_error_is_its_splits_optimum():
   for c in kron:
     assert c.exact
     assert c.relative_error == pytest.approx(
-        _nkp_error(w, c.in_factors, c.out_factors, c.rank), rel=1e-9, abs=1e-12)
+      _nkp_error(w, c.in_factors, c.out_factors, c.rank), rel=1e-9, abs=1e-12
+    )
   errors = [c.relative_error for c in result.candidates]
   assert errors == sorted(errors)
 
@@ -99,14 +105,16 @@ def test_low_rank_candidate_is_the_truncated_svd():
   u, s, vt = np.linalg.svd(w)
   approx = (u[:, :7] * s[:7]) @ vt[:7]
   assert lr.relative_error == pytest.approx(
-      np.linalg.norm(w - approx) / np.linalg.norm(w), rel=1e-9)
+    np.linalg.norm(w - approx) / np.linalg.norm(w), rel=1e-9
+  )
 
 
 def test_auto_never_loses_to_low_rank_at_the_same_budget():
   rng = np.random.default_rng(3)
   for shape in [(64, 64), (48, 80), (36, 100)]:
     w = rng.normal(size=shape) @ np.diag(0.9 ** np.arange(shape[1])) + 0.1 * np.kron(
-        rng.normal(size=(4, 4)), rng.normal(size=(shape[0] // 4, shape[1] // 4)))
+      rng.normal(size=(4, 4)), rng.normal(size=(shape[0] // 4, shape[1] // 4))
+    )
     for compression in (2, 5, 12):
       result = _search.search_dense(w, compression=compression)
       lr = result.best_of("low_rank")
@@ -157,11 +165,13 @@ def test_large_weights_are_screened_without_losing_the_winner(monkeypatch):
 
 def test_kfc_candidates_match_the_formulations_decomposition():
   from kfc_jax.formulations import get_formulation
+
   rng = np.random.default_rng(7)
   in_shape, n = (3, 3, 8), 16
   w = rng.normal(size=(72, n))
-  result = _search.search_dense(w, compression=4, methods=("kfc",), in_shape=in_shape,
-                                exhaustive=True)
+  result = _search.search_dense(
+    w, compression=4, methods=("kfc",), in_shape=in_shape, exhaustive=True
+  )
   assert {c.formulation for c in result.candidates} >= {"I", "II", "III", "IV"}
   for c in result.candidates:
     dec = get_formulation(c.formulation).decompose(w, in_shape, c.out_factors, c.rank)
@@ -183,8 +193,7 @@ def test_data_aware_low_rank_is_the_whitened_optimum():
   w = rng.normal(size=(m, n))
   x = rng.normal(size=(500, m)) * np.linspace(0.05, 3.0, m)
   cov = x.T @ x / len(x)
-  result = _search.search_dense(w, max_params=rank * (m + n), methods=("low_rank",),
-                                input_cov=cov)
+  result = _search.search_dense(w, max_params=rank * (m + n), methods=("low_rank",), input_cov=cov)
   got = result.best
   # Brute-force optimum: min ||X (W - W_hat)|| over rank-4 W_hat is the
   # truncated SVD of X W mapped back (X has full column rank).
@@ -200,8 +209,9 @@ def test_identity_covariance_gives_the_weight_objective():
   rng = np.random.default_rng(9)
   w = rng.normal(size=(16, 24))
   plain = _search.search_dense(w, compression=4, exhaustive=True)
-  white = _search.search_dense(w, compression=4, exhaustive=True,
-                               input_cov=2.5 * np.eye(16), refine=100)
+  white = _search.search_dense(
+    w, compression=4, exhaustive=True, input_cov=2.5 * np.eye(16), refine=100
+  )
   by_label = {c.label: c.relative_error for c in plain.candidates}
   for c in white.candidates:
     assert c.relative_error == pytest.approx(by_label[c.label], rel=1e-5, abs=1e-8)
@@ -214,17 +224,16 @@ def test_kronecker_factored_covariance_is_scored_exactly():
   x1, x2 = rng.normal(size=(50, m1)) * [0.2, 1, 2, 4], rng.normal(size=(60, m2))
   c1, c2 = x1.T @ x1 / 50, x2.T @ x2 / 60
   cov = np.kron(c1, c2)
-  result = _search.search_dense(w, compression=4, input_cov=cov, refine=1000,
-                                exhaustive=True)
-  got = next(c for c in result.candidates
-             if c.in_factors == (m1, m2) and c.out_factors == (n1, n2))
+  result = _search.search_dense(w, compression=4, input_cov=cov, refine=1000, exhaustive=True)
+  got = next(c for c in result.candidates if c.in_factors == (m1, m2) and c.out_factors == (n1, n2))
   # Reference: whiten by kron(L1, L2)^T, nearest Kronecker, map back.
   l1, l2 = np.linalg.cholesky(c1), np.linalg.cholesky(c2)
   white = np.kron(l1.T, l2.T) @ w
   r = white.reshape(m1, m2, n1, n2).transpose(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)
   u, s, vt = np.linalg.svd(r)
-  approx = sum(np.kron((u[:, t] * s[t]).reshape(m1, n1), vt[t].reshape(m2, n2))
-               for t in range(got.rank))
+  approx = sum(
+    np.kron((u[:, t] * s[t]).reshape(m1, n1), vt[t].reshape(m2, n2)) for t in range(got.rank)
+  )
   w_hat = np.linalg.solve(np.kron(l1.T, l2.T), approx)
   assert got.relative_error == pytest.approx(_data_error(w, w_hat, cov), rel=1e-4)
   assert got.relative_error < _nkp_error(w, (m1, m2), (n1, n2), got.rank) * 1.5
@@ -237,9 +246,9 @@ def test_kronecker_factored_covariance_is_scored_exactly():
 
 def test_conv_search_is_the_exhaustive_gkpd_optimum(x64):
   rng = np.random.default_rng(11)
-  k = np.asarray(kron_kernel((rng.normal(size=(3, 1, 4, 4)),
-                              rng.normal(size=(1, 3, 2, 4))))) + 0.2 * rng.normal(
-                                  size=(3, 3, 8, 16))
+  k = np.asarray(
+    kron_kernel((rng.normal(size=(3, 1, 4, 4)), rng.normal(size=(1, 3, 2, 4))))
+  ) + 0.2 * rng.normal(size=(3, 3, 8, 16))
   budget = k.size // 6
   best = None
   for pairs in itertools.product(*(_pairs(d) for d in k.shape)):
@@ -258,9 +267,10 @@ def test_conv_search_is_the_exhaustive_gkpd_optimum(x64):
   assert (got.a_shape, got.b_shape) == best[1:]
   lr = result.best_of("low_rank")
   u, s, vt = np.linalg.svd(k.reshape(-1, 16))
-  approx = (u[:, :lr.rank] * s[:lr.rank]) @ vt[:lr.rank]
+  approx = (u[:, : lr.rank] * s[: lr.rank]) @ vt[: lr.rank]
   assert lr.relative_error == pytest.approx(
-      np.linalg.norm(k.reshape(-1, 16) - approx) / np.linalg.norm(k), rel=1e-9)
+    np.linalg.norm(k.reshape(-1, 16) - approx) / np.linalg.norm(k), rel=1e-9
+  )
   assert lr.a_shape == (3, 3, 8, 1) and lr.b_shape == (1, 1, 1, 16)
 
 
@@ -269,13 +279,17 @@ def test_conv_search_is_the_exhaustive_gkpd_optimum(x64):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cov,match", [
+@pytest.mark.parametrize(
+  "cov,match",
+  [
     (np.eye(5), r"input_cov must be \[6, 6\]"),
     (np.triu(np.ones((6, 6))), "input_cov must be symmetric"),
     (np.full((6, 6), np.nan), "input_cov must be finite"),
     (-np.eye(6), "input_cov must be positive semi-definite"),
     (np.diag([1, 1, 1, 1, 1, -3.0]), "input_cov must be positive semi-definite"),
-], ids=["size", "asymmetric", "nan", "negative", "indefinite"])
+  ],
+  ids=["size", "asymmetric", "nan", "negative", "indefinite"],
+)
 def test_bad_covariance_is_named(cov, match):
   with pytest.raises(ValueError, match=match):
     _search.search_dense(np.ones((6, 4)), compression=2, input_cov=cov)
@@ -301,14 +315,17 @@ def test_fixed_rank_scores_every_candidate_at_that_rank():
   for c in result.candidates:
     if c.method == "kronecker":
       assert c.relative_error == pytest.approx(
-          _nkp_error(w, c.in_factors, c.out_factors, 2), rel=1e-9, abs=1e-12)
+        _nkp_error(w, c.in_factors, c.out_factors, 2), rel=1e-9, abs=1e-12
+      )
 
 
 def test_conv_search_agrees_with_suggest_conv_factors_by_error(x64):
   from kfc_jax import suggest_conv_factors
+
   rng = np.random.default_rng(13)
-  k = rng.normal(size=(3, 3, 8, 8)) + np.asarray(kron_kernel(
-      (rng.normal(size=(3, 3, 2, 4)), rng.normal(size=(1, 1, 4, 2)))))
+  k = rng.normal(size=(3, 3, 8, 8)) + np.asarray(
+    kron_kernel((rng.normal(size=(3, 3, 2, 4)), rng.normal(size=(1, 1, 4, 2))))
+  )
   shape = suggest_conv_factors(k.shape, compression=6, kernel=k, prefer="error")
   want = gkpd(k, shape.a_shape, shape.b_shape, shape.rank).relative_error
   got = _search.search_conv(k, compression=6).best_of("kronecker")
@@ -321,6 +338,7 @@ def test_refined_data_errors_are_achievable_and_bound_the_als_answer(kind):
   # form: an achievable point, so the decomposition's ALS (started there and
   # never increasing) must end at or below it.
   from kfc_jax.decompose import nearest_kronecker
+
   rng = np.random.default_rng(14)
   if kind == "dense":
     w = rng.normal(size=(12, 16))
@@ -344,6 +362,7 @@ def test_refined_data_errors_are_achievable_and_bound_the_als_answer(kind):
 
 def test_suggest_factors_prefers_the_lowest_error_given_the_weight():
   from kfc_jax import suggest_factors
+
   rng = np.random.default_rng(15)
   w = _structured(rng, 24, 36, ((12, 2), (3, 12)))
   budget = w.size // 6

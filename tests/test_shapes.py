@@ -48,8 +48,9 @@ def test_suggest_without_budget_is_balanced():
   assert not s.padded and s.params == 2 * 64 * 32
 
 
-@pytest.mark.parametrize("in_features,out_features,budget", [(64, 36, 200), (48, 30, 97),
-                                                             (100, 100, 1000)])
+@pytest.mark.parametrize(
+  "in_features,out_features,budget", [(64, 36, 200), (48, 30, 97), (100, 100, 1000)]
+)
 def test_suggest_with_budget_is_best_that_fits(in_features, out_features, budget):
   s = kfc_jax.suggest_factors(in_features, out_features, max_params=budget)
   assert s.params <= budget
@@ -136,14 +137,16 @@ def test_kron_conv_shape_counts_and_label():
 
 
 class TestErrors:
-
   def test_suggest_budget_too_small(self):
     with pytest.raises(ValueError, match=r"fits max_params=10; the smallest has 128"):
       kfc_jax.suggest_factors(64, 64, max_params=10)
 
   def test_suggest_compression_beyond_the_layer(self):
-    with pytest.raises(ValueError, match=r"compression=1000000.0 leaves less than one"
-                       r" parameter of the 64x64 layer; use at most 4096"):
+    with pytest.raises(
+      ValueError,
+      match=r"compression=1000000.0 leaves less than one"
+      r" parameter of the 64x64 layer; use at most 4096",
+    ):
       kfc_jax.suggest_factors(64, 64, compression=1e6)
 
   def test_shape_stores_tuples(self):
@@ -155,15 +158,19 @@ class TestErrors:
     with pytest.raises(ValueError, match="at most one of max_params and compression"):
       kfc_jax.suggest_factors(64, 64, max_params=100, compression=4)
 
-  @pytest.mark.parametrize("n,exc", [(0, ValueError), (-3, ValueError), (2.5, TypeError),
-                                     (True, TypeError)])
+  @pytest.mark.parametrize(
+    "n,exc", [(0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError)]
+  )
   def test_factorize_bad_n(self, n, exc):
     with pytest.raises(exc, match="n must be a positive integer"):
       kfc_jax.factorize(n)
 
   def test_shape_factors_too_small(self):
-    with pytest.raises(ValueError, match=r"in_factors \(4, 4\) multiply to 16,"
-                       r" fewer than in_features=20"):
+    with pytest.raises(
+      ValueError,
+      match=r"in_factors \(4, 4\) multiply to 16,"
+      r" fewer than in_features=20",
+    ):
       kfc_jax.KroneckerShape(20, 16, (4, 4), (4, 4))
 
   def test_unresolved_term_cannot_be_counted(self):

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     import flax.linen as nn
     from flax import nnx
@@ -94,14 +94,14 @@ SCRIPT = textwrap.dedent('''
     for name in ("factor_0_0", "factor_0_1"):
         assert tuple(variables["params"][name].value.sharding.spec) == out, name
     print("linen ok")
-''')
+""")
 
 
 def test_layers_shard_over_8_cpu_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", SCRIPT], env=env,
-                          capture_output=True, text=True, timeout=300)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+    [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
+  )
   assert result.returncode == 0, result.stdout + result.stderr
   for name in ("KroneckerLinear", "KFC", "LowRankLinear", "KDL", "explicit", "linen"):
     assert f"{name} ok" in result.stdout

@@ -17,11 +17,12 @@ TERMS = [("II", (64, 4)), ("III", (128, 2)), ("IV", (128, 2))]
 class Net(nnx.Module):
   def __init__(self, rngs):
     self.fc = kfc_jax.nnx.KFC((3, 3, 32), 256, terms=TERMS, rngs=rngs, **FAST_INIT)
-    self.blocks = nnx.List([
+    self.blocks = nnx.List(
+      [
         kfc_jax.nnx.KroneckerLinear(256, 128, rank=2, rngs=rngs, **FAST_INIT),
-        kfc_jax.nnx.KDL(128, 64, in_factors=(8, 16), out_factors=(8, 8),
-                        rngs=rngs, **FAST_INIT),
-    ])
+        kfc_jax.nnx.KDL(128, 64, in_factors=(8, 16), out_factors=(8, 8), rngs=rngs, **FAST_INIT),
+      ]
+    )
     self.low = kfc_jax.nnx.LowRankLinear(64, 32, rank=8, rngs=rngs, **FAST_INIT)
     self.head = nnx.Linear(32, 10, rngs=rngs)
 
@@ -45,16 +46,23 @@ def test_nnx_summary_rows_and_totals():
   s = kfc_jax.summarize(net)
   paths = [r.path for r in s.rows]
   assert paths == ["blocks/0", "blocks/1", "fc", "head", "low"]
-  modules = {"fc": net.fc, "blocks/0": net.blocks[0], "blocks/1": net.blocks[1],
-             "low": net.low, "head": net.head}
+  modules = {
+    "fc": net.fc,
+    "blocks/0": net.blocks[0],
+    "blocks/1": net.blocks[1],
+    "low": net.low,
+    "head": net.head,
+  }
   for row in s.rows:
     assert row.cost.params == _count(modules[row.path]), row.path
   assert s.params == _count(net)
   fc = next(r.cost for r in s.rows if r.path == "fc")
   assert fc.params == 26_672 + 256 and fc.dense_params == 73_728 + 256
   assert fc.dense_flops == 2 * 288 * 256
-  plans = [kfc_jax.kron_matmul_plan((1, 288), spec) for spec in (
-      [(32, 64), (9, 4)], [(96, 128), (3, 2)], [(96, 128), (3, 2)])]
+  plans = [
+    kfc_jax.kron_matmul_plan((1, 288), spec)
+    for spec in ([(32, 64), (9, 4)], [(96, 128), (3, 2)], [(96, 128), (3, 2)])
+  ]
   assert fc.flops == sum(p.chosen.flops for p in plans)
   head = next(r.cost for r in s.rows if r.path == "head")
   assert head.params == head.dense_params == 330 and head.flops == 2 * 320
@@ -73,8 +81,9 @@ def test_table_text():
   text = str(kfc_jax.summarize(Net(nnx.Rngs(0))))
   lines = text.splitlines()
   assert lines[0].split()[:3] == ["path", "layer", "in"]
-  assert any(line.startswith("fc ") and "KFC II(64, 4) + III(128, 2) + IV(128, 2)"
-             in line for line in lines)
+  assert any(
+    line.startswith("fc ") and "KFC II(64, 4) + III(128, 2) + IV(128, 2)" in line for line in lines
+  )
   assert lines[-1].startswith("total")
   assert "26,928" in text  # KFC params with bias
 
@@ -87,8 +96,7 @@ def test_linen_summary_matches_nnx():
   from_shapes = kfc_jax.summarize_linen(model, None, jax.ShapeDtypeStruct(x.shape, x.dtype))
   reference = kfc_jax.summarize(Net(nnx.Rngs(0)))
   for s in (from_params, from_shapes):
-    assert [r.path for r in s.rows] == [r.path.replace("/", "_")
-                                        for r in reference.rows]
+    assert [r.path for r in s.rows] == [r.path.replace("/", "_") for r in reference.rows]
     for row, ref in zip(s.rows, reference.rows, strict=True):
       assert row.cost.params == ref.cost.params, row.path
       assert row.cost.flops == ref.cost.flops, row.path

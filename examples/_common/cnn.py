@@ -70,23 +70,27 @@ class Architecture:
   feature_shape: tuple[int, int, int]  # H, W, C of the map the FC layer sees.
 
 
-MNIST = Architecture((28, 28, 1), ((3, 8, "SAME"), (3, 12, "SAME"), "pool",
-                                   (5, 20, "VALID"), (5, 32, "VALID"), "pool"),
-                     (3, 3, 32))
+MNIST = Architecture(
+  (28, 28, 1),
+  ((3, 8, "SAME"), (3, 12, "SAME"), "pool", (5, 20, "VALID"), (5, 32, "VALID"), "pool"),
+  (3, 3, 32),
+)
 # The offset ablation's other MNIST stack (issue 13): VALID convs only, 5x5
 # then 3x3, ending in the same 3x3x32 map with 21,372 conv parameters (1 -> 12
 # -> 20, pool, -> 32 -> 32, pool); the paper fixes only the map and ~23K.
-MNIST_VALID = Architecture((28, 28, 1), ((5, 12, "VALID"), (5, 20, "VALID"),
-                                         "pool", (3, 32, "VALID"),
-                                         (3, 32, "VALID"), "pool"),
-                           (3, 3, 32))
-SVHN = Architecture((32, 32, 3), ((3, 48, "SAME"), (3, 72, "SAME"), "pool",
-                                  (5, 128, "VALID"), (3, 256, "VALID"), "pool"),
-                    (5, 5, 256))
+MNIST_VALID = Architecture(
+  (28, 28, 1),
+  ((5, 12, "VALID"), (5, 20, "VALID"), "pool", (3, 32, "VALID"), (3, 32, "VALID"), "pool"),
+  (3, 3, 32),
+)
+SVHN = Architecture(
+  (32, 32, 3),
+  ((3, 48, "SAME"), (3, 72, "SAME"), "pool", (5, 128, "VALID"), (3, 256, "VALID"), "pool"),
+  (5, 5, 256),
+)
 
 
-def caffe_xavier_uniform(key: jax.Array, shape: tuple[int, ...],
-                         dtype=jnp.float32) -> jax.Array:
+def caffe_xavier_uniform(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
   """Caffe's ``xavier`` filler: U(-a, a), ``a = sqrt(3 / fan_in)``.
 
   What the paper's Caffe-era nets used for convolutions and inner products
@@ -105,9 +109,11 @@ KERNEL_INIT = caffe_xavier_uniform
 # The offset ablation's initialisations of the conv and dense kernels (the
 # Kronecker layers keep their own): Caffe's xavier (ours), Flax's default, and
 # Caffe's ``gaussian`` filler with its examples' std 0.01.
-KERNEL_INITS = {"caffe_xavier": caffe_xavier_uniform,
-                "lecun_normal": nnx.initializers.lecun_normal(),
-                "gaussian_0.01": nnx.initializers.normal(0.01)}
+KERNEL_INITS = {
+  "caffe_xavier": caffe_xavier_uniform,
+  "lecun_normal": nnx.initializers.lecun_normal(),
+  "gaussian_0.01": nnx.initializers.normal(0.01),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +135,7 @@ class FcVariant:
   build: Callable[[nnx.Rngs], nnx.Module]
 
 
-def fc_variants(feature_shape: tuple[int, int, int]
-                ) -> dict[str, Callable[..., FcVariant]]:
+def fc_variants(feature_shape: tuple[int, int, int]) -> dict[str, Callable[..., FcVariant]]:
   """The one table of FC variants over a ``feature_shape`` map: name -> factory.
 
   A ``<k>``/``<r>`` in a name is a positive integer argument of the factory
@@ -141,29 +146,42 @@ def fc_variants(feature_shape: tuple[int, int, int]
   fc_in = math.prod(feature_shape)
 
   def dense(name, features):
-    return FcVariant(name, features, True, lambda rngs, init=KERNEL_INIT: (
-        nnx.Linear(fc_in, features, kernel_init=init, rngs=rngs)))
+    return FcVariant(
+      name,
+      features,
+      True,
+      lambda rngs, init=KERNEL_INIT: nnx.Linear(fc_in, features, kernel_init=init, rngs=rngs),
+    )
 
   def low_rank(name, rank):
-    return FcVariant(name, FC_FEATURES, True, lambda rngs, init=None: (
-        kfc_jax.nnx.LowRankLinear(fc_in, FC_FEATURES, rank=rank, rngs=rngs)))
+    return FcVariant(
+      name,
+      FC_FEATURES,
+      True,
+      lambda rngs, init=None: kfc_jax.nnx.LowRankLinear(fc_in, FC_FEATURES, rank=rank, rngs=rngs),
+    )
 
   def kfc(name, terms):
-    return FcVariant(name, FC_FEATURES, False, lambda rngs, init=None: (
-        kfc_jax.nnx.KFC(feature_shape, FC_FEATURES, terms=terms,
-                        use_bias=True, rngs=rngs)))
+    return FcVariant(
+      name,
+      FC_FEATURES,
+      False,
+      lambda rngs, init=None: kfc_jax.nnx.KFC(
+        feature_shape, FC_FEATURES, terms=terms, use_bias=True, rngs=rngs
+      ),
+    )
 
   combined = [("II", (64, 4)), ("III", (128, 2)), ("IV", (128, 2))]
   return {
-      "Baseline": lambda: dense("Baseline", FC_FEATURES),
-      "Cut-<k>": lambda k: dense(f"Cut-{k}", k),
-      "LowRank-<k>": lambda k: low_rank(f"LowRank-{k}", k),
-      "KFC-I": lambda: kfc("KFC-I", [("I", (256, 1))]),
-      "KFC-II": lambda: kfc("KFC-II", [("II", (64, 4))]),
-      "KFC-III": lambda: kfc("KFC-III", [("III", (128, 2))]),
-      "KFC-IV": lambda: kfc("KFC-IV", [("IV", (128, 2))]),
-      "KFC-Combined": lambda: kfc("KFC-Combined", combined),
-      "KFC-Rank-<r>": lambda r: kfc(f"KFC-Rank-{r}", [("II", (64, 4), r)]),
+    "Baseline": lambda: dense("Baseline", FC_FEATURES),
+    "Cut-<k>": lambda k: dense(f"Cut-{k}", k),
+    "LowRank-<k>": lambda k: low_rank(f"LowRank-{k}", k),
+    "KFC-I": lambda: kfc("KFC-I", [("I", (256, 1))]),
+    "KFC-II": lambda: kfc("KFC-II", [("II", (64, 4))]),
+    "KFC-III": lambda: kfc("KFC-III", [("III", (128, 2))]),
+    "KFC-IV": lambda: kfc("KFC-IV", [("IV", (128, 2))]),
+    "KFC-Combined": lambda: kfc("KFC-Combined", combined),
+    "KFC-Rank-<r>": lambda r: kfc(f"KFC-Rank-{r}", [("II", (64, 4), r)]),
   }
 
 
@@ -181,14 +199,15 @@ def get_variant(name: str, architecture: Architecture) -> FcVariant:
       if name == pattern:
         return factory()
       continue
-    prefix = pattern[:pattern.index("<")]
+    prefix = pattern[: pattern.index("<")]
     match = re.fullmatch(re.escape(prefix) + r"([1-9][0-9]*)", name)
     if match:
       return factory(int(match.group(1)))
   raise ValueError(
-      f"Unknown variant {name!r}. Valid variants: {', '.join(VARIANT_NAMES)} "
-      "(<k> and <r> are positive integers, e.g. Cut-96, LowRank-96, "
-      "KFC-Rank-10).")
+    f"Unknown variant {name!r}. Valid variants: {', '.join(VARIANT_NAMES)} "
+    "(<k> and <r> are positive integers, e.g. Cut-96, LowRank-96, "
+    "KFC-Rank-10)."
+  )
 
 
 class PaperCNN(nnx.Module):
@@ -204,10 +223,15 @@ class PaperCNN(nnx.Module):
     (99562, 73984)
   """
 
-  def __init__(self, architecture: Architecture, variant: str = "Baseline", *,
-               dropout_rate: float = 0.5,
-               kernel_init: Callable[..., jax.Array] = KERNEL_INIT,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    architecture: Architecture,
+    variant: str = "Baseline",
+    *,
+    dropout_rate: float = 0.5,
+    kernel_init: Callable[..., jax.Array] = KERNEL_INIT,
+    rngs: nnx.Rngs,
+  ):
     """Builds the network.
 
     Args:
@@ -230,15 +254,17 @@ class PaperCNN(nnx.Module):
       if layer == "pool":
         continue
       size, features, padding = layer
-      convs.append(nnx.Conv(channels, features, (size, size), padding=padding,
-                            kernel_init=kernel_init, rngs=rngs))
+      convs.append(
+        nnx.Conv(
+          channels, features, (size, size), padding=padding, kernel_init=kernel_init, rngs=rngs
+        )
+      )
       channels = features
     self.convs = nnx.List(convs)
     self.fc = spec.build(rngs, kernel_init)
     self.flatten_fc_input = spec.flatten_input
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
-    self.classifier = nnx.Linear(spec.features, NUM_CLASSES,
-                                 kernel_init=kernel_init, rngs=rngs)
+    self.classifier = nnx.Linear(spec.features, NUM_CLASSES, kernel_init=kernel_init, rngs=rngs)
 
   def features(self, x: jax.Array) -> jax.Array:
     """The conv stack: images ``[*batch, H, W, C]`` to the FC layer's map."""
@@ -278,8 +304,7 @@ def count_params(module: nnx.Module, *, biases: bool = True) -> int:
       (KFC-II: 2.1K = 2,084 factor entries), so both counts are reported.
   """
   total = 0
-  for path, leaf in jax.tree_util.tree_leaves_with_path(
-      nnx.state(module, nnx.Param)):
+  for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(module, nnx.Param)):
     if biases or not any(getattr(k, "key", None) == "bias" for k in path):
       total += math.prod(leaf.shape)
   return total

@@ -30,17 +30,16 @@ def load_config_module(spec: str, example: str) -> ModuleType:
   path = Path(spec)
   if path.suffix != ".py":
     if not (configs_dir / f"{spec}.py").is_file():
-      names = sorted(p.stem for p in configs_dir.glob("*.py")
-                     if not p.stem.startswith("_"))
-      raise ValueError(f"Unknown config {spec!r}; use one of {names} or a "
-                       "path to a .py file with get_config().")
+      names = sorted(p.stem for p in configs_dir.glob("*.py") if not p.stem.startswith("_"))
+      raise ValueError(
+        f"Unknown config {spec!r}; use one of {names} or a path to a .py file with get_config()."
+      )
     return importlib.import_module(f"examples.{example}.configs.{spec}")
   if not path.is_file() and (example_dir / path).is_file():
     path = example_dir / path  # e.g. configs/paper.py
   if not path.is_file():
     raise ValueError(f"Config file {spec!r} does not exist.")
-  module_spec = importlib.util.spec_from_file_location(
-      f"_{example}_config_{path.stem}", path)
+  module_spec = importlib.util.spec_from_file_location(f"_{example}_config_{path.stem}", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module

@@ -60,10 +60,12 @@ MAX_IN_FLIGHT = 2
 
 
 @functools.cache
-def adam_with_l2(learning_rate: float, weight_decay: float,
-                 schedule: str = "constant",
-                 total_steps: int | None = None
-                 ) -> optax.GradientTransformation:
+def adam_with_l2(
+  learning_rate: float,
+  weight_decay: float,
+  schedule: str = "constant",
+  total_steps: int | None = None,
+) -> optax.GradientTransformation:
   """Adam with coupled L2 weight decay on every parameter (Caffe-style).
 
   Cached: ``nnx.jit`` keys its cache on the optimizer's static structure,
@@ -88,14 +90,17 @@ def adam_with_l2(learning_rate: float, weight_decay: float,
   elif schedule == "constant":
     lr = learning_rate
   else:
-    raise ValueError(f"Unknown lr_schedule {schedule!r}; use one of "
-                     f"{LR_SCHEDULES}.")
+    raise ValueError(f"Unknown lr_schedule {schedule!r}; use one of {LR_SCHEDULES}.")
   return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(lr))
 
 
-def create_optimizer(model: nnx.Module, config: Any,
-                     total_steps: int | None = None, *,
-                     wrt: nnx.filterlib.Filter = nnx.Param) -> nnx.Optimizer:
+def create_optimizer(
+  model: nnx.Module,
+  config: Any,
+  total_steps: int | None = None,
+  *,
+  wrt: nnx.filterlib.Filter = nnx.Param,
+) -> nnx.Optimizer:
   """:func:`adam_with_l2` with ``config``'s settings over ``wrt`` of ``model``.
 
   Args:
@@ -106,8 +111,7 @@ def create_optimizer(model: nnx.Module, config: Any,
   """
   if config.lr_schedule == "constant":
     total_steps = None  # Irrelevant; keeps one cached transformation.
-  tx = adam_with_l2(config.learning_rate, config.weight_decay,
-                    config.lr_schedule, total_steps)
+  tx = adam_with_l2(config.learning_rate, config.weight_decay, config.lr_schedule, total_steps)
   return nnx.Optimizer(model, tx, wrt=wrt)
 
 
@@ -125,13 +129,16 @@ def check_config(config: Any, mesh: Mesh | None = None) -> None:
       evenly.
   """
   if not config.variants or not config.seeds:
-    raise ValueError("config.variants and config.seeds must be non-empty; got "
-                     f"{config.variants!r} and {config.seeds!r}.")
+    raise ValueError(
+      "config.variants and config.seeds must be non-empty; got "
+      f"{config.variants!r} and {config.seeds!r}."
+    )
   if config.epochs < 1:
     raise ValueError(f"config.epochs must be >= 1; got {config.epochs}.")
   if config.lr_schedule not in LR_SCHEDULES:
-    raise ValueError(f"config.lr_schedule must be one of {LR_SCHEDULES}; got "
-                     f"{config.lr_schedule!r}.")
+    raise ValueError(
+      f"config.lr_schedule must be one of {LR_SCHEDULES}; got {config.lr_schedule!r}."
+    )
   mesh = mesh if mesh is not None else pipeline.make_data_mesh()
   pipeline.check_batch_size(config.batch_size, mesh, "batch_size")
   pipeline.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
@@ -143,9 +150,13 @@ def check_config(config: Any, mesh: Mesh | None = None) -> None:
 
 
 @functools.partial(nnx.jit, static_argnames="preprocess")
-def train_step(model: nnx.Module, optimizer: nnx.Optimizer,
-               batch: Mapping[str, jax.Array], *,
-               preprocess: Preprocess) -> Metrics:
+def train_step(
+  model: nnx.Module,
+  optimizer: nnx.Optimizer,
+  batch: Mapping[str, jax.Array],
+  *,
+  preprocess: Preprocess,
+) -> Metrics:
   """One optimizer step on a batch; updates ``model`` and ``optimizer``.
 
   Only what ``optimizer.wrt`` selects is differentiated and updated; the
@@ -170,18 +181,20 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer,
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return losses.mean(), (losses, logits)
 
-  grad_fn = nnx.value_and_grad(
-      loss_fn, argnums=nnx.DiffState(0, optimizer.wrt), has_aux=True)
+  grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, optimizer.wrt), has_aux=True)
   (_, (losses, logits)), grads = grad_fn(model)
   optimizer.update(model, grads)
-  return {"loss": losses.sum(),
-          "correct": (logits.argmax(-1) == labels).sum().astype(jnp.float32),
-          "count": jnp.asarray(labels.shape[0], jnp.float32)}
+  return {
+    "loss": losses.sum(),
+    "correct": (logits.argmax(-1) == labels).sum().astype(jnp.float32),
+    "count": jnp.asarray(labels.shape[0], jnp.float32),
+  }
 
 
 @functools.partial(nnx.jit, static_argnames="preprocess")
-def eval_step(model: nnx.Module, batch: Mapping[str, jax.Array], *,
-              preprocess: Preprocess) -> Metrics:
+def eval_step(
+  model: nnx.Module, batch: Mapping[str, jax.Array], *, preprocess: Preprocess
+) -> Metrics:
   """Sums of loss, correct predictions and examples over a masked batch.
 
   Args:
@@ -197,8 +210,7 @@ def eval_step(model: nnx.Module, batch: Mapping[str, jax.Array], *,
   labels, mask = batch["label"], batch["mask"]
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   correct = (logits.argmax(-1) == labels).astype(jnp.float32)
-  return {"loss": (losses * mask).sum(), "correct": (correct * mask).sum(),
-          "count": mask.sum()}
+  return {"loss": (losses * mask).sum(), "correct": (correct * mask).sum(), "count": mask.sum()}
 
 
 # ----------------------------------------------------------------------------
@@ -210,37 +222,54 @@ def summarise(sums: Mapping[str, Any]) -> dict[str, float]:
   """Mean ``loss``, ``error`` and ``accuracy`` (%) from summed metrics."""
   count = float(sums["count"])
   accuracy = 100.0 * float(sums["correct"]) / count
-  return {"loss": float(sums["loss"]) / count, "error": 100.0 - accuracy,
-          "accuracy": accuracy, "count": count}
+  return {
+    "loss": float(sums["loss"]) / count,
+    "error": 100.0 - accuracy,
+    "accuracy": accuracy,
+    "count": count,
+  }
 
 
-def evaluate(model: nnx.Module, images: np.ndarray, labels: np.ndarray, *,
-             batch_size: int, mesh: Mesh, preprocess: Preprocess,
-             prefetch: int = 2) -> dict[str, float]:
+def evaluate(
+  model: nnx.Module,
+  images: np.ndarray,
+  labels: np.ndarray,
+  *,
+  batch_size: int,
+  mesh: Mesh,
+  preprocess: Preprocess,
+  prefetch: int = 2,
+) -> dict[str, float]:
   """Mean loss, error and accuracy (%) on every example once, and seconds."""
   start = time.perf_counter()
-  stream = pipeline.batches({"image": images, "label": labels}, batch_size,
-                            drop_remainder=False)
+  stream = pipeline.batches({"image": images, "label": labels}, batch_size, drop_remainder=False)
   totals = None
-  for batch in pipeline.prefetch_to_mesh(
-      stream, pipeline.batch_sharding(mesh), prefetch):
+  for batch in pipeline.prefetch_to_mesh(stream, pipeline.batch_sharding(mesh), prefetch):
     sums = eval_step(model, batch, preprocess=preprocess)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return {**summarise(jax.device_get(totals)),
-          "seconds": time.perf_counter() - start}
+  return {**summarise(jax.device_get(totals)), "seconds": time.perf_counter() - start}
 
 
-def _augmented(stream: Iterator[dict[str, np.ndarray]], augment: Augment,
-               rng: np.random.Generator) -> Iterator[dict[str, np.ndarray]]:
+def _augmented(
+  stream: Iterator[dict[str, np.ndarray]], augment: Augment, rng: np.random.Generator
+) -> Iterator[dict[str, np.ndarray]]:
   for batch in stream:
     yield {**batch, "image": augment(batch["image"], rng)}
 
 
-def train_epoch(model: nnx.Module, optimizer: nnx.Optimizer,
-                images: np.ndarray, labels: np.ndarray, *, config: Any,
-                mesh: Mesh, rng: np.random.Generator, preprocess: Preprocess,
-                augment: Augment | None = None, desc: str = ""
-                ) -> dict[str, float]:
+def train_epoch(
+  model: nnx.Module,
+  optimizer: nnx.Optimizer,
+  images: np.ndarray,
+  labels: np.ndarray,
+  *,
+  config: Any,
+  mesh: Mesh,
+  rng: np.random.Generator,
+  preprocess: Preprocess,
+  augment: Augment | None = None,
+  desc: str = "",
+) -> dict[str, float]:
   """One shuffled pass over the training images (last short batch dropped).
 
   Args:
@@ -267,14 +296,13 @@ def train_epoch(model: nnx.Module, optimizer: nnx.Optimizer,
   """
   steps = pipeline.num_batches(len(images), config.batch_size, True)
   if not steps:
-    raise ValueError(f"the training set ({len(images)} examples) is smaller "
-                     f"than one batch ({config.batch_size}).")
-  stream = pipeline.batches({"image": images, "label": labels},
-                            config.batch_size, rng=rng)
+    raise ValueError(
+      f"the training set ({len(images)} examples) is smaller than one batch ({config.batch_size})."
+    )
+  stream = pipeline.batches({"image": images, "label": labels}, config.batch_size, rng=rng)
   if augment is not None:
     stream = _augmented(stream, augment, rng)
-  stream = pipeline.prefetch_to_mesh(stream, pipeline.batch_sharding(mesh),
-                                     config.prefetch)
+  stream = pipeline.prefetch_to_mesh(stream, pipeline.batch_sharding(mesh), config.prefetch)
   totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
   in_flight = collections.deque()
 
@@ -283,22 +311,20 @@ def train_epoch(model: nnx.Module, optimizer: nnx.Optimizer,
       totals[k] += float(v)
 
   start = time.perf_counter()
-  with tqdm.tqdm(total=steps, desc=desc, disable=not config.progress,
-                 leave=False, dynamic_ncols=True) as bar:
+  with tqdm.tqdm(
+    total=steps, desc=desc, disable=not config.progress, leave=False, dynamic_ncols=True
+  ) as bar:
     for step, batch in enumerate(stream, 1):
-      in_flight.append(train_step(model, optimizer, batch,
-                                  preprocess=preprocess))
+      in_flight.append(train_step(model, optimizer, batch, preprocess=preprocess))
       while len(in_flight) > MAX_IN_FLIGHT:
         collect(in_flight.popleft())
       if step % config.log_every == 0 and totals["count"]:
         running = summarise(totals)
-        bar.set_postfix(loss=f"{running['loss']:.4f}",
-                        acc=f"{running['accuracy']:.2f}%")
+        bar.set_postfix(loss=f"{running['loss']:.4f}", acc=f"{running['accuracy']:.2f}%")
       bar.update(1)
     while in_flight:
       collect(in_flight.popleft())
-  return {**summarise(totals), "steps": steps,
-          "seconds": time.perf_counter() - start}
+  return {**summarise(totals), "steps": steps, "seconds": time.perf_counter() - start}
 
 
 # ----------------------------------------------------------------------------
@@ -314,6 +340,7 @@ def params_on_host(model: nnx.Module) -> Any:
 def save_params(path: str | Path, params: Any) -> None:
   """Writes parameters (:func:`params_on_host`) as an orbax checkpoint."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(Path(path).resolve(), params, force=True)
 
@@ -321,6 +348,7 @@ def save_params(path: str | Path, params: Any) -> None:
 def restore_params(path: str | Path, model: nnx.Module) -> None:
   """Loads the parameters of an orbax checkpoint into ``model`` (in place)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   abstract = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
   with ocp.StandardCheckpointer() as checkpointer:
     nnx.update(model, checkpointer.restore(Path(path).resolve(), abstract))
@@ -331,16 +359,15 @@ def restore_params(path: str | Path, model: nnx.Module) -> None:
 _RESUMABLE = nnx.Not(nnx.RngKey)
 
 
-def _save_progress(directory: Path, model: nnx.Module,
-                   optimizer: nnx.Optimizer, best: Any,
-                   progress: dict[str, Any]) -> None:
+def _save_progress(
+  directory: Path, model: nnx.Module, optimizer: nnx.Optimizer, best: Any, progress: dict[str, Any]
+) -> None:
   """The run's state after an epoch; ``progress.json`` last, so it is whole."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  state = {"model": nnx.state(model, _RESUMABLE),
-           "optimizer": nnx.state(optimizer), "best": best}
+
+  state = {"model": nnx.state(model, _RESUMABLE), "optimizer": nnx.state(optimizer), "best": best}
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save((directory / "state").resolve(),
-                      jax.device_get(state), force=True)
+    checkpointer.save((directory / "state").resolve(), jax.device_get(state), force=True)
   tmp = directory / "progress.json.tmp"
   tmp.write_text(json.dumps(progress))
   tmp.replace(directory / "progress.json")
@@ -348,22 +375,31 @@ def _save_progress(directory: Path, model: nnx.Module,
 
 # Fields that do not change a run's numbers: a run resumes across them. (The
 # resume directory is per variant and seed, so the other runs do not count.)
-_NOT_THE_RUN = frozenset({"variants", "seeds", "data_dir", "manual_dir",
-                          "download", "save_checkpoints", "prefetch",
-                          "progress", "log_every"})
+_NOT_THE_RUN = frozenset(
+  {
+    "variants",
+    "seeds",
+    "data_dir",
+    "manual_dir",
+    "download",
+    "save_checkpoints",
+    "prefetch",
+    "progress",
+    "log_every",
+  }
+)
 
 
 def _as_json(config: Any) -> Any:
   """The settings that make the run, as JSON values, to compare with saved."""
-  fields = (dataclasses.asdict(config) if dataclasses.is_dataclass(config)
-            else dict(vars(config)))
+  fields = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
   fields = {k: v for k, v in fields.items() if k not in _NOT_THE_RUN}
   return json.loads(json.dumps(fields, default=str))
 
 
-def _restore_progress(directory: Path, model: nnx.Module,
-                      optimizer: nnx.Optimizer, mesh: Mesh, settings: Any
-                      ) -> tuple[dict[str, Any], Any] | None:
+def _restore_progress(
+  directory: Path, model: nnx.Module, optimizer: nnx.Optimizer, mesh: Mesh, settings: Any
+) -> tuple[dict[str, Any], Any] | None:
   """``(progress, best params)`` of a saved run, its state put back.
 
   None when nothing was saved, or it was saved with other settings (the run
@@ -373,14 +409,18 @@ def _restore_progress(directory: Path, model: nnx.Module,
     return None
   progress = json.loads((directory / "progress.json").read_text())
   if progress.get("config") != settings:
-    logger.info("%s holds a run with other settings; starting over.",
-                directory)
+    logger.info("%s holds a run with other settings; starting over.", directory)
     return None
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  abstract = jax.tree.map(np.asarray, {
+
+  abstract = jax.tree.map(
+    np.asarray,
+    {
       "model": nnx.state(model, _RESUMABLE),
       "optimizer": nnx.state(optimizer),
-      "best": nnx.state(model, nnx.Param)})
+      "best": nnx.state(model, nnx.Param),
+    },
+  )
   with ocp.StandardCheckpointer() as checkpointer:
     state = checkpointer.restore((directory / "state").resolve(), abstract)
   replicated = pipeline.replicated_sharding(mesh)
@@ -394,10 +434,21 @@ def _restore_progress(directory: Path, model: nnx.Module,
 # ----------------------------------------------------------------------------
 
 
-def fit(model: nnx.Module, optimizer: nnx.Optimizer, *, train: Split,
-        validation: Split, test: Split, config: Any, mesh: Mesh, seed: int,
-        name: str, preprocess: Preprocess, best_dir: Path | None = None,
-        resume_dir: Path | None = None) -> dict[str, Any]:
+def fit(
+  model: nnx.Module,
+  optimizer: nnx.Optimizer,
+  *,
+  train: Split,
+  validation: Split,
+  test: Split,
+  config: Any,
+  mesh: Mesh,
+  seed: int,
+  name: str,
+  preprocess: Preprocess,
+  best_dir: Path | None = None,
+  resume_dir: Path | None = None,
+) -> dict[str, Any]:
   """Trains ``config.epochs`` epochs; tests the best-validation parameters.
 
   Args:
@@ -427,29 +478,47 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, *, train: Split,
     left out), ``first_epoch_s`` and ``checkpoint`` (``best_dir`` or None).
   """
   rng = np.random.default_rng(seed)
-  eval_kw = {"batch_size": config.eval_batch_size, "mesh": mesh,
-             "preprocess": preprocess, "prefetch": config.prefetch}
-  progress = {"epoch": 0, "history": [], "best_epoch": 0,
-              "best_val_error": float("inf")}
+  eval_kw = {
+    "batch_size": config.eval_batch_size,
+    "mesh": mesh,
+    "preprocess": preprocess,
+    "prefetch": config.prefetch,
+  }
+  progress = {"epoch": 0, "history": [], "best_epoch": 0, "best_val_error": float("inf")}
   best_params = None
   settings = _as_json(config)
-  restored = (_restore_progress(resume_dir, model, optimizer, mesh, settings)
-              if resume_dir is not None else None)
+  restored = (
+    _restore_progress(resume_dir, model, optimizer, mesh, settings)
+    if resume_dir is not None
+    else None
+  )
   if restored is not None:
     progress, best_params = restored
     rng.bit_generator.state = progress["rng"]
-    logger.info("%s: resumed after epoch %d from %s", name, progress["epoch"],
-                resume_dir)
+    logger.info("%s: resumed after epoch %d from %s", name, progress["epoch"], resume_dir)
   start = time.perf_counter()
   for epoch in range(progress["epoch"] + 1, config.epochs + 1):
-    stats = train_epoch(model, optimizer, *train, config=config, mesh=mesh,
-                        rng=rng, preprocess=preprocess,
-                        desc=f"{name} epoch {epoch}")
+    stats = train_epoch(
+      model,
+      optimizer,
+      *train,
+      config=config,
+      mesh=mesh,
+      rng=rng,
+      preprocess=preprocess,
+      desc=f"{name} epoch {epoch}",
+    )
     val = evaluate(model, *validation, **eval_kw)
-    progress["history"].append({
-        "epoch": epoch, "train_loss": stats["loss"],
-        "train_error": stats["error"], "val_loss": val["loss"],
-        "val_error": val["error"], "seconds": stats["seconds"]})
+    progress["history"].append(
+      {
+        "epoch": epoch,
+        "train_loss": stats["loss"],
+        "train_error": stats["error"],
+        "val_loss": val["loss"],
+        "val_error": val["error"],
+        "seconds": stats["seconds"],
+      }
+    )
     improved = val["error"] < progress["best_val_error"]
     if improved:
       progress.update(best_epoch=epoch, best_val_error=val["error"])
@@ -457,28 +526,41 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, *, train: Split,
       if best_dir is not None:
         save_params(best_dir, best_params)
     logger.info(
-        "%s epoch %d/%d: train loss %.4f error %.2f%% | val loss %.4f error "
-        "%.2f%%%s | %.1f s", name, epoch, config.epochs, stats["loss"],
-        stats["error"], val["loss"], val["error"],
-        " (best)" if improved else "", stats["seconds"])
+      "%s epoch %d/%d: train loss %.4f error %.2f%% | val loss %.4f error %.2f%%%s | %.1f s",
+      name,
+      epoch,
+      config.epochs,
+      stats["loss"],
+      stats["error"],
+      val["loss"],
+      val["error"],
+      " (best)" if improved else "",
+      stats["seconds"],
+    )
     if resume_dir is not None:
-      progress.update(epoch=epoch, rng=rng.bit_generator.state,
-                      config=settings)
+      progress.update(epoch=epoch, rng=rng.bit_generator.state, config=settings)
       _save_progress(resume_dir, model, optimizer, best_params, progress)
   last = evaluate(model, *test, **eval_kw)
-  nnx.update(model, jax.device_put(best_params,
-                                   pipeline.replicated_sharding(mesh)))
+  nnx.update(model, jax.device_put(best_params, pipeline.replicated_sharding(mesh)))
   best = evaluate(model, *test, **eval_kw)
   seconds = [h["seconds"] for h in progress["history"]]
-  logger.info("%s: best epoch %d (val %.2f%%), test error %.2f%% (last epoch "
-              "%.2f%%)", name, progress["best_epoch"],
-              progress["best_val_error"], best["error"], last["error"])
-  return {"best_epoch": progress["best_epoch"],
-          "best_val_error": progress["best_val_error"],
-          "test_error": best["error"], "test_loss": best["loss"],
-          "last_epoch_test_error": last["error"],
-          "history": progress["history"],
-          "wall_time_s": time.perf_counter() - start,
-          "train_time_per_epoch_s": float(np.median(seconds[1:] or seconds)),
-          "first_epoch_s": seconds[0],
-          "checkpoint": str(best_dir.resolve()) if best_dir else None}
+  logger.info(
+    "%s: best epoch %d (val %.2f%%), test error %.2f%% (last epoch %.2f%%)",
+    name,
+    progress["best_epoch"],
+    progress["best_val_error"],
+    best["error"],
+    last["error"],
+  )
+  return {
+    "best_epoch": progress["best_epoch"],
+    "best_val_error": progress["best_val_error"],
+    "test_error": best["error"],
+    "test_loss": best["loss"],
+    "last_epoch_test_error": last["error"],
+    "history": progress["history"],
+    "wall_time_s": time.perf_counter() - start,
+    "train_time_per_epoch_s": float(np.median(seconds[1:] or seconds)),
+    "first_epoch_s": seconds[0],
+    "checkpoint": str(best_dir.resolve()) if best_dir else None,
+  }

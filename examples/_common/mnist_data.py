@@ -18,14 +18,20 @@ from examples._common import tfds_data
 
 MANUAL_DIR_ENV = "KFC_JAX_MNIST_DIR"
 # The four files TFDS's MNIST builder downloads (and accepts from manual_dir).
-MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+MNIST_FILES = (
+  "train-images-idx3-ubyte.gz",
+  "train-labels-idx1-ubyte.gz",
+  "t10k-images-idx3-ubyte.gz",
+  "t10k-labels-idx1-ubyte.gz",
+)
 TRAIN_SIZE = 60_000
 # examples/_common/mnist_data.py -> the repository root is two levels up.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_MANUAL_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
-HOW_TO_GET = (f"  (Set it with --manual_dir or ${MANUAL_DIR_ENV}; this "
-              f"project keeps the files in {PROJECT_MANUAL_DIR}.)")
+HOW_TO_GET = (
+  f"  (Set it with --manual_dir or ${MANUAL_DIR_ENV}; this "
+  f"project keeps the files in {PROJECT_MANUAL_DIR}.)"
+)
 
 MnistSplits = tfds_data.Splits  # Images uint8 [N, 28, 28, 1], labels int32.
 
@@ -39,10 +45,13 @@ def default_manual_dir() -> Path | None:
   return None
 
 
-def load_mnist(*, data_dir: str | os.PathLike[str] | None = None,
-               manual_dir: str | os.PathLike[str] | None = None,
-               download: bool = True,
-               num_validation: int = 10_000) -> MnistSplits:
+def load_mnist(
+  *,
+  data_dir: str | os.PathLike[str] | None = None,
+  manual_dir: str | os.PathLike[str] | None = None,
+  download: bool = True,
+  num_validation: int = 10_000,
+) -> MnistSplits:
   """Loads (preparing if needed) MNIST into memory.
 
   Args:
@@ -62,7 +71,12 @@ def load_mnist(*, data_dir: str | os.PathLike[str] | None = None,
       get it.
   """
   return tfds_data.load_with_validation(
-      "mnist", train_size=TRAIN_SIZE, num_validation=num_validation,
-      data_dir=data_dir,
-      manual_dir=manual_dir if manual_dir is not None else default_manual_dir(),
-      manual_files=MNIST_FILES, download=download, how_to_get=HOW_TO_GET)
+    "mnist",
+    train_size=TRAIN_SIZE,
+    num_validation=num_validation,
+    data_dir=data_dir,
+    manual_dir=manual_dir if manual_dir is not None else default_manual_dir(),
+    manual_files=MNIST_FILES,
+    download=download,
+    how_to_get=HOW_TO_GET,
+  )

@@ -56,16 +56,17 @@ def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size"):
   n = mesh.devices.size
   if batch_size <= 0 or batch_size % n:
     raise ValueError(
-        f"{name} must be a positive multiple of the number of devices ({n}) "
-        f"so that every device gets the same share; got {batch_size}.")
+      f"{name} must be a positive multiple of the number of devices ({n}) "
+      f"so that every device gets the same share; got {batch_size}."
+    )
 
 
 def batches(
-    arrays: Mapping[str, np.ndarray],
-    batch_size: int,
-    *,
-    rng: np.random.Generator | None = None,
-    drop_remainder: bool = True,
+  arrays: Mapping[str, np.ndarray],
+  batch_size: int,
+  *,
+  rng: np.random.Generator | None = None,
+  drop_remainder: bool = True,
 ) -> Iterator[Batch]:
   """Yields dict batches of equal size from arrays sharing a leading axis.
 
@@ -84,13 +85,15 @@ def batches(
   """
   lengths = {len(a) for a in arrays.values()}
   if len(lengths) != 1:
-    raise ValueError(f"arrays must share their leading axis; got lengths "
-                     f"{ {k: len(a) for k, a in arrays.items()} }.")
+    raise ValueError(
+      f"arrays must share their leading axis; got lengths "
+      f"{ {k: len(a) for k, a in arrays.items()} }."
+    )
   (n,) = lengths
   order = rng.permutation(n) if rng is not None else np.arange(n)
   stop = n - n % batch_size if drop_remainder else n
   for start in range(0, stop, batch_size):
-    idx = order[start:start + batch_size]
+    idx = order[start : start + batch_size]
     real = len(idx)
     if real < batch_size:
       idx = np.concatenate([idx, np.full(batch_size - real, idx[0])])
@@ -111,8 +114,9 @@ class _End:
   pass
 
 
-def prefetch_to_mesh(iterable: Iterable[Any], sharding: jax.sharding.Sharding,
-                     size: int = 2) -> Iterator[Any]:
+def prefetch_to_mesh(
+  iterable: Iterable[Any], sharding: jax.sharding.Sharding, size: int = 2
+) -> Iterator[Any]:
   """Copies pytrees of host arrays to devices ``size`` items ahead, in a thread.
 
   ``flax.jax_utils.prefetch_to_device`` does the same for ``pmap`` (it splits a

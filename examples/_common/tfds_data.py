@@ -57,11 +57,11 @@ def import_tfds() -> ModuleType:
   except ModuleNotFoundError:
     sys.modules["importlib_resources"] = importlib.resources
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   return tfds
 
 
-def network_available(host: tuple[str, int] = _DOWNLOAD_HOST,
-                      timeout: float = 3.0) -> bool:
+def network_available(host: tuple[str, int] = _DOWNLOAD_HOST, timeout: float = 3.0) -> bool:
   """Whether a TCP connection to the TFDS download host succeeds quickly."""
   try:
     with socket.create_connection(host, timeout=timeout):
@@ -70,8 +70,7 @@ def network_available(host: tuple[str, int] = _DOWNLOAD_HOST,
     return False
 
 
-def missing_files(directory: str | os.PathLike[str] | None,
-                  names: Sequence[str]) -> list[str]:
+def missing_files(directory: str | os.PathLike[str] | None, names: Sequence[str]) -> list[str]:
   """The entries of ``names`` that are not files in ``directory``."""
   if directory is None:
     return list(names)
@@ -79,14 +78,14 @@ def missing_files(directory: str | os.PathLike[str] | None,
 
 
 def load_numpy_splits(
-    name: str,
-    splits: Mapping[str, str],
-    *,
-    data_dir: str | os.PathLike[str] | None,
-    manual_dir: str | os.PathLike[str] | None,
-    manual_files: Sequence[str],
-    download: bool = True,
-    how_to_get: str = "",
+  name: str,
+  splits: Mapping[str, str],
+  *,
+  data_dir: str | os.PathLike[str] | None,
+  manual_dir: str | os.PathLike[str] | None,
+  manual_files: Sequence[str],
+  download: bool = True,
+  how_to_get: str = "",
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """Loads supervised TFDS splits into memory, preparing the dataset if needed.
 
@@ -122,13 +121,13 @@ def load_numpy_splits(
 
   def unavailable(reason: str) -> DatasetUnavailableError:
     lines = [
-        f"The {name!r} dataset is not prepared in {builder.data_dir_root} "
-        f"and cannot be prepared: {reason}",
-        "Get it in one of these ways:",
-        "  * with a network, run again: TFDS downloads and prepares it "
-        "(--data_dir chooses where it goes);",
-        f"  * without one, put the original files ({', '.join(manual_files)}) "
-        f"in a directory and pass it as the manual dir (now {manual_dir}).",
+      f"The {name!r} dataset is not prepared in {builder.data_dir_root} "
+      f"and cannot be prepared: {reason}",
+      "Get it in one of these ways:",
+      "  * with a network, run again: TFDS downloads and prepares it "
+      "(--data_dir chooses where it goes);",
+      f"  * without one, put the original files ({', '.join(manual_files)}) "
+      f"in a directory and pass it as the manual dir (now {manual_dir}).",
     ]
     if how_to_get:
       lines.append(how_to_get)
@@ -138,24 +137,22 @@ def load_numpy_splits(
     if missing:
       if not download:
         raise unavailable(
-            f"downloading is disabled and the manual dir {manual_dir} lacks "
-            f"{', '.join(missing)}.")
+          f"downloading is disabled and the manual dir {manual_dir} lacks {', '.join(missing)}."
+        )
       if not network_available():
         raise unavailable(
-            f"there is no network and the manual dir {manual_dir} lacks "
-            f"{', '.join(missing)}.")
-      logger.info("Downloading and preparing %s into %s", name,
-                  builder.data_dir_root)
+          f"there is no network and the manual dir {manual_dir} lacks {', '.join(missing)}."
+        )
+      logger.info("Downloading and preparing %s into %s", name, builder.data_dir_root)
     else:
-      logger.info("Preparing %s into %s from the files in %s", name,
-                  builder.data_dir_root, manual_dir)
-    config = tfds.download.DownloadConfig(
-        manual_dir=None if missing else str(manual_dir))
+      logger.info(
+        "Preparing %s into %s from the files in %s", name, builder.data_dir_root, manual_dir
+      )
+    config = tfds.download.DownloadConfig(manual_dir=None if missing else str(manual_dir))
     try:
       builder.download_and_prepare(download_config=config)
     except Exception as e:  # TFDS raises many types (checksums, I/O, HTTP).
-      raise unavailable(f"preparing it failed with {type(e).__name__}: {e}"
-                        ) from e
+      raise unavailable(f"preparing it failed with {type(e).__name__}: {e}") from e
 
   arrays = {}
   for ours, theirs in splits.items():
@@ -179,8 +176,7 @@ class Splits:
   test: tuple[np.ndarray, np.ndarray]
 
 
-def load_with_validation(name: str, *, train_size: int, num_validation: int,
-                         **kwargs) -> Splits:
+def load_with_validation(name: str, *, train_size: int, num_validation: int, **kwargs) -> Splits:
   """TFDS ``train`` less its last ``num_validation`` images, those, and ``test``.
 
   TFDS stores ``train`` in a fixed, shuffled order, so the validation images
@@ -201,10 +197,14 @@ def load_with_validation(name: str, *, train_size: int, num_validation: int,
     DatasetUnavailableError: see :func:`load_numpy_splits`.
   """
   if not 0 < num_validation < train_size:
-    raise ValueError(f"num_validation must be in [1, {train_size - 1}]; got "
-                     f"{num_validation}.")
+    raise ValueError(f"num_validation must be in [1, {train_size - 1}]; got {num_validation}.")
   arrays = load_numpy_splits(
-      name, {"train": f"train[:-{num_validation}]",
-             "validation": f"train[-{num_validation}:]", "test": "test"},
-      **kwargs)
+    name,
+    {
+      "train": f"train[:-{num_validation}]",
+      "validation": f"train[-{num_validation}:]",
+      "test": "test",
+    },
+    **kwargs,
+  )
   return Splits(**{k: (x, y.astype(np.int32)) for k, (x, y) in arrays.items()})

@@ -40,27 +40,64 @@ import re
 import sysconfig
 from collections.abc import Iterable, Iterator
 
-SKIPPED_STDLIB_DIRS = ("test", "tests", "idlelib", "lib2to3", "site-packages",
-                       "dist-packages", "tkinter", "turtledemo", "__pycache__")
+SKIPPED_STDLIB_DIRS = (
+  "test",
+  "tests",
+  "idlelib",
+  "lib2to3",
+  "site-packages",
+  "dist-packages",
+  "tkinter",
+  "turtledemo",
+  "__pycache__",
+)
 MIN_WORDS, MAX_WORDS = 6, 40
-CODE_MARKERS = (">>>", "::", "==", "()", "_", "`", "{", "}", "http", "www.",
-                "\\", "|", "<", ">", "--", "..", "@", "#", "*", "~", "^",
-                "Copyright", "(c)")
+CODE_MARKERS = (
+  ">>>",
+  "::",
+  "==",
+  "()",
+  "_",
+  "`",
+  "{",
+  "}",
+  "http",
+  "www.",
+  "\\",
+  "|",
+  "<",
+  ">",
+  "--",
+  "..",
+  "@",
+  "#",
+  "*",
+  "~",
+  "^",
+  "Copyright",
+  "(c)",
+)
 _SENTENCE_END = re.compile(r"(?<=[.?!])\s+(?=[A-Z])")
 _LETTERS = re.compile(r"[A-Za-z ]")
 
 
 # (import name, distribution name), in the order they are read.
 DOCUMENTED_PACKAGES = (
-  ("numpy", "numpy"), ("scipy", "scipy"), ("jax", "jax"), ("flax", "flax"),
-  ("optax", "optax"), ("orbax", "orbax-checkpoint"),
-  ("matplotlib", "matplotlib"), ("tensorflow_datasets", "tensorflow-datasets"),
+  ("numpy", "numpy"),
+  ("scipy", "scipy"),
+  ("jax", "jax"),
+  ("flax", "flax"),
+  ("optax", "optax"),
+  ("orbax", "orbax-checkpoint"),
+  ("matplotlib", "matplotlib"),
+  ("tensorflow_datasets", "tensorflow-datasets"),
 )
 SKIPPED_PACKAGE_DIRS = ("test", "tests", "testing", "__pycache__")
 
 
-def _docstrings(root: pathlib.Path, skipped: tuple[str, ...], label: str
-                ) -> Iterator[tuple[str, str]]:
+def _docstrings(
+  root: pathlib.Path, skipped: tuple[str, ...], label: str
+) -> Iterator[tuple[str, str]]:
   """``(source, docstring)`` of every module, class and function under ``root``."""
   for path in sorted(root.rglob("*.py")):
     relative = path.relative_to(root)
@@ -71,8 +108,7 @@ def _docstrings(root: pathlib.Path, skipped: tuple[str, ...], label: str
     except (SyntaxError, UnicodeDecodeError, ValueError):
       continue  # a few files are templates or in other encodings
     for node in ast.walk(tree):
-      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
-                           ast.AsyncFunctionDef)):
+      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
         doc = ast.get_docstring(node, clean=True)
         if doc:
           yield f"{label}/{relative.as_posix()}", doc
@@ -100,23 +136,22 @@ def package_texts() -> Iterator[tuple[str, str]]:
   for import_name, _ in DOCUMENTED_PACKAGES:
     spec = importlib.util.find_spec(import_name)  # locates; does not import
     for location in sorted((spec and spec.submodule_search_locations) or ()):
-      yield from _docstrings(pathlib.Path(location), SKIPPED_PACKAGE_DIRS,
-                             f"package/{import_name}")
+      yield from _docstrings(pathlib.Path(location), SKIPPED_PACKAGE_DIRS, f"package/{import_name}")
   for _, dist_name in DOCUMENTED_PACKAGES:
     try:
       dist = importlib.metadata.distribution(dist_name)
     except importlib.metadata.PackageNotFoundError:
       continue
-    description = dist.metadata.get_payload() or dist.metadata.get(
-      "Description", "")
+    description = dist.metadata.get_payload() or dist.metadata.get("Description", "")
     if isinstance(description, str) and description.strip():
       yield f"metadata/{dist_name}/METADATA", description
     for file in sorted(dist.files or (), key=str):
       parts = pathlib.PurePosixPath(str(file)).parts
       base = parts[-1].upper()
       in_info = parts[0].endswith((".dist-info", ".egg-info"))
-      if in_info and (base.startswith(("LICENSE", "LICENCE", "COPYING", "NOTICE"))
-                      or "licenses" in parts):
+      if in_info and (
+        base.startswith(("LICENSE", "LICENCE", "COPYING", "NOTICE")) or "licenses" in parts
+      ):
         try:
           text = pathlib.Path(dist.locate_file(file)).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
@@ -150,8 +185,7 @@ def sentence_hash(sentence: str) -> int:
   return int.from_bytes(hashlib.sha256(sentence.encode()).digest()[:8], "big")
 
 
-def build_corpus(sources: Iterable[tuple[str, str]] | None = None,
-                 eval_every: int = 20) -> dict:
+def build_corpus(sources: Iterable[tuple[str, str]] | None = None, eval_every: int = 20) -> dict:
   """Distillation and evaluation sentences, disjoint, with their provenance.
 
   Args:
@@ -179,11 +213,15 @@ def build_corpus(sources: Iterable[tuple[str, str]] | None = None,
       seen.add(key)
       kind = source.split("/")[0]
       counts[kind] = counts.get(kind, 0) + 1
-      (evaluation if sentence_hash(key) % eval_every == 0 else distill).append(
-        sentence)
-  return {"distill": distill, "eval": evaluation, "sources": counts,
-          "python": platform.python_version(), "packages": package_versions(),
-          "eval_every": eval_every}
+      (evaluation if sentence_hash(key) % eval_every == 0 else distill).append(sentence)
+  return {
+    "distill": distill,
+    "eval": evaluation,
+    "sources": counts,
+    "python": platform.python_version(),
+    "packages": package_versions(),
+    "eval_every": eval_every,
+  }
 
 
 def _chain(*iterables):
@@ -191,8 +229,9 @@ def _chain(*iterables):
     yield from iterable
 
 
-def load_or_build(workdir: str | pathlib.Path, min_distill: int = 20_000,
-                  min_eval: int = 1_000) -> dict:
+def load_or_build(
+  workdir: str | pathlib.Path, min_distill: int = 20_000, min_eval: int = 1_000
+) -> dict:
   """The corpus cached at ``<workdir>/corpus.json`` (built on first use).
 
   Raises:
@@ -209,5 +248,6 @@ def load_or_build(workdir: str | pathlib.Path, min_distill: int = 20_000,
     raise ValueError(
       f"The offline corpus has {len(corpus['distill'])} distillation and "
       f"{len(corpus['eval'])} evaluation sentences; needs {min_distill} and "
-      f"{min_eval} (delete {path} to rebuild it in a richer environment).")
+      f"{min_eval} (delete {path} to rebuild it in a richer environment)."
+    )
   return corpus

@@ -73,37 +73,41 @@ class Setup:
     self.corpus = corpus_lib.load_or_build(workdir)
     evaluation = self.corpus["eval"]
     if config.eval_sentences is not None:
-      evaluation = evaluation[:config.eval_sentences]
+      evaluation = evaluation[: config.eval_sentences]
     self.eval_sentences = evaluation
     self.distill_sentences = self.corpus["distill"]
     cache = workdir / "teacher_eval.npz"
     if cache.is_file():
       self.teacher_eval = np.load(cache)["embeddings"]
     else:
-      self.teacher_eval = train.embed(self.teacher, self.tokenizer, evaluation,
-                                      max_len=config.eval_max_len,
-                                      desc="teacher eval")
+      self.teacher_eval = train.embed(
+        self.teacher, self.tokenizer, evaluation, max_len=config.eval_max_len, desc="teacher eval"
+      )
       np.savez(cache, embeddings=self.teacher_eval)
     paths = self.teacher.matrix_paths("all")
     self.calibration = self._covariances(
-      "calibration_cov.npz", self.distill_sentences[:config.calibration_sentences],
-      config.calibration_max_len, paths)
-    self.eval_cov = self._covariances("eval_cov.npz", evaluation,
-                                      config.eval_max_len, paths)
+      "calibration_cov.npz",
+      self.distill_sentences[: config.calibration_sentences],
+      config.calibration_max_len,
+      paths,
+    )
+    self.eval_cov = self._covariances("eval_cov.npz", evaluation, config.eval_max_len, paths)
 
   def _covariances(self, name, sentences, max_len, paths):
     path = self.workdir / name
     if path.is_file():
       data = np.load(path)
       return {p: data[p.replace("/", ".")] for p in paths}
-    covs = train.input_covariances(self.teacher, self.tokenizer, sentences,
-                                   paths, max_len=max_len, desc=name)
+    covs = train.input_covariances(
+      self.teacher, self.tokenizer, sentences, paths, max_len=max_len, desc=name
+    )
     np.savez(path, **{p.replace("/", "."): c for p, c in covs.items()})
     return covs
 
   def evaluate(self, model) -> dict:
-    emb = train.embed(model, self.tokenizer, self.eval_sentences,
-                      max_len=self.config.eval_max_len, desc="eval")
+    emb = train.embed(
+      model, self.tokenizer, self.eval_sentences, max_len=self.config.eval_max_len, desc="eval"
+    )
     return train.embedding_metrics(emb, self.teacher_eval)
 
 
@@ -115,39 +119,53 @@ def _compressed(setup: Setup, row: train.Row, row_dir: pathlib.Path):
   sweep) rebuild the structure from the infos and restore them.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   before_path = row_dir / "before.json"
   if before_path.is_file():
     before = json.loads(before_path.read_text())
     student = train.with_structure(setup.teacher, row.method, before["matrices"])
     abstract = jax.tree.map(np.asarray, nnx.state(student, nnx.Param))
     with ocp.StandardCheckpointer() as checkpointer:
-      nnx.update(student, checkpointer.restore((row_dir / "compressed").resolve(),
-                                               abstract))
+      nnx.update(student, checkpointer.restore((row_dir / "compressed").resolve(), abstract))
     return student, before
   config = setup.config
   t0 = time.perf_counter()
   student, infos = train.compress_model(
-    setup.teacher, row, covariances=setup.calibration,
-    top_splits=config.kron_top_splits, als_sweeps=config.als_sweeps,
-    progress=config.progress)
+    setup.teacher,
+    row,
+    covariances=setup.calibration,
+    top_splits=config.kron_top_splits,
+    als_sweeps=config.als_sweeps,
+    progress=config.progress,
+  )
   compress_seconds = time.perf_counter() - t0
   metrics = setup.evaluate(student)
   metrics["output_errors"] = train.matrix_output_errors(
-    student, setup.teacher, list(infos), setup.eval_cov)
+    student, setup.teacher, list(infos), setup.eval_cov
+  )
   before = {
-    "row": dataclasses.asdict(row), "name": row.name,
+    "row": dataclasses.asdict(row),
+    "name": row.name,
     "matrices_params": sum(i["params"] for i in infos.values()),
     "matrices_dense_params": sum(i["dense_params"] for i in infos.values()),
     "model_params": models.count_params(student),
     "dense_model_params": models.count_params(setup.teacher),
-    "compress_seconds": compress_seconds, "matrices": infos, "before": metrics,
+    "compress_seconds": compress_seconds,
+    "matrices": infos,
+    "before": metrics,
   }
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save((row_dir / "compressed").resolve(),
-                      jax.device_get(nnx.state(student, nnx.Param)), force=True)
+    checkpointer.save(
+      (row_dir / "compressed").resolve(), jax.device_get(nnx.state(student, nnx.Param)), force=True
+    )
   _write_json(before_path, before)
-  logger.info("%s as compressed: mean cosine %.4f, top-1 %.3f (%.0f s)", row.name,
-              metrics["mean_cosine"], metrics["top1"], compress_seconds)
+  logger.info(
+    "%s as compressed: mean cosine %.4f, top-1 %.3f (%.0f s)",
+    row.name,
+    metrics["mean_cosine"],
+    metrics["top1"],
+    compress_seconds,
+  )
   return student, before
 
 
@@ -157,28 +175,48 @@ def distill_row(setup: Setup, row: train.Row, seed: int) -> None:
   if (row_dir / f"seed_{seed}.json").is_file():
     return
   student, before = _compressed(setup, row, row_dir)
-  log = train.distill(student, setup.teacher, setup.tokenizer,
-                      setup.distill_sentences, setup.config, seed=seed,
-                      checkpoint_dir=row_dir / f"state_seed_{seed}",
-                      desc=f"distil {row.name} s{seed}")
+  log = train.distill(
+    student,
+    setup.teacher,
+    setup.tokenizer,
+    setup.distill_sentences,
+    setup.config,
+    seed=seed,
+    checkpoint_dir=row_dir / f"state_seed_{seed}",
+    desc=f"distil {row.name} s{seed}",
+  )
   after = setup.evaluate(student)
   after["output_errors"] = train.matrix_output_errors(
-    student, setup.teacher, list(before["matrices"]), setup.eval_cov)
-  _write_json(row_dir / f"seed_{seed}.json", {**before, "seed": seed,
-                                              "after": after, "distill": log})
-  logger.info("%s seed %d: mean cosine %.4f -> %.4f, top-1 %.3f -> %.3f",
-              row.name, seed, before["before"]["mean_cosine"], after["mean_cosine"],
-              before["before"]["top1"], after["top1"])
+    student, setup.teacher, list(before["matrices"]), setup.eval_cov
+  )
+  _write_json(
+    row_dir / f"seed_{seed}.json", {**before, "seed": seed, "after": after, "distill": log}
+  )
+  logger.info(
+    "%s seed %d: mean cosine %.4f -> %.4f, top-1 %.3f -> %.3f",
+    row.name,
+    seed,
+    before["before"]["mean_cosine"],
+    after["mean_cosine"],
+    before["before"]["top1"],
+    after["top1"],
+  )
 
 
 def run_sweep(workdir: pathlib.Path, config) -> None:
   """For each matrix set: every row compressed and evaluated, then
   distilled in the config's ``distill_order`` (what matters most first)."""
   setup = Setup(workdir, config)
-  _write_json(workdir / "corpus_stats.json", {
-    "distill": len(setup.distill_sentences), "eval": len(setup.eval_sentences),
-    "sources": setup.corpus["sources"], "python": setup.corpus["python"],
-    "packages": setup.corpus.get("packages")})
+  _write_json(
+    workdir / "corpus_stats.json",
+    {
+      "distill": len(setup.distill_sentences),
+      "eval": len(setup.eval_sentences),
+      "sources": setup.corpus["sources"],
+      "python": setup.corpus["python"],
+      "packages": setup.corpus.get("packages"),
+    },
+  )
   rank = {(m, c): i for i, (m, c) in enumerate(config.distill_order)}
   for matrices in config.matrices:  # one matrix set finished before the next
     rows = [r for r in train.rows_of(config) if r.matrices == matrices]
@@ -187,7 +225,8 @@ def run_sweep(workdir: pathlib.Path, config) -> None:
     rows.sort(key=lambda r: rank.get((r.matrices, r.compression), len(rank)))
     for row in rows:
       seeds = tuple(config.seeds) + (
-        tuple(config.extra_seeds) if row.name in config.extra_seed_rows else ())
+        tuple(config.extra_seeds) if row.name in config.extra_seed_rows else ()
+      )
       for seed in seeds:
         distill_row(setup, row, seed)
 
@@ -209,25 +248,28 @@ def run_timing(workdir: pathlib.Path, config) -> None:
     infos = json.loads(result.read_text())["matrices"]
     encoders[key] = train.with_structure(teacher, row.method, infos)
   seconds = train.time_encoders(encoders, rounds=config.timing_rounds)
-  _write_json(workdir / "timing.json", {"batch": 32, "seq_len": 128,
-                                        "rounds": config.timing_rounds,
-                                        "median_seconds": seconds})
+  _write_json(
+    workdir / "timing.json",
+    {"batch": 32, "seq_len": 128, "rounds": config.timing_rounds, "median_seconds": seconds},
+  )
 
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", default="runs/minilm")
-  parser.add_argument("--config", default="default",
-                      help="a config in configs/ or a .py file with get_config()")
-  parser.add_argument("--stage", default="all",
-                      choices=("all", "sweep", "timing", "report"))
-  parser.add_argument("--matrices", default=None, choices=train.MATRIX_SETS,
-                      help="run only this matrix set's rows (e.g. one process"
-                      " per set, sharing the work directory)")
+  parser.add_argument(
+    "--config", default="default", help="a config in configs/ or a .py file with get_config()"
+  )
+  parser.add_argument("--stage", default="all", choices=("all", "sweep", "timing", "report"))
+  parser.add_argument(
+    "--matrices",
+    default=None,
+    choices=train.MATRIX_SETS,
+    help="run only this matrix set's rows (e.g. one process per set, sharing the work directory)",
+  )
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-  config = common_configs.load_config_module(args.config,
-                                             "compress_minilm").get_config()
+  config = common_configs.load_config_module(args.config, "compress_minilm").get_config()
   if args.matrices is not None:
     config = dataclasses.replace(config, matrices=(args.matrices,))
   workdir = pathlib.Path(args.workdir)
@@ -238,6 +280,7 @@ def main(argv=None) -> None:
     run_timing(workdir, config)
   if args.stage in ("all", "report"):
     from examples.compress_minilm import report  # pylint: disable=g-import-not-at-top
+
     report.write_report(workdir, pathlib.Path(__file__).parent / "results")
 
 

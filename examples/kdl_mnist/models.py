@@ -61,9 +61,11 @@ def parse_variant(name: str) -> int | None:
   match = re.fullmatch(r"KDL-Rank-([1-9][0-9]*)", name)
   if match:
     return int(match.group(1))
-  raise ValueError(f"Unknown variant {name!r}. Valid variants: "
-                   f"{', '.join(VARIANTS)} (<r> a positive integer, e.g. "
-                   "KDL-Rank-1).")
+  raise ValueError(
+    f"Unknown variant {name!r}. Valid variants: "
+    f"{', '.join(VARIANTS)} (<r> a positive integer, e.g. "
+    "KDL-Rank-1)."
+  )
 
 
 class MLP(nnx.Module):
@@ -103,9 +105,17 @@ class MLP(nnx.Module):
       else:
         # A block applies its activation inside (after both of its layers);
         # the last one stays linear: it computes the logits.
-        layers.append(kfc_jax.nnx.KDL(
-            m, n, in_factors=m_f, out_factors=n_f, rank=rank,
-            activation=None if last else jax.nn.relu, rngs=rngs))
+        layers.append(
+          kfc_jax.nnx.KDL(
+            m,
+            n,
+            in_factors=m_f,
+            out_factors=n_f,
+            rank=rank,
+            activation=None if last else jax.nn.relu,
+            rngs=rngs,
+          )
+        )
     self.layers = nnx.List(layers)
     self.dense = rank is None
 
@@ -127,5 +137,4 @@ class MLP(nnx.Module):
 
 def count_params(module: nnx.Module) -> int:
   """The number of scalars in the module's ``nnx.Param`` s (abstract or not)."""
-  return sum(math.prod(leaf.shape)
-             for leaf in jax.tree.leaves(nnx.state(module, nnx.Param)))
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(module, nnx.Param)))

@@ -34,20 +34,26 @@ from examples.mnist import models, train
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   """The command line."""
-  parser = cli.parser("Reproduce the KFC paper's MNIST table.",
-                      "where results, plots and checkpoints go")
+  parser = cli.parser(
+    "Reproduce the KFC paper's MNIST table.", "where results, plots and checkpoints go"
+  )
   cli.add_data_flags(parser, "the four original MNIST .gz files", "MNIST")
   cli.add_variant_flags(parser, models.VARIANTS)
-  parser.add_argument("--no_checkpoints", action="store_true",
-                      help="do not save the best parameters with orbax")
+  parser.add_argument(
+    "--no_checkpoints", action="store_true", help="do not save the best parameters with orbax"
+  )
   return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the experiment; returns the exit status."""
-  return cli.run(parse_args(argv), example="mnist", fields=cli.VARIANT_FIELDS,
-                 check=train.check_config,
-                 experiment=train.train_and_evaluate)
+  return cli.run(
+    parse_args(argv),
+    example="mnist",
+    fields=cli.VARIANT_FIELDS,
+    check=train.check_config,
+    experiment=train.train_and_evaluate,
+  )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,17 @@ PAPER_VARIANTS = ("Baseline", "Cut-96", "LowRank-96", "KFC-II", "KFC-Combined")
 # Rank 10 on KFC-II's (64, 4) shapes is the paper's SVHN rank row; on MNIST it
 # has 20,840 weights, between KFC-II (2,084) and KFC-Combined (26,672), so it
 # asks whether rank or a mixture of shapes buys more at a similar budget.
-ALL_VARIANTS = ("Baseline", "Cut-96", "LowRank-96", "KFC-I", "KFC-II",
-                "KFC-III", "KFC-IV", "KFC-Combined", "KFC-Rank-10")
+ALL_VARIANTS = (
+  "Baseline",
+  "Cut-96",
+  "LowRank-96",
+  "KFC-I",
+  "KFC-II",
+  "KFC-III",
+  "KFC-IV",
+  "KFC-Combined",
+  "KFC-Rank-10",
+)
 
 
 # The conv stacks the offset ablation compares (both end in 3x3x32).
@@ -54,15 +63,26 @@ class MnistCNN(cnn.PaperCNN):
     2084
   """
 
-  def __init__(self, variant: str = "Baseline", *, dropout_rate: float = 0.5,
-               conv_stack: str = "ours", kernel_init: str = "caffe_xavier",
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    variant: str = "Baseline",
+    *,
+    dropout_rate: float = 0.5,
+    conv_stack: str = "ours",
+    kernel_init: str = "caffe_xavier",
+    rngs: nnx.Rngs,
+  ):
     """See ``cnn.PaperCNN``; ``conv_stack`` is a key of :data:`CONV_STACKS`
     and ``kernel_init`` of ``cnn.KERNEL_INITS`` (the offset ablation's)."""
     if conv_stack not in CONV_STACKS or kernel_init not in cnn.KERNEL_INITS:
       raise ValueError(
-          f"Unknown conv_stack {conv_stack!r} or kernel_init {kernel_init!r}; "
-          f"use one of {list(CONV_STACKS)} and {list(cnn.KERNEL_INITS)}.")
-    super().__init__(CONV_STACKS[conv_stack], variant,
-                     dropout_rate=dropout_rate,
-                     kernel_init=cnn.KERNEL_INITS[kernel_init], rngs=rngs)
+        f"Unknown conv_stack {conv_stack!r} or kernel_init {kernel_init!r}; "
+        f"use one of {list(CONV_STACKS)} and {list(cnn.KERNEL_INITS)}."
+      )
+    super().__init__(
+      CONV_STACKS[conv_stack],
+      variant,
+      dropout_rate=dropout_rate,
+      kernel_init=cnn.KERNEL_INITS[kernel_init],
+      rngs=rngs,
+    )

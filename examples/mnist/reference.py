@@ -17,15 +17,21 @@ _CLASSES = 10
 
 # variant -> what the paper reports.
 PAPER: dict[str, dict[str, Any]] = {
-    "Baseline": {"layer_params": 74_000, "model_params": 99_500,
-                 "test_error": 0.51},
-    "Cut-96": {"layer_params": None, "model_params": None, "test_error": 0.58},
-    "LowRank-96": {"layer_params": None, "model_params": None,
-                   "test_error": 0.54},
-    "KFC-II": {"layer_params": 2_100, "layer_reduction": 97.2,
-               "model_params": None, "test_error": 0.76},
-    "KFC-Combined": {"layer_params": 27_000, "layer_reduction": 63.5,
-                     "model_params": None, "test_error": 0.57},
+  "Baseline": {"layer_params": 74_000, "model_params": 99_500, "test_error": 0.51},
+  "Cut-96": {"layer_params": None, "model_params": None, "test_error": 0.58},
+  "LowRank-96": {"layer_params": None, "model_params": None, "test_error": 0.54},
+  "KFC-II": {
+    "layer_params": 2_100,
+    "layer_reduction": 97.2,
+    "model_params": None,
+    "test_error": 0.76,
+  },
+  "KFC-Combined": {
+    "layer_params": 27_000,
+    "layer_reduction": 63.5,
+    "model_params": None,
+    "test_error": 0.57,
+  },
 }
 
 
@@ -66,7 +72,13 @@ def paper_points() -> list[dict[str, Any]]:
         k = int(variant.split("-")[1])
         model -= (_FC_OUT - k) * _CLASSES
       derived.append("model_params")
-    points.append({"variant": variant, "layer_params": layer,
-                   "model_params": model, "test_error": p["test_error"],
-                   "derived": derived})
+    points.append(
+      {
+        "variant": variant,
+        "layer_params": layer,
+        "model_params": model,
+        "test_error": p["test_error"],
+        "derived": derived,
+      }
+    )
   return points

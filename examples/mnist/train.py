@@ -43,9 +43,14 @@ COMMITTED_COMMAND = "make paper12"
 # ----------------------------------------------------------------------------
 
 
-def create_model(variant: str, *, seed: int = 0, dropout_rate: float = 0.5,
-                 conv_stack: str = "ours",
-                 kernel_init: str = "caffe_xavier") -> models.MnistCNN:
+def create_model(
+  variant: str,
+  *,
+  seed: int = 0,
+  dropout_rate: float = 0.5,
+  conv_stack: str = "ours",
+  kernel_init: str = "caffe_xavier",
+) -> models.MnistCNN:
   """The paper's CNN with the FC layer of ``variant`` (see ``models.VARIANTS``).
 
   ``seed`` drives the initialisation and the dropout (independent streams);
@@ -56,9 +61,13 @@ def create_model(variant: str, *, seed: int = 0, dropout_rate: float = 0.5,
     ValueError: unknown ``variant``, ``conv_stack`` or ``kernel_init``.
   """
   params_key, dropout_key = jax.random.split(jax.random.key(seed))
-  return models.MnistCNN(variant, dropout_rate=dropout_rate,
-                         conv_stack=conv_stack, kernel_init=kernel_init,
-                         rngs=nnx.Rngs(params=params_key, dropout=dropout_key))
+  return models.MnistCNN(
+    variant,
+    dropout_rate=dropout_rate,
+    conv_stack=conv_stack,
+    kernel_init=kernel_init,
+    rngs=nnx.Rngs(params=params_key, dropout=dropout_key),
+  )
 
 
 make_tx = loop.adam_with_l2
@@ -72,9 +81,11 @@ def param_counts(variant: str, conv_stack: str = "ours") -> dict[str, int]:
   Computed abstractly (``nnx.eval_shape``: no FLOPs, no memory).
   """
   model = nnx.eval_shape(lambda: create_model(variant, conv_stack=conv_stack))
-  return {"layer": models.count_params(model.fc),
-          "layer_weights": models.count_params(model.fc, biases=False),
-          "model": models.count_params(model)}
+  return {
+    "layer": models.count_params(model.fc),
+    "layer_weights": models.count_params(model.fc, biases=False),
+    "model": models.count_params(model),
+  }
 
 
 def preprocess(images: jax.Array) -> jax.Array:
@@ -101,8 +112,7 @@ eval_step = functools.partial(loop.eval_step, preprocess=preprocess)
 evaluate = functools.partial(loop.evaluate, preprocess=preprocess)
 
 
-def check_config(config: Config, mesh: Mesh | None = None
-                 ) -> dict[str, dict[str, int]]:
+def check_config(config: Config, mesh: Mesh | None = None) -> dict[str, dict[str, int]]:
   """Validates ``config`` before any data is loaded or step compiled.
 
   Every variant is built abstractly, so a bad name fails at once, not hours
@@ -116,11 +126,14 @@ def check_config(config: Config, mesh: Mesh | None = None
   """
   loop.check_config(config, mesh)
   if config.input_scaling not in PREPROCESS:
-    raise ValueError(f"Unknown input_scaling {config.input_scaling!r}; use "
-                     f"one of {list(PREPROCESS)}.")
-  nnx.eval_shape(lambda: create_model(  # Checks conv_stack and kernel_init.
-      "Baseline", conv_stack=config.conv_stack,
-      kernel_init=config.kernel_init))
+    raise ValueError(
+      f"Unknown input_scaling {config.input_scaling!r}; use one of {list(PREPROCESS)}."
+    )
+  nnx.eval_shape(
+    lambda: create_model(  # Checks conv_stack and kernel_init.
+      "Baseline", conv_stack=config.conv_stack, kernel_init=config.kernel_init
+    )
+  )
   return {v: param_counts(v, config.conv_stack) for v in config.variants}
 
 
@@ -129,9 +142,16 @@ def check_config(config: Config, mesh: Mesh | None = None
 # ----------------------------------------------------------------------------
 
 
-def train_one(variant: str, seed: int, data: mnist_data.MnistSplits, *,
-              config: Config, mesh: Mesh, workdir: Path | None,
-              baseline: Mapping[str, int]) -> dict[str, Any]:
+def train_one(
+  variant: str,
+  seed: int,
+  data: mnist_data.MnistSplits,
+  *,
+  config: Config,
+  mesh: Mesh,
+  workdir: Path | None,
+  baseline: Mapping[str, int],
+) -> dict[str, Any]:
   """Trains one variant with one seed; tests its best-validation parameters.
 
   With a ``workdir``, the run resumes from ``<workdir>/resume/<variant>/
@@ -151,11 +171,14 @@ def train_one(variant: str, seed: int, data: mnist_data.MnistSplits, *,
   Returns:
     The run's record for ``results.json``.
   """
-  model = create_model(variant, seed=seed, dropout_rate=config.dropout_rate,
-                       conv_stack=config.conv_stack,
-                       kernel_init=config.kernel_init)
-  steps_per_epoch = pipeline.num_batches(len(data.train[0]), config.batch_size,
-                                         True)
+  model = create_model(
+    variant,
+    seed=seed,
+    dropout_rate=config.dropout_rate,
+    conv_stack=config.conv_stack,
+    kernel_init=config.kernel_init,
+  )
+  steps_per_epoch = pipeline.num_batches(len(data.train[0]), config.batch_size, True)
   optimizer = create_optimizer(model, config, config.epochs * steps_per_epoch)
   replicate((model, optimizer), mesh)
   best_dir = resume_dir = None
@@ -163,14 +186,26 @@ def train_one(variant: str, seed: int, data: mnist_data.MnistSplits, *,
     resume_dir = workdir / "resume" / variant / f"seed_{seed}"
     if config.save_checkpoints:
       best_dir = workdir / "checkpoints" / variant / f"seed_{seed}"
-  run = loop.fit(model, optimizer, train=data.train, validation=data.validation,
-                 test=data.test, config=config, mesh=mesh, seed=seed,
-                 name=f"{variant} seed {seed}",
-                 preprocess=PREPROCESS[config.input_scaling],
-                 best_dir=best_dir, resume_dir=resume_dir)
-  return {"variant": variant, "seed": seed,
-          **reporting.param_reductions(
-              param_counts(variant, config.conv_stack), baseline), **run}
+  run = loop.fit(
+    model,
+    optimizer,
+    train=data.train,
+    validation=data.validation,
+    test=data.test,
+    config=config,
+    mesh=mesh,
+    seed=seed,
+    name=f"{variant} seed {seed}",
+    preprocess=PREPROCESS[config.input_scaling],
+    best_dir=best_dir,
+    resume_dir=resume_dir,
+  )
+  return {
+    "variant": variant,
+    "seed": seed,
+    **reporting.param_reductions(param_counts(variant, config.conv_stack), baseline),
+    **run,
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -183,21 +218,27 @@ def paper_table(summary: list[dict[str, Any]]) -> str:
   return reporting.variants_table(summary, reference.PAPER)
 
 
-def write_reports(workdir: Path, config: Config, runs: list[dict[str, Any]],
-                  *, plot: bool = True) -> dict[str, Any]:
+def write_reports(
+  workdir: Path, config: Config, runs: list[dict[str, Any]], *, plot: bool = True
+) -> dict[str, Any]:
   """Writes ``results.json`` (and ``table.md`` and the plot when ``plot``)."""
   summary = reporting.summarise_variants(runs)
-  results = {"config": dataclasses.asdict(config),
-             "environment": reporting.environment(), "paper": reference.PAPER,
-             "summary": summary, "runs": runs}
+  results = {
+    "config": dataclasses.asdict(config),
+    "environment": reporting.environment(),
+    "paper": reference.PAPER,
+    "summary": summary,
+    "runs": runs,
+  }
   reporting.write_json(workdir / "results.json", results)
   if plot:
     (workdir / "table.md").write_text(paper_table(summary) + "\n")
     reporting.plot_error_vs_params(
-        workdir / "test_error_vs_params.png", summary,
-        reference.paper_points(),
-        title=f"MNIST: test error of the best-validation epoch "
-        f"({config.epochs} epochs)")
+      workdir / "test_error_vs_params.png",
+      summary,
+      reference.paper_points(),
+      title=f"MNIST: test error of the best-validation epoch ({config.epochs} epochs)",
+    )
   return results
 
 
@@ -206,9 +247,9 @@ def write_reports(workdir: Path, config: Config, runs: list[dict[str, Any]],
 # ----------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: Config, workdir: str | os.PathLike[str], *,
-                       data: mnist_data.MnistSplits | None = None
-                       ) -> dict[str, Any]:
+def train_and_evaluate(
+  config: Config, workdir: str | os.PathLike[str], *, data: mnist_data.MnistSplits | None = None
+) -> dict[str, Any]:
   """Trains every variant and seed of ``config``; writes and prints the report.
 
   Args:
@@ -229,30 +270,40 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike[str], *,
   mesh = pipeline.make_data_mesh()
   counts = check_config(config, mesh)
   committed = reporting.load_json(COMMITTED_RESULTS)
-  print(reporting.describe_run(config, committed, COMMITTED_COMMAND),
-        flush=True)
+  print(reporting.describe_run(config, committed, COMMITTED_COMMAND), flush=True)
   if data is None:
     data = mnist_data.load_mnist(
-        data_dir=config.data_dir, manual_dir=config.manual_dir,
-        download=config.download, num_validation=config.num_validation)
-  logger.info("MNIST: %d train, %d validation, %d test images; %d device(s); "
-              "parameters per variant: %s", len(data.train[0]),
-              len(data.validation[0]), len(data.test[0]), mesh.devices.size,
-              counts)
+      data_dir=config.data_dir,
+      manual_dir=config.manual_dir,
+      download=config.download,
+      num_validation=config.num_validation,
+    )
+  logger.info(
+    "MNIST: %d train, %d validation, %d test images; %d device(s); parameters per variant: %s",
+    len(data.train[0]),
+    len(data.validation[0]),
+    len(data.test[0]),
+    mesh.devices.size,
+    counts,
+  )
   baseline = param_counts("Baseline", config.conv_stack)
   runs = []
   for variant in config.variants:
     for seed in config.seeds:
-      runs.append(train_one(variant, seed, data, config=config, mesh=mesh,
-                            workdir=workdir, baseline=baseline))
+      runs.append(
+        train_one(variant, seed, data, config=config, mesh=mesh, workdir=workdir, baseline=baseline)
+      )
       write_reports(workdir, config, runs, plot=False)
   results = write_reports(workdir, config, runs)
   print(paper_table(results["summary"]))
-  print(f"\nWrote {workdir / 'results.json'}, {workdir / 'table.md'} and "
-        f"{workdir / 'test_error_vs_params.png'}.")
+  print(
+    f"\nWrote {workdir / 'results.json'}, {workdir / 'table.md'} and "
+    f"{workdir / 'test_error_vs_params.png'}."
+  )
   if committed is not None:
-    print(f"\nBeside the committed full results (examples/mnist/RESULTS.md; "
-          f"reproduce them with `{COMMITTED_COMMAND}`) and the paper's:\n")
-    print(reporting.beside_committed(results["summary"], committed,
-                                     reference.PAPER, config.epochs))
+    print(
+      f"\nBeside the committed full results (examples/mnist/RESULTS.md; "
+      f"reproduce them with `{COMMITTED_COMMAND}`) and the paper's:\n"
+    )
+    print(reporting.beside_committed(results["summary"], committed, reference.PAPER, config.epochs))
   return results

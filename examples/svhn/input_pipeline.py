@@ -35,10 +35,13 @@ def default_manual_dir() -> Path | None:
   return Path(value) if value else None
 
 
-def load_svhn(*, data_dir: str | os.PathLike[str] | None = None,
-              manual_dir: str | os.PathLike[str] | None = None,
-              download: bool = True,
-              num_validation: int = 6_000) -> SvhnSplits:
+def load_svhn(
+  *,
+  data_dir: str | os.PathLike[str] | None = None,
+  manual_dir: str | os.PathLike[str] | None = None,
+  download: bool = True,
+  num_validation: int = 6_000,
+) -> SvhnSplits:
   """Loads (preparing if needed) ``svhn_cropped`` into memory.
 
   Args:
@@ -58,10 +61,15 @@ def load_svhn(*, data_dir: str | os.PathLike[str] | None = None,
       get it.
   """
   return tfds_data.load_with_validation(
-      "svhn_cropped", train_size=TRAIN_SIZE, num_validation=num_validation,
-      data_dir=data_dir,
-      manual_dir=manual_dir if manual_dir is not None else default_manual_dir(),
-      manual_files=SVHN_FILES, download=download,
-      how_to_get=(
-          "  (The files are at http://ufldl.stanford.edu/housenumbers/; set "
-          f"the manual dir with --manual_dir or ${MANUAL_DIR_ENV}.)"))
+    "svhn_cropped",
+    train_size=TRAIN_SIZE,
+    num_validation=num_validation,
+    data_dir=data_dir,
+    manual_dir=manual_dir if manual_dir is not None else default_manual_dir(),
+    manual_files=SVHN_FILES,
+    download=download,
+    how_to_get=(
+      "  (The files are at http://ufldl.stanford.edu/housenumbers/; set "
+      f"the manual dir with --manual_dir or ${MANUAL_DIR_ENV}.)"
+    ),
+  )

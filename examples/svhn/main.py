@@ -33,19 +33,21 @@ from examples.svhn import models, train
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   """The command line."""
-  parser = cli.parser("Reproduce the KFC paper's SVHN table.",
-                      "where results and the plot go")
-  cli.add_data_flags(parser,
-                     "train_32x32.mat, test_32x32.mat, extra_32x32.mat", "SVHN")
+  parser = cli.parser("Reproduce the KFC paper's SVHN table.", "where results and the plot go")
+  cli.add_data_flags(parser, "train_32x32.mat, test_32x32.mat, extra_32x32.mat", "SVHN")
   cli.add_variant_flags(parser, models.VARIANTS)
   return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the experiment; returns the exit status."""
-  return cli.run(parse_args(argv), example="svhn", fields=cli.VARIANT_FIELDS,
-                 check=train.check_config,
-                 experiment=train.train_and_evaluate)
+  return cli.run(
+    parse_args(argv),
+    example="svhn",
+    fields=cli.VARIANT_FIELDS,
+    check=train.check_config,
+    experiment=train.train_and_evaluate,
+  )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,7 @@ VARIANTS = cnn.VARIANT_NAMES
 count_params = cnn.count_params
 
 # The variants of the paper's SVHN table, in its order.
-PAPER_VARIANTS = ("Baseline", "LowRank-128", "KFC-II", "KFC-Combined",
-                  "KFC-Rank-10")
+PAPER_VARIANTS = ("Baseline", "LowRank-128", "KFC-II", "KFC-Combined", "KFC-Rank-10")
 
 
 def get_variant(name: str) -> cnn.FcVariant:
@@ -57,6 +56,5 @@ class SvhnCNN(cnn.PaperCNN):
     2199442
   """
 
-  def __init__(self, variant: str = "Baseline", *, dropout_rate: float = 0.5,
-               rngs: nnx.Rngs):
+  def __init__(self, variant: str = "Baseline", *, dropout_rate: float = 0.5, rngs: nnx.Rngs):
     super().__init__(cnn.SVHN, variant, dropout_rate=dropout_rate, rngs=rngs)

@@ -12,16 +12,26 @@ from __future__ import annotations
 from typing import Any
 
 PAPER: dict[str, dict[str, Any]] = {
-    "Baseline": {"layer_params": 1_640_000, "model_params": 2_200_000,
-                 "test_error": 2.57},
-    "LowRank-128": {"layer_params": None, "model_params": None,
-                    "test_error": 3.02},
-    "KFC-II": {"layer_params": 16_000, "layer_reduction": 99.0,
-               "model_params": None, "test_error": 3.33},
-    "KFC-Combined": {"layer_params": 340_000, "layer_reduction": 79.3,
-                     "model_params": None, "test_error": 2.60},
-    "KFC-Rank-10": {"layer_params": 170_000, "layer_reduction": 89.6,
-                    "model_params": None, "test_error": 3.19},
+  "Baseline": {"layer_params": 1_640_000, "model_params": 2_200_000, "test_error": 2.57},
+  "LowRank-128": {"layer_params": None, "model_params": None, "test_error": 3.02},
+  "KFC-II": {
+    "layer_params": 16_000,
+    "layer_reduction": 99.0,
+    "model_params": None,
+    "test_error": 3.33,
+  },
+  "KFC-Combined": {
+    "layer_params": 340_000,
+    "layer_reduction": 79.3,
+    "model_params": None,
+    "test_error": 2.60,
+  },
+  "KFC-Rank-10": {
+    "layer_params": 170_000,
+    "layer_reduction": 89.6,
+    "model_params": None,
+    "test_error": 3.19,
+  },
 }
 
 
@@ -46,7 +56,13 @@ def paper_points(counts: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
       derived.append("model_params")
     if layer is None:
       continue
-    points.append({"variant": variant, "layer_params": layer,
-                   "model_params": model, "test_error": p["test_error"],
-                   "derived": derived})
+    points.append(
+      {
+        "variant": variant,
+        "layer_params": layer,
+        "model_params": model,
+        "test_error": p["test_error"],
+        "derived": derived,
+      }
+    )
   return points

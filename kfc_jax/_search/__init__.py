@@ -39,7 +39,6 @@ is exact for it); the ``refine`` best are then re-measured under the true
 the data-aware optimum), or with a caller's ``fit`` (e.g. an ALS solver).
 """
 
-
 from kfc_jax._search._conv import search_conv as search_conv
 from kfc_jax._search._dense import search_dense as search_dense
 from kfc_jax._search._results import SearchCandidate as SearchCandidate

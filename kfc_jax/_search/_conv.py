@@ -25,18 +25,18 @@ from kfc_jax.decompose import _covariance
 
 
 def search_conv(
-    kernel: Any,
-    *,
-    max_params: int | None = None,
-    compression: float | None = None,
-    rank: int | None = None,
-    input_cov: Any = None,
-    keep: int = 2,
-    exhaustive: bool = False,
-    refine: int = 8,
-    fit: Callable[[SearchCandidate], np.ndarray] | None = None,
-    cov_reg: float = _covariance.DEFAULT_COV_REG,
-    seed: int = 0,
+  kernel: Any,
+  *,
+  max_params: int | None = None,
+  compression: float | None = None,
+  rank: int | None = None,
+  input_cov: Any = None,
+  keep: int = 2,
+  exhaustive: bool = False,
+  refine: int = 8,
+  fit: Callable[[SearchCandidate], np.ndarray] | None = None,
+  cov_reg: float = _covariance.DEFAULT_COV_REG,
+  seed: int = 0,
 ) -> SearchResult:
   """Scores every GKPD split of a conv kernel within a budget (and low rank).
 
@@ -67,8 +67,7 @@ def search_conv(
   budget = _budget(math.prod(shape), max_params, compression)
   keep = _checks.positive_int(keep, "keep")
   fixed = None if rank is None else _checks.positive_int(rank, "rank")
-  cov = None if input_cov is None else _covariance.check_input_cov(input_cov, patch,
-                                                                   cov_reg)
+  cov = None if input_cov is None else _covariance.check_input_cov(input_cov, patch, cov_reg)
   w = k.reshape(patch, c_out)
   source = k.astype(np.float32) if k.size >= _spectra.BIG else k
   splits = []
@@ -88,14 +87,19 @@ def search_conv(
     splits.append(_conv_split(source, None if cov is None else cov.reg, cand, a, b))
   low_rank_rank = _rank_in_budget(budget, patch + c_out, min(patch, c_out), fixed)
   if low_rank_rank < 1 and not splits:
-    raise ValueError(f"no GKPD split or low rank of a {shape} kernel fits a budget of"
-                     f" {budget} parameters.")
-  scored, pruned = _score_splits(w, cov, splits, low_rank_rank, keep, exhaustive,
-                                 refine, fit, seed)
-  scored = [dataclasses.replace(c, a_shape=(*shape[:3], 1), b_shape=(1, 1, 1, c_out))
-            if c.method == "low_rank" else c for c in scored]
-  return SearchResult(tuple(scored), budget, "weight" if cov is None else "data",
-                      pruned, time.perf_counter() - t0)
+    raise ValueError(
+      f"no GKPD split or low rank of a {shape} kernel fits a budget of {budget} parameters."
+    )
+  scored, pruned = _score_splits(w, cov, splits, low_rank_rank, keep, exhaustive, refine, fit, seed)
+  scored = [
+    dataclasses.replace(c, a_shape=(*shape[:3], 1), b_shape=(1, 1, 1, c_out))
+    if c.method == "low_rank"
+    else c
+    for c in scored
+  ]
+  return SearchResult(
+    tuple(scored), budget, "weight" if cov is None else "data", pruned, time.perf_counter() - t0
+  )
 
 
 def _conv_split(k, cov, cand, a, b) -> _Split:
@@ -115,5 +119,6 @@ def _conv_split(k, cov, cand, a, b) -> _Split:
     t = t.reshape(ah, aw, ai, bh, bw, bi, ao * bo)
     return t.transpose(0, 3, 1, 4, 2, 5, 6).reshape(pa * pb, ao * bo)
 
-  return _Split(cand, w4, None if cov is None else cov4,
-                cand.rank * min(pa, ao) * min(pb, bo), unpermute)
+  return _Split(
+    cand, w4, None if cov is None else cov4, cand.rank * min(pa, ao) * min(pb, bo), unpermute
+  )

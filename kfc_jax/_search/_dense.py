@@ -24,20 +24,20 @@ from kfc_jax.decompose import _covariance
 
 
 def search_dense(
-    w: Any,
-    *,
-    max_params: int | None = None,
-    compression: float | None = None,
-    methods: Sequence[str] = ("kronecker", "low_rank"),
-    in_shape: Sequence[int] | None = None,
-    rank: int | None = None,
-    input_cov: Any = None,
-    keep: int = 2,
-    exhaustive: bool = False,
-    refine: int = 8,
-    fit: Callable[[SearchCandidate], np.ndarray] | None = None,
-    cov_reg: float = _covariance.DEFAULT_COV_REG,
-    seed: int = 0,
+  w: Any,
+  *,
+  max_params: int | None = None,
+  compression: float | None = None,
+  methods: Sequence[str] = ("kronecker", "low_rank"),
+  in_shape: Sequence[int] | None = None,
+  rank: int | None = None,
+  input_cov: Any = None,
+  keep: int = 2,
+  exhaustive: bool = False,
+  refine: int = 8,
+  fit: Callable[[SearchCandidate], np.ndarray] | None = None,
+  cov_reg: float = _covariance.DEFAULT_COV_REG,
+  seed: int = 0,
 ) -> SearchResult:
   """Scores every Kronecker split, KFC formulation and low rank within a budget.
 
@@ -88,14 +88,12 @@ def search_dense(
   methods = tuple(methods)
   for method in methods:
     if method not in ("kronecker", "low_rank", "kfc"):
-      raise ValueError(f"methods must be among 'kronecker', 'low_rank', 'kfc', got"
-                       f" {method!r}.")
+      raise ValueError(f"methods must be among 'kronecker', 'low_rank', 'kfc', got {method!r}.")
   keep = _checks.positive_int(keep, "keep")
   cov = None if input_cov is None else _covariance.check_input_cov(input_cov, m, cov_reg)
   splits: list[_Split] = []
   fixed = None if rank is None else _checks.positive_int(rank, "rank")
-  low_rank_rank = _rank_in_budget(budget, m + n, min(m, n), fixed) \
-      if "low_rank" in methods else 0
+  low_rank_rank = _rank_in_budget(budget, m + n, min(m, n), fixed) if "low_rank" in methods else 0
   # Large weights are screened in float32: read them once at half the bytes.
   source = w.astype(np.float32) if w.size >= _spectra.BIG else w
   if "kronecker" in methods:
@@ -108,42 +106,58 @@ def search_dense(
       r = _rank_in_budget(budget, m1 * n1 + m2 * n2, full, fixed)
       if r < 1:
         continue
-      cand = SearchCandidate("kronecker", r, r * (m1 * n1 + m2 * n2), math.nan,
-                       in_factors=(m1, m2), out_factors=(n1, n2))
-      splits.append(_dense_split(source, None if cov is None else cov.reg, cand,
-                                 (m1, m2), (n1, n2)))
+      cand = SearchCandidate(
+        "kronecker", r, r * (m1 * n1 + m2 * n2), math.nan, in_factors=(m1, m2), out_factors=(n1, n2)
+      )
+      splits.append(
+        _dense_split(source, None if cov is None else cov.reg, cand, (m1, m2), (n1, n2))
+      )
   if "kfc" in methods:
     if in_shape is None:
-      raise ValueError("methods with 'kfc' need in_shape=(H, W, C), the feature map"
-                       " the layer reads flattened.")
-    splits.extend(_kfc_splits(source, None if cov is None else cov.reg,
-                              _checks.int_tuple(in_shape, "in_shape"), budget, fixed))
+      raise ValueError(
+        "methods with 'kfc' need in_shape=(H, W, C), the feature map the layer reads flattened."
+      )
+    splits.extend(
+      _kfc_splits(
+        source,
+        None if cov is None else cov.reg,
+        _checks.int_tuple(in_shape, "in_shape"),
+        budget,
+        fixed,
+      )
+    )
   if low_rank_rank < 1 and not splits:
-    raise ValueError(f"no candidate of {methods} fits a budget of {budget} parameters"
-                     f" for a {m}x{n} weight (low rank 1 needs {m + n}).")
-  scored, pruned = _score_splits(w, cov, splits, low_rank_rank, keep, exhaustive,
-                                 refine, fit, seed)
-  return SearchResult(tuple(scored), budget, "weight" if cov is None else "data",
-                      pruned, time.perf_counter() - t0)
+    raise ValueError(
+      f"no candidate of {methods} fits a budget of {budget} parameters"
+      f" for a {m}x{n} weight (low rank 1 needs {m + n})."
+    )
+  scored, pruned = _score_splits(w, cov, splits, low_rank_rank, keep, exhaustive, refine, fit, seed)
+  return SearchResult(
+    tuple(scored), budget, "weight" if cov is None else "data", pruned, time.perf_counter() - t0
+  )
 
 
 def _dense_split(w, cov, cand, ms, ns) -> _Split:
   (m1, m2), (n1, n2) = ms, ns
   return _Split(
-      cand, lambda: w.reshape(m1, m2, n1, n2),
-      None if cov is None else (lambda: cov.reshape(m1, m2, m1, m2)),
-      cand.rank * min(m1, n1) * min(m2, n2),
-      lambda t: t.reshape(m1 * m2, n1 * n2))
+    cand,
+    lambda: w.reshape(m1, m2, n1, n2),
+    None if cov is None else (lambda: cov.reshape(m1, m2, m1, m2)),
+    cand.rank * min(m1, n1) * min(m2, n2),
+    lambda t: t.reshape(m1 * m2, n1 * n2),
+  )
 
 
 def _kfc_splits(w, cov, in_shape, budget, fixed) -> list[_Split]:
   from kfc_jax import formulations as _formulations  # formulations imports decompose
+
   if len(in_shape) != 3:
     raise ValueError(f"in_shape must be (H, W, C), got {in_shape}.")
   m, n = w.shape
   if math.prod(in_shape) != m:
-    raise ValueError(f"in_shape {in_shape} has {math.prod(in_shape)} features, but w"
-                     f" has {m} input rows.")
+    raise ValueError(
+      f"in_shape {in_shape} has {math.prod(in_shape)} features, but w has {m} input rows."
+    )
   out = []
   for name in ("I", "II", "III", "IV"):
     form = _formulations.get_formulation(name)
@@ -154,8 +168,15 @@ def _kfc_splits(w, cov, in_shape, budget, fixed) -> list[_Split]:
       rank = _rank_in_budget(budget, p1 * n1 + p2 * n2, min(p1 * n1, p2 * n2), fixed)
       if rank < 1:
         continue
-      cand = SearchCandidate("kfc", rank, rank * (p1 * n1 + p2 * n2), math.nan,
-                       in_factors=(p1, p2), out_factors=(n1, n2), formulation=name)
+      cand = SearchCandidate(
+        "kfc",
+        rank,
+        rank * (p1 * n1 + p2 * n2),
+        math.nan,
+        in_factors=(p1, p2),
+        out_factors=(n1, n2),
+        formulation=name,
+      )
 
       def w4(perm=perm, p1=p1, p2=p2, n1=n1, n2=n2):
         t = w.reshape(*in_shape, n).transpose(*perm, 3)
@@ -169,6 +190,7 @@ def _kfc_splits(w, cov, in_shape, budget, fixed) -> list[_Split]:
         t = t.reshape(*(in_shape[p] for p in perm), n)
         return t.transpose(*np.argsort(perm), 3).reshape(m, n)
 
-      out.append(_Split(cand, w4, None if cov is None else cov4,
-                        rank * min(p1, n1) * min(p2, n2), unpermute))
+      out.append(
+        _Split(cand, w4, None if cov is None else cov4, rank * min(p1, n1) * min(p2, n2), unpermute)
+      )
   return out

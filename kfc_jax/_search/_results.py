@@ -91,9 +91,11 @@ class SearchResult:
     for c in self.candidates[:top]:
       mark = "" if c.exact else " (<=)"
       lines.append(f"{c.label:<48} {c.params:>10,} {c.relative_error:>10.4f}{mark}")
-    lines.append(f"budget {self.budget:,} params, {self.objective} objective,"
-                 f" {len(self.candidates)} scored, {self.pruned} pruned,"
-                 f" {self.seconds:.1f} s")
+    lines.append(
+      f"budget {self.budget:,} params, {self.objective} objective,"
+      f" {len(self.candidates)} scored, {self.pruned} pruned,"
+      f" {self.seconds:.1f} s"
+    )
     return "\n".join(lines)
 
   def __str__(self) -> str:

@@ -14,10 +14,10 @@ from kfc_jax._search._results import SearchCandidate
 from kfc_jax.decompose import _covariance
 
 _OVERSAMPLE = 10
-_POWER_ITERS = 1   # small matrices, and W itself
+_POWER_ITERS = 1  # small matrices, and W itself
 _REFINE_ITERS = 1  # the best screened splits of a large weight
-_RESCREEN = 2      # how many beyond ``keep`` are re-scored after screening
-BIG = 1 << 20     # weights with this many entries are screened in float32
+_RESCREEN = 2  # how many beyond ``keep`` are re-scored after screening
+BIG = 1 << 20  # weights with this many entries are screened in float32
 # Gram + eigvalsh is about 12x dearer per n^3 than the GEMM forming the Gram.
 _EIG_COST = 25.0
 
@@ -27,8 +27,9 @@ _EIG_COST = 25.0
 # ---------------------------------------------------------------------------
 
 
-def _top_energies(mat: np.ndarray, rank: int, rng: np.random.Generator,
-                  power_iters: int) -> tuple[np.ndarray, bool]:
+def _top_energies(
+  mat: np.ndarray, rank: int, rng: np.random.Generator, power_iters: int
+) -> tuple[np.ndarray, bool]:
   """Squared singular values ``s_1^2 >= ... >= s_k^2`` with ``k >= rank``.
 
   All of them (exact) for matrices under ``BIG`` entries or when the Gram
@@ -39,7 +40,7 @@ def _top_energies(mat: np.ndarray, rank: int, rng: np.random.Generator,
   p, q = mat.shape
   small, large = min(p, q), max(p, q)
   sketch = min(small, rank + _OVERSAMPLE)
-  gram_cost = 2.0 * small * small * large + _EIG_COST * small ** 3
+  gram_cost = 2.0 * small * small * large + _EIG_COST * small**3
   sketch_cost = 2.0 * p * q * sketch * (2 * power_iters + 2)
   if gram_cost <= sketch_cost or small <= 64 or p * q < BIG:
     gram = mat @ mat.T if p <= q else mat.T @ mat
@@ -116,8 +117,7 @@ def _kron_factor_cov(cov4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   r = cov4.transpose(0, 2, 1, 3).reshape(p1 * p1, p2 * p2)
   # The leading singular pair of a PSD matrix's rearrangement is a pair of
   # PSD matrices (Van Loan & Pitsianis), up to a common sign.
-  u, s, vt = np.linalg.svd(r, full_matrices=False) if min(r.shape) <= 512 else \
-      _leading_pair(r)
+  u, s, vt = np.linalg.svd(r, full_matrices=False) if min(r.shape) <= 512 else _leading_pair(r)
   c1 = (u[:, 0] * np.sqrt(s[0])).reshape(p1, p1)
   c2 = (vt[0] * np.sqrt(s[0])).reshape(p2, p2)
   if np.trace(c1) < 0:
@@ -145,7 +145,7 @@ def _leading_pair(r: np.ndarray):
 class _Split:
   """A two-factor cut of the weight, viewed as ``w4: [p1, p2, q1, q2]``."""
 
-  candidate: SearchCandidate          # rank, params and labels; error filled later
+  candidate: SearchCandidate  # rank, params and labels; error filled later
   w4: Callable[[], np.ndarray]  # the weight, input axes permuted to (a, b)
   cov4: Callable[[], np.ndarray] | None
   matrix_rank_bound: int
@@ -173,9 +173,17 @@ def _ordered_pairs(n: int) -> list[tuple[int, int]]:
   return [(d, n // d) for d in range(1, n + 1) if n % d == 0]
 
 
-def _score_splits(w: np.ndarray, cov: np.ndarray | None, splits: list[_Split],
-                  low_rank_rank: int, keep: int, exhaustive: bool, refine: int,
-                  fit: Callable | None, seed: int) -> tuple[list[SearchCandidate], int]:
+def _score_splits(
+  w: np.ndarray,
+  cov: np.ndarray | None,
+  splits: list[_Split],
+  low_rank_rank: int,
+  keep: int,
+  exhaustive: bool,
+  refine: int,
+  fit: Callable | None,
+  seed: int,
+) -> tuple[list[SearchCandidate], int]:
   """Scores low rank and every split; returns (candidates, pruned count).
 
   Large matrices are screened by a one-pass sketch in float32; the best
@@ -187,12 +195,20 @@ def _score_splits(w: np.ndarray, cov: np.ndarray | None, splits: list[_Split],
   target = w if root is None else root.T @ w
   total = float(np.vdot(target, target))
   big = m * n >= BIG
-  s2_w, exact_w = _top_energies(target.astype(np.float32) if big else target,
-                                max(low_rank_rank, 1), rng, _POWER_ITERS)
+  s2_w, exact_w = _top_energies(
+    target.astype(np.float32) if big else target, max(low_rank_rank, 1), rng, _POWER_ITERS
+  )
   scored: list[SearchCandidate] = []
   if low_rank_rank >= 1:
-    scored.append(SearchCandidate("low_rank", low_rank_rank, low_rank_rank * (m + n),
-                            _tail_error(s2_w, low_rank_rank, total), exact=exact_w))
+    scored.append(
+      SearchCandidate(
+        "low_rank",
+        low_rank_rank,
+        low_rank_rank * (m + n),
+        _tail_error(s2_w, low_rank_rank, total),
+        exact=exact_w,
+      )
+    )
   # Cheapest lower bounds first, so good splits set the bar early.
   order = sorted(splits, key=lambda s: _lower_bound(s2_w, s.matrix_rank_bound, total))
   pruned = 0
@@ -202,8 +218,9 @@ def _score_splits(w: np.ndarray, cov: np.ndarray | None, splits: list[_Split],
     # The bound is on the true objective; with input_cov splits are scored by
     # a proxy until refined, so only the weight objective prunes.
     if cov is None and not exhaustive and len(scored) + len(screened) >= keep:
-      bar = sorted([x.relative_error for x in scored]
-                   + [x.relative_error for x, _ in screened])[keep - 1]
+      bar = sorted([x.relative_error for x in scored] + [x.relative_error for x, _ in screened])[
+        keep - 1
+      ]
       if _lower_bound(s2_w, split.matrix_rank_bound, total) >= bar:
         pruned += 1
         continue
@@ -213,16 +230,21 @@ def _score_splits(w: np.ndarray, cov: np.ndarray | None, splits: list[_Split],
       continue
     s2, exact = _top_energies(r, c.rank, rng, 0 if big else _POWER_ITERS)
     split_total = total if cov is None else float(np.vdot(r, r))
-    screened.append((dataclasses.replace(c, relative_error=_tail_error(
-        s2, c.rank, split_total), exact=exact), split))
+    screened.append(
+      (
+        dataclasses.replace(c, relative_error=_tail_error(s2, c.rank, split_total), exact=exact),
+        split,
+      )
+    )
   screened.sort(key=lambda cs: cs[0].relative_error)
   for i, (c, split) in enumerate(screened):
     if not c.exact and i < keep + _RESCREEN:
       r = _rearranged(split, np.float32)
       s2, _ = _top_energies(r, c.rank, rng, _REFINE_ITERS)
       split_total = total if cov is None else float(np.vdot(r, r))
-      c = dataclasses.replace(c, relative_error=min(
-          c.relative_error, _tail_error(s2, c.rank, split_total)))
+      c = dataclasses.replace(
+        c, relative_error=min(c.relative_error, _tail_error(s2, c.rank, split_total))
+      )
     scored.append(c)
   scored.sort(key=lambda c: (c.relative_error, c.params))
   if cov is not None and refine:
@@ -270,8 +292,9 @@ def _refine(w, cov, root, scored, splits, refine, fit):
 
 
 def _same(a: SearchCandidate, b: SearchCandidate) -> bool:
-  return dataclasses.replace(a, relative_error=0.0, exact=True) == \
-      dataclasses.replace(b, relative_error=0.0, exact=True)
+  return dataclasses.replace(a, relative_error=0.0, exact=True) == dataclasses.replace(
+    b, relative_error=0.0, exact=True
+  )
 
 
 def _closed_form(split: _Split, rank: int) -> np.ndarray:
@@ -282,6 +305,5 @@ def _closed_form(split: _Split, rank: int) -> np.ndarray:
   approx = ((u[:, :rank] * s[:rank]) @ vt[:rank]).reshape(p1, q1, p2, q2)
   approx = approx.transpose(0, 2, 1, 3)
   # W = (L1^-T ⊗ L2^-T) W_white.
-  back = np.einsum("ai,bj,abkl->ijkl", np.linalg.inv(l1), np.linalg.inv(l2), approx,
-                   optimize=True)
+  back = np.einsum("ai,bj,abkl->ijkl", np.linalg.inv(l1), np.linalg.inv(l2), approx, optimize=True)
   return split.unpermute(back)

@@ -31,8 +31,7 @@ class Choice:
     what = "output" if self.objective == "data" else "weight"
     text = f"chose {self.chosen.label} ({what} error {self.chosen.relative_error:.3g})"
     if self.runner_up is not None:
-      text += (f"; runner-up {self.runner_up.label}"
-               f" ({self.runner_up.relative_error:.3g})")
+      text += f"; runner-up {self.runner_up.label} ({self.runner_up.relative_error:.3g})"
     return text
 
 
@@ -43,19 +42,25 @@ def dense_methods(rule: Any) -> tuple[str, ...]:
   return (rule.method,)
 
 
-def search(rule: Any, kernel: np.ndarray, budget: int, input_cov: Any = None
-           ) -> _search.SearchResult:
+def search(
+  rule: Any, kernel: np.ndarray, budget: int, input_cov: Any = None
+) -> _search.SearchResult:
   """Scores the candidates ``rule`` allows for ``kernel`` within ``budget``."""
   if kernel.ndim == 4:
-    return _search.search_conv(kernel, max_params=budget, rank=rule.rank,
-                               input_cov=input_cov)
-  return _search.search_dense(kernel, max_params=budget, methods=dense_methods(rule),
-                              in_shape=rule.in_shape, rank=rule.rank,
-                              input_cov=input_cov)
+    return _search.search_conv(kernel, max_params=budget, rank=rule.rank, input_cov=input_cov)
+  return _search.search_dense(
+    kernel,
+    max_params=budget,
+    methods=dense_methods(rule),
+    in_shape=rule.in_shape,
+    rank=rule.rank,
+    input_cov=input_cov,
+  )
 
 
-def choose(rule: Any, kernel: np.ndarray, budget: int, input_cov: Any = None
-           ) -> tuple[str, dict[str, Any], Choice]:
+def choose(
+  rule: Any, kernel: np.ndarray, budget: int, input_cov: Any = None
+) -> tuple[str, dict[str, Any], Choice]:
   """The family name and ``from_*`` options of the best candidate, and the choice.
 
   Returns ``(family, options, choice)`` with ``family`` one of
@@ -66,17 +71,30 @@ def choose(rule: Any, kernel: np.ndarray, budget: int, input_cov: Any = None
   runner_up = next((c for c in result.candidates[1:] if c.label != best.label), None)
   choice = Choice(best, runner_up, result.objective)
   if kernel.ndim == 4:  # GKPD; the low-rank conv is a split too
-    return "KroneckerConv", dict(terms=[(best.a_shape, best.b_shape, best.rank)],
-                                 sweeps=rule.sweeps), choice
+    return (
+      "KroneckerConv",
+      dict(terms=[(best.a_shape, best.b_shape, best.rank)], sweeps=rule.sweeps),
+      choice,
+    )
   if best.method == "low_rank":
     return "LowRankLinear", dict(rank=best.rank), choice
   if best.method == "kfc":
-    return "KFC", dict(in_shape=rule.in_shape,
-                       terms=[(best.formulation, best.out_factors, best.rank)],
-                       sweeps=rule.sweeps), choice
-  return "KroneckerLinear", dict(in_factors=best.in_factors,
-                                 out_factors=best.out_factors, rank=best.rank,
-                                 sweeps=rule.sweeps), choice
+    return (
+      "KFC",
+      dict(
+        in_shape=rule.in_shape,
+        terms=[(best.formulation, best.out_factors, best.rank)],
+        sweeps=rule.sweeps,
+      ),
+      choice,
+    )
+  return (
+    "KroneckerLinear",
+    dict(
+      in_factors=best.in_factors, out_factors=best.out_factors, rank=best.rank, sweeps=rule.sweeps
+    ),
+    choice,
+  )
 
 
 def output_error(kernel: np.ndarray, approx: Any, input_cov: Any) -> float:

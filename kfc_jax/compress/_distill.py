@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import optax
 
 
-def distillation_loss(student_logits: Any, teacher_logits: Any,
-                      temperature: float = 1.0) -> jax.Array:
+def distillation_loss(
+  student_logits: Any, teacher_logits: Any, temperature: float = 1.0
+) -> jax.Array:
   """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, batch mean.
 
   Hinton et al.'s soft-target loss: the ``T^2`` keeps its gradients on the
@@ -41,10 +42,11 @@ def distillation_loss(student_logits: Any, teacher_logits: Any,
   s, t = jnp.asarray(student_logits), jnp.asarray(teacher_logits)
   if s.shape != t.shape or s.ndim < 1:
     raise ValueError(
-        "student_logits and teacher_logits must have the same shape [*batch,"
-        f" num_classes], got {tuple(s.shape)} and {tuple(t.shape)}.")
+      "student_logits and teacher_logits must have the same shape [*batch,"
+      f" num_classes], got {tuple(s.shape)} and {tuple(t.shape)}."
+    )
   t = jax.lax.stop_gradient(t)
   kl = optax.losses.kl_divergence_with_log_targets(
-      jax.nn.log_softmax(s / temperature, axis=-1),
-      jax.nn.log_softmax(t / temperature, axis=-1))
-  return temperature ** 2 * jnp.mean(kl)
+    jax.nn.log_softmax(s / temperature, axis=-1), jax.nn.log_softmax(t / temperature, axis=-1)
+  )
+  return temperature**2 * jnp.mean(kl)

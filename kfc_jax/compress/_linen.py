@@ -25,10 +25,10 @@ from kfc_jax.compress._policy import CompressionPolicy, rules_of
 from kfc_jax.compress._report import CompressionReport, layer_path
 
 _BUILDERS = {
-    Family.KRONECKER_LINEAR: kfc_linen.KroneckerLinear.from_dense_params,
-    Family.KFC: kfc_linen.KFC.from_dense_params,
-    Family.LOW_RANK_LINEAR: kfc_linen.LowRankLinear.from_dense_params,
-    Family.KRONECKER_CONV: kfc_linen.KroneckerConv.from_conv_params,
+  Family.KRONECKER_LINEAR: kfc_linen.KroneckerLinear.from_dense_params,
+  Family.KFC: kfc_linen.KFC.from_dense_params,
+  Family.LOW_RANK_LINEAR: kfc_linen.LowRankLinear.from_dense_params,
+  Family.KRONECKER_CONV: kfc_linen.KroneckerConv.from_conv_params,
 }
 
 
@@ -72,8 +72,7 @@ class CompressedLinen:
       if context.method_name == "__call__" and isinstance(m, (nn.Dense, nn.Conv)):
         twin = self.twins.get(layer_path(m.path))
         if twin is not None:
-          return twin.apply({"params": m.variables["params"]}, *call_args,
-                            **call_kwargs)
+          return twin.apply({"params": m.variables["params"]}, *call_args, **call_kwargs)
       return next_fun(*call_args, **call_kwargs)
 
     with nn.intercept_methods(interceptor):
@@ -83,8 +82,9 @@ class CompressedLinen:
     return id(self)
 
 
-def _linen_layers(module: nn.Module, variables: Any, args: Any, kwargs: Any
-                  ) -> dict[str, nn.Module]:
+def _linen_layers(
+  module: nn.Module, variables: Any, args: Any, kwargs: Any
+) -> dict[str, nn.Module]:
   """Every ``nn.Dense``/``nn.Conv``/other param-owning module called, by path."""
   found: dict[str, nn.Module] = {}
 
@@ -111,9 +111,13 @@ def _kind(m: nn.Module, p: Any) -> str | None:
   kernel = p.get("kernel") if isinstance(p, Mapping) else None
   if isinstance(m, nn.Dense) and getattr(kernel, "ndim", 0) == 2:
     return "linear"
-  if (isinstance(m, nn.Conv) and getattr(kernel, "ndim", 0) == 4
-      and m.feature_group_count == 1 and m.mask is None
-      and m.input_dilation in (1, (1, 1), None)):
+  if (
+    isinstance(m, nn.Conv)
+    and getattr(kernel, "ndim", 0) == 4
+    and m.feature_group_count == 1
+    and m.mask is None
+    and m.input_dilation in (1, (1, 1), None)
+  ):
     return "conv"
   return None
 
@@ -123,8 +127,9 @@ def _build(layer: TrainedLayer, plan: LayerPlan) -> tuple[Any, float, Any]:
   # The settings a param dict does not carry come from the layer itself.
   settings: dict[str, Any] = dict(dtype=m.dtype, precision=m.precision)
   if layer.kind == "conv":
-    settings.update(strides=m.strides or 1, padding=m.padding,
-                    kernel_dilation=m.kernel_dilation or 1)
+    settings.update(
+      strides=m.strides or 1, padding=m.padding, kernel_dilation=m.kernel_dilation or 1
+    )
   conversion = _BUILDERS[plan.family](p, **{**settings, **plan.options})
   return conversion.module, conversion.relative_error, conversion
 
@@ -136,10 +141,15 @@ def _set_subtree(params: dict, parts: Sequence[str], value: Any) -> None:
   params[parts[-1]] = value
 
 
-def compress_linen_params(module: nn.Module, variables: Any, policy: Any, *args: Any,
-                          batch: int = 1, calibration: Any = None, **kwargs: Any
-                          ) -> tuple[CompressedLinen, dict[str, Any],
-                                     CompressionReport]:
+def compress_linen_params(
+  module: nn.Module,
+  variables: Any,
+  policy: Any,
+  *args: Any,
+  batch: int = 1,
+  calibration: Any = None,
+  **kwargs: Any,
+) -> tuple[CompressedLinen, dict[str, Any], CompressionReport]:
   """Compresses a Linen model's params: the Linen counterpart of :func:`compress`.
 
   The model is traced once on ``args`` (shapes only; ``jax.ShapeDtypeStruct``
@@ -185,8 +195,9 @@ def compress_linen_params(module: nn.Module, variables: Any, policy: Any, *args:
   policy = CompressionPolicy(rules_of(policy))
   batch = _checks.positive_int(batch, "batch")
   if not isinstance(variables, Mapping) or "params" not in variables:
-    raise TypeError("variables must be a dict with a 'params' collection, got"
-                    f" {type(variables).__name__}.")
+    raise TypeError(
+      f"variables must be a dict with a 'params' collection, got {type(variables).__name__}."
+    )
   params = _meta.unbox(variables["params"])
   found = []
   for path, m in sorted(_linen_layers(module, variables, args, kwargs).items()):
@@ -196,22 +207,33 @@ def compress_linen_params(module: nn.Module, variables: Any, policy: Any, *args:
       kernel = None if kind is None else np.asarray(p["kernel"], np.float64)
       found.append(TrainedLayer(path, type(m).__name__, kind, kernel, (m, p)))
   selected = select_layers(
-      policy, found, supported="compress_linen_params converts nn.Dense and 2-D"
-      " nn.Conv (no groups, mask or input dilation) only.")
+    policy,
+    found,
+    supported="compress_linen_params converts nn.Dense and 2-D"
+    " nn.Conv (no groups, mask or input dilation) only.",
+  )
   if calibration is not None:
     covs = recovery.collect_linen_input_covariances(
-        module, variables, calibration, [layer.path for layer, _, _ in selected],
-        **kwargs)
-    selected = [(dataclasses.replace(layer, input_cov=covs[layer.path]), i, rule)
-                for layer, i, rule in selected]
+      module, variables, calibration, [layer.path for layer, _, _ in selected], **kwargs
+    )
+    selected = [
+      (dataclasses.replace(layer, input_cov=covs[layer.path]), i, rule)
+      for layer, i, rule in selected
+    ]
   built = build_layers(
-      selected, _build, batch, materialize=lambda conv: conv.module.apply(
-          {"params": conv.params}, method=lambda m: m.materialize()))
+    selected,
+    _build,
+    batch,
+    materialize=lambda conv: conv.module.apply(
+      {"params": conv.params}, method=lambda m: m.materialize()
+    ),
+  )
   new_params = jax.tree.map(lambda x: x, dict(params))
   for layer, conversion, _ in built:
     _set_subtree(new_params, layer.path.split("/"), conversion.params)
   new_variables = {**variables, "params": new_params}
-  report = CompressionReport(tuple(row for *_, row in built), param_count(params),
-                             param_count(new_params), batch)
+  report = CompressionReport(
+    tuple(row for *_, row in built), param_count(params), param_count(new_params), batch
+  )
   twins = {layer.path: conversion.module for layer, conversion, _ in built}
   return CompressedLinen(module, twins), new_variables, report

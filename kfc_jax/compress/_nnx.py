@@ -23,10 +23,10 @@ from kfc_jax.compress._policy import CompressionPolicy, rules_of
 from kfc_jax.compress._report import CompressionReport, layer_path
 
 _BUILDERS = {
-    Family.KRONECKER_LINEAR: kfc_nnx.KroneckerLinear.from_linear,
-    Family.KFC: kfc_nnx.KFC.from_linear,
-    Family.LOW_RANK_LINEAR: kfc_nnx.LowRankLinear.from_linear,
-    Family.KRONECKER_CONV: kfc_nnx.KroneckerConv.from_conv,
+  Family.KRONECKER_LINEAR: kfc_nnx.KroneckerLinear.from_linear,
+  Family.KFC: kfc_nnx.KFC.from_linear,
+  Family.LOW_RANK_LINEAR: kfc_nnx.LowRankLinear.from_linear,
+  Family.KRONECKER_CONV: kfc_nnx.KroneckerConv.from_conv,
 }
 
 
@@ -70,9 +70,15 @@ def _build(layer: TrainedLayer, plan: LayerPlan) -> tuple[Any, float, Any]:
   return new, new.relative_error, new
 
 
-def compress(model: Any, policy: Any, *, inplace: bool = False, batch: int = 1,
-             calibration: Any = None, call: Callable[[Any, Any], Any] | None = None
-             ) -> tuple[Any, CompressionReport]:
+def compress(
+  model: Any,
+  policy: Any,
+  *,
+  inplace: bool = False,
+  batch: int = 1,
+  calibration: Any = None,
+  call: Callable[[Any, Any], Any] | None = None,
+) -> tuple[Any, CompressionReport]:
   """Replaces the layers ``policy`` selects by Kronecker layers fitted to them.
 
   Each selected ``nnx.Linear`` becomes a ``KroneckerLinear``, ``KFC`` or
@@ -141,23 +147,31 @@ def compress(model: Any, policy: Any, *, inplace: bool = False, batch: int = 1,
   for parts, module in nnx.iter_modules(target):
     if _owns_params(module):  # containers: their layers are visited themselves
       kind, kernel = _kind_and_kernel(module)
-      found.append(TrainedLayer(layer_path(parts), type(module).__name__, kind,
-                                kernel, (tuple(parts), module)))
+      found.append(
+        TrainedLayer(layer_path(parts), type(module).__name__, kind, kernel, (tuple(parts), module))
+      )
   found.sort(key=lambda layer: layer.path)
   selected = select_layers(
-      policy, found, supported="compress converts nnx.Linear and 2-D nnx.Conv"
-      " layers only. Narrow the pattern or add a method='keep' rule for it first.")
+    policy,
+    found,
+    supported="compress converts nnx.Linear and 2-D nnx.Conv"
+    " layers only. Narrow the pattern or add a method='keep' rule for it first.",
+  )
   if inplace and any(not layer.handle[0] for layer, _, _ in selected):
-    raise ValueError("the model is itself the selected layer and cannot be replaced"
-                     " in place; pass inplace=False to get the new layer.")
+    raise ValueError(
+      "the model is itself the selected layer and cannot be replaced"
+      " in place; pass inplace=False to get the new layer."
+    )
   if calibration is not None:
     covs = recovery.collect_input_covariances(
-        target, calibration, [layer.path for layer, _, _ in selected], call=call)
-    selected = [(dataclasses.replace(layer, input_cov=covs[layer.path]), i, rule)
-                for layer, i, rule in selected]
+      target, calibration, [layer.path for layer, _, _ in selected], call=call
+    )
+    selected = [
+      (dataclasses.replace(layer, input_cov=covs[layer.path]), i, rule)
+      for layer, i, rule in selected
+    ]
   params_before = param_count(nnx.state(target, nnx.Param))
-  built = build_layers(selected, _build, batch,
-                       materialize=lambda new: new.materialize())
+  built = build_layers(selected, _build, batch, materialize=lambda new: new.materialize())
   # Everything fitted: only now touch the model.
   for layer, new, _ in built:
     parts = layer.handle[0]
@@ -165,6 +179,7 @@ def compress(model: Any, policy: Any, *, inplace: bool = False, batch: int = 1,
       _replace(target, parts, new)
     else:
       target = new
-  report = CompressionReport(tuple(row for *_, row in built), params_before,
-                             param_count(nnx.state(target, nnx.Param)), batch)
+  report = CompressionReport(
+    tuple(row for *_, row in built), params_before, param_count(nnx.state(target, nnx.Param)), batch
+  )
   return target, report

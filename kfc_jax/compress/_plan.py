@@ -78,9 +78,10 @@ def _budget(rule: LayerRule, dense_params: int) -> int | None:
     budget = int(dense_params / rule.compression)
     if budget < 1:
       raise ValueError(
-          f"no layer shape fits compression={rule.compression!r}: it leaves"
-          f" int({dense_params} / {rule.compression!r}) = {budget} parameters"
-          f" for a kernel of {dense_params}. Lower the compression.")
+        f"no layer shape fits compression={rule.compression!r}: it leaves"
+        f" int({dense_params} / {rule.compression!r}) = {budget} parameters"
+        f" for a kernel of {dense_params}. Lower the compression."
+      )
     return budget
   return None
 
@@ -89,19 +90,23 @@ def _fit_rank(budget: int, per_rank: int, full_rank: int, what: str) -> int:
   rank = min(budget // per_rank, full_rank)
   if rank < 1:
     raise ValueError(
-        f"no {what} fits the budget of {budget} parameters: rank 1 already has"
-        f" {per_rank}. Raise the budget (lower compression / higher max_params).")
+      f"no {what} fits the budget of {budget} parameters: rank 1 already has"
+      f" {per_rank}. Raise the budget (lower compression / higher max_params)."
+    )
   return rank
 
 
 def _plan_conv(rule: LayerRule, kernel: np.ndarray, budget: int | None) -> LayerPlan:
   if rule.method != "kronecker":
-    raise TypeError(f"method={rule.method!r} converts dense layers only; this"
-                    " layer is a 2-D convolution (use method='kronecker').")
+    raise TypeError(
+      f"method={rule.method!r} converts dense layers only; this"
+      " layer is a 2-D convolution (use method='kronecker')."
+    )
   options: dict[str, Any] = dict(sweeps=rule.sweeps)
   if budget is not None:
-    s = suggest_conv_factors(kernel.shape, compression=None, max_params=budget,
-                             rank=rule.rank, kernel=kernel)
+    s = suggest_conv_factors(
+      kernel.shape, compression=None, max_params=budget, rank=rule.rank, kernel=kernel
+    )
     options["terms"] = [(s.a_shape, s.b_shape, s.rank)]
   else:
     options.update(a_shape=rule.a_shape, b_shape=rule.b_shape, terms=rule.terms)
@@ -112,35 +117,39 @@ def _plan_conv(rule: LayerRule, kernel: np.ndarray, budget: int | None) -> Layer
 
 def _plan_kfc(rule: LayerRule, n_out: int, budget: int | None) -> LayerPlan:
   if budget is None:
-    return LayerPlan(Family.KFC, dict(in_shape=rule.in_shape, terms=rule.terms,
-                                      sweeps=rule.sweeps))
+    return LayerPlan(Family.KFC, dict(in_shape=rule.in_shape, terms=rule.terms, sweeps=rule.sweeps))
   terms = formulations.resolve_terms(rule.terms, n_out)
   if len(terms) != 1:
-    raise ValueError("a KFC budget needs exactly one term (formulation,"
-                     f" out_factors) to choose the rank of, got {rule.terms!r}.")
+    raise ValueError(
+      "a KFC budget needs exactly one term (formulation,"
+      f" out_factors) to choose the rank of, got {rule.terms!r}."
+    )
   term = dataclasses.replace(terms[0], rank=1)
   layout = layers.kfc_layout(rule.in_shape, n_out, [term])
   sizes = [m * n for _, m, n in layout.terms[0].factor_shapes]
   full = min(sizes) if len(sizes) == 2 else layout.in_features * n_out
   rank = _fit_rank(budget, layout.params, full, f"KFC {term.label} layer")
-  return LayerPlan(Family.KFC, dict(in_shape=rule.in_shape,
-                                    terms=[dataclasses.replace(term, rank=rank)],
-                                    sweeps=rule.sweeps))
+  return LayerPlan(
+    Family.KFC,
+    dict(in_shape=rule.in_shape, terms=[dataclasses.replace(term, rank=rank)], sweeps=rule.sweeps),
+  )
 
 
-def _plan_kronecker(rule: LayerRule, n_in: int, n_out: int, budget: int | None
-                    ) -> LayerPlan:
-  if budget is not None or (rule.in_factors is None and rule.out_factors is None
-                            and rule.terms is None):
+def _plan_kronecker(rule: LayerRule, n_in: int, n_out: int, budget: int | None) -> LayerPlan:
+  if budget is not None or (
+    rule.in_factors is None and rule.out_factors is None and rule.terms is None
+  ):
     if budget is not None:
       s = suggest_factors(n_in, n_out, k=rule.k, max_params=budget, rank=rule.rank)
     else:
       s = suggest_factors(n_in, n_out, k=rule.k, rank=rule.rank or 1)
-    return LayerPlan(Family.KRONECKER_LINEAR,
-                     dict(in_factors=s.in_factors, out_factors=s.out_factors,
-                          rank=s.rank, sweeps=rule.sweeps))
-  options = dict(in_factors=rule.in_factors, out_factors=rule.out_factors,
-                 terms=rule.terms, sweeps=rule.sweeps)
+    return LayerPlan(
+      Family.KRONECKER_LINEAR,
+      dict(in_factors=s.in_factors, out_factors=s.out_factors, rank=s.rank, sweeps=rule.sweeps),
+    )
+  options = dict(
+    in_factors=rule.in_factors, out_factors=rule.out_factors, terms=rule.terms, sweeps=rule.sweeps
+  )
   if rule.rank is not None:
     options["rank"] = rule.rank
   return LayerPlan(Family.KRONECKER_LINEAR, options)
@@ -155,8 +164,7 @@ def plan_layer(rule: LayerRule, layer: TrainedLayer) -> LayerPlan:
   """
   plan = _plan_by_error(rule, layer) or _plan_by_rule(rule, layer)
   if layer.input_cov is not None:
-    plan = dataclasses.replace(plan, options={**plan.options,
-                                              "input_cov": layer.input_cov})
+    plan = dataclasses.replace(plan, options={**plan.options, "input_cov": layer.input_cov})
   return plan
 
 
@@ -169,8 +177,9 @@ def _plan_by_error(rule: LayerRule, layer: TrainedLayer) -> LayerPlan | None:
   if budget is None or rule.method not in ("auto", "kronecker"):
     return None
   if rule.method == "kronecker" and (
-      (layer.kind == "conv" and layer.input_cov is None)  # suggest_conv_factors
-      or (layer.kind == "linear" and rule.k != 2)):
+    (layer.kind == "conv" and layer.input_cov is None)  # suggest_conv_factors
+    or (layer.kind == "linear" and rule.k != 2)
+  ):
     return None
   try:
     family, options, choice = _auto.choose(rule, kernel, budget, layer.input_cov)
@@ -184,29 +193,31 @@ def _plan_by_error(rule: LayerRule, layer: TrainedLayer) -> LayerPlan | None:
 def _plan_by_rule(rule: LayerRule, layer: TrainedLayer) -> LayerPlan:
   kernel = layer.kernel
   if kernel is None:
-    raise TypeError(f"layer {layer.path!r} ({layer.type_name}) has no kernel to plan"
-                    " from.")
+    raise TypeError(f"layer {layer.path!r} ({layer.type_name}) has no kernel to plan from.")
   budget = _budget(rule, math.prod(kernel.shape))
   if layer.kind == "conv":
     return _plan_conv(rule, kernel, budget)
   n_in, n_out = kernel.shape
   if rule.method == "low_rank":
-    rank = rule.rank if budget is None else _fit_rank(
-        budget, n_in + n_out, min(n_in, n_out), f"rank-r layer {n_in}->{n_out}")
+    rank = (
+      rule.rank
+      if budget is None
+      else _fit_rank(budget, n_in + n_out, min(n_in, n_out), f"rank-r layer {n_in}->{n_out}")
+    )
     return LayerPlan(Family.LOW_RANK_LINEAR, dict(rank=rank))
   if rule.method == "kfc":
     return _plan_kfc(rule, n_out, budget)
   return _plan_kronecker(rule, n_in, n_out, budget)
 
 
-def _layer_error(layer: TrainedLayer, index: int, rule: LayerRule,
-                 e: Exception) -> Exception:
+def _layer_error(layer: TrainedLayer, index: int, rule: LayerRule, e: Exception) -> Exception:
   where = f"layer {layer.path!r} (rule {index}, pattern {rule.pattern!r})"
   return type(e)(f"{where}: {e}")
 
 
-def select_layers(policy: CompressionPolicy, found: Sequence[TrainedLayer], *,
-                  supported: str) -> list[tuple[TrainedLayer, int, LayerRule]]:
+def select_layers(
+  policy: CompressionPolicy, found: Sequence[TrainedLayer], *, supported: str
+) -> list[tuple[TrainedLayer, int, LayerRule]]:
   """The layers a rule selects for replacement, with the rule and its index.
 
   ``"keep"`` rules take their layers out. A selected layer compress cannot
@@ -224,17 +235,25 @@ def select_layers(policy: CompressionPolicy, found: Sequence[TrainedLayer], *,
       continue
     if layer.kind is None:
       raise TypeError(
-          f"layer {layer.path!r} (rule {index}, pattern {rule.pattern!r}) is a"
-          f" {layer.type_name}; {supported}")
+        f"layer {layer.path!r} (rule {index}, pattern {rule.pattern!r}) is a"
+        f" {layer.type_name}; {supported}"
+      )
     selected.append((layer, index, rule))
-  listing = ", ".join(f"{layer.path or '(root)'} ({layer.type_name})"
-                      for layer in sorted(found, key=lambda f: f.path)) or "none"
+  listing = (
+    ", ".join(
+      f"{layer.path or '(root)'} ({layer.type_name})"
+      for layer in sorted(found, key=lambda f: f.path)
+    )
+    or "none"
+  )
   for i, rule in enumerate(policy.rules):
     if i not in used:
       warnings.warn(
-          f"compress: rule {i} (pattern {rule.pattern!r}) matched no layer (or only"
-          f" layers an earlier rule took). The model's layers: {listing}.",
-          UserWarning, stacklevel=3)
+        f"compress: rule {i} (pattern {rule.pattern!r}) matched no layer (or only"
+        f" layers an earlier rule took). The model's layers: {listing}.",
+        UserWarning,
+        stacklevel=3,
+      )
   return selected
 
 
@@ -247,10 +266,12 @@ def _shape_label(kernel: np.ndarray) -> str:
   return "x".join(map(str, kernel.shape))
 
 
-def build_layers(selected: Sequence[tuple[TrainedLayer, int, LayerRule]],
-                 build: Callable[[TrainedLayer, LayerPlan], Built], batch: int,
-                 materialize: Callable[[Any], Any] | None = None
-                 ) -> list[tuple[TrainedLayer, Any, LayerReport]]:
+def build_layers(
+  selected: Sequence[tuple[TrainedLayer, int, LayerRule]],
+  build: Callable[[TrainedLayer, LayerPlan], Built],
+  batch: int,
+  materialize: Callable[[Any], Any] | None = None,
+) -> list[tuple[TrainedLayer, Any, LayerReport]]:
   """Plans and builds every replacement before anything is touched.
 
   ``build(layer, plan)`` returns ``(new_layer, relative_error, value)``: the
@@ -267,13 +288,17 @@ def build_layers(selected: Sequence[tuple[TrainedLayer, int, LayerRule]],
       cost = new_layer.cost(batch)
       data_error = None
       if layer.input_cov is not None and materialize is not None:
-        data_error = _auto.output_error(layer.kernel, materialize(value),
-                                        layer.input_cov)
+        data_error = _auto.output_error(layer.kernel, materialize(value), layer.input_cov)
     except (ValueError, TypeError) as e:
       raise _layer_error(layer, index, rule, e) from e
-    row = LayerReport.of(layer.path, layer.type_name,
-                         "" if layer.kernel is None else _shape_label(layer.kernel),
-                         cost, error, data_error=data_error,
-                         choice="" if plan.choice is None else str(plan.choice))
+    row = LayerReport.of(
+      layer.path,
+      layer.type_name,
+      "" if layer.kernel is None else _shape_label(layer.kernel),
+      cost,
+      error,
+      data_error=data_error,
+      choice="" if plan.choice is None else str(plan.choice),
+    )
     built.append((layer, value, row))
   return built

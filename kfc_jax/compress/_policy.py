@@ -70,44 +70,50 @@ class LayerRule:
 
   def __post_init__(self):
     if not isinstance(self.pattern, str):
-      raise TypeError(
-          f"pattern must be a regular expression string, got {self.pattern!r}.")
+      raise TypeError(f"pattern must be a regular expression string, got {self.pattern!r}.")
     try:
       re.compile(self.pattern)
     except re.error as e:
       raise ValueError(
-          f"pattern {self.pattern!r} is not a valid regular expression: {e}."
+        f"pattern {self.pattern!r} is not a valid regular expression: {e}."
       ) from None
     if self.method not in METHODS:
       raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
     budget = self.compression is not None or self.max_params is not None
     if self.compression is not None and self.max_params is not None:
-      raise ValueError("pass at most one of compression and max_params, got"
-                       f" compression={self.compression!r} and"
-                       f" max_params={self.max_params!r}.")
+      raise ValueError(
+        "pass at most one of compression and max_params, got"
+        f" compression={self.compression!r} and"
+        f" max_params={self.max_params!r}."
+      )
     if self.compression is not None:
       _checks.compression_ratio(self.compression)
     if self.max_params is not None:
       _checks.positive_int(self.max_params, "max_params")
     if self.rank is not None:
       _checks.positive_int(self.rank, "rank")
-    shapes = {n: getattr(self, n) for n in ("in_factors", "out_factors", "a_shape",
-                                            "b_shape")
-              if getattr(self, n) is not None}
+    shapes = {
+      n: getattr(self, n)
+      for n in ("in_factors", "out_factors", "a_shape", "b_shape")
+      if getattr(self, n) is not None
+    }
     if budget and (shapes or (self.terms is not None and self.method != "kfc")):
       raise ValueError(
-          "pass either a budget (compression/max_params) or factor shapes/terms,"
-          f" not both; got {sorted(shapes) or ['terms']} with a budget.")
+        "pass either a budget (compression/max_params) or factor shapes/terms,"
+        f" not both; got {sorted(shapes) or ['terms']} with a budget."
+      )
     if self.method == "kfc" and (self.in_shape is None or self.terms is None):
       raise ValueError(
-          "method='kfc' needs in_shape=(H, W, C) (the feature map the layer reads"
-          " flattened) and terms (e.g. [('II', (64, 4))]); got"
-          f" in_shape={self.in_shape!r}, terms={self.terms!r}.")
+        "method='kfc' needs in_shape=(H, W, C) (the feature map the layer reads"
+        " flattened) and terms (e.g. [('II', (64, 4))]); got"
+        f" in_shape={self.in_shape!r}, terms={self.terms!r}."
+      )
     if self.method == "low_rank" and self.rank is None and not budget:
       raise ValueError("method='low_rank' needs rank, compression or max_params.")
     if self.method == "auto" and not budget:
-      raise ValueError("method='auto' compares methods at one budget; pass"
-                       " compression or max_params.")
+      raise ValueError(
+        "method='auto' compares methods at one budget; pass compression or max_params."
+      )
 
 
 def rules_of(policy: Any) -> tuple[LayerRule, ...]:
@@ -115,11 +121,15 @@ def rules_of(policy: Any) -> tuple[LayerRule, ...]:
     return policy.rules
   if isinstance(policy, LayerRule):
     return (policy,)
-  if isinstance(policy, Sequence) and not isinstance(policy, str) and all(
-      isinstance(r, LayerRule) for r in policy):
+  if (
+    isinstance(policy, Sequence)
+    and not isinstance(policy, str)
+    and all(isinstance(r, LayerRule) for r in policy)
+  ):
     return tuple(policy)
-  raise TypeError("policy must be a CompressionPolicy, a LayerRule or a list of"
-                  f" LayerRule, got {policy!r}.")
+  raise TypeError(
+    f"policy must be a CompressionPolicy, a LayerRule or a list of LayerRule, got {policy!r}."
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +154,8 @@ class CompressionPolicy:
     if isinstance(self.rules, LayerRule):
       object.__setattr__(self, "rules", (self.rules,))
     if not isinstance(self.rules, Sequence) or not all(
-        isinstance(r, LayerRule) for r in self.rules):
+      isinstance(r, LayerRule) for r in self.rules
+    ):
       raise TypeError(f"rules must be a sequence of LayerRule, got {self.rules!r}.")
     object.__setattr__(self, "rules", tuple(self.rules))
 

@@ -19,8 +19,9 @@ def ratio(before: int, after: int) -> str:
   return f"{before / after:.1f}x" if after else "-"
 
 
-def format_table(header: Sequence[str], sections: Sequence[Sequence[Sequence[str]]],
-                 left_columns: int) -> str:
+def format_table(
+  header: Sequence[str], sections: Sequence[Sequence[Sequence[str]]], left_columns: int
+) -> str:
   """Aligned text columns: the header, then each section after a rule.
 
   The first ``left_columns`` columns are left-aligned (names), the rest
@@ -31,8 +32,9 @@ def format_table(header: Sequence[str], sections: Sequence[Sequence[Sequence[str
 
   def fmt(row):
     cells = zip(row, widths, strict=True)
-    return "  ".join(c.ljust(w) if i < left_columns else c.rjust(w)
-                     for i, (c, w) in enumerate(cells)).rstrip()
+    return "  ".join(
+      c.ljust(w) if i < left_columns else c.rjust(w) for i, (c, w) in enumerate(cells)
+    ).rstrip()
 
   rule = "-" * len(fmt(header))
   lines = [fmt(header)]
@@ -76,14 +78,32 @@ class LayerReport:
   choice: str = ""
 
   @classmethod
-  def of(cls, path: str, before: str, shape: str, cost: LayerCost,
-         error: float | None, *, data_error: float | None = None,
-         choice: str = "") -> LayerReport:
+  def of(
+    cls,
+    path: str,
+    before: str,
+    shape: str,
+    cost: LayerCost,
+    error: float | None,
+    *,
+    data_error: float | None = None,
+    choice: str = "",
+  ) -> LayerReport:
     """The row of a layer replaced by one of ``cost`` with weight error ``error``."""
     after = f"{cost.kind} {cost.detail}".strip()
-    return cls(path, before, after, shape, cost.dense_params, cost.params,
-               cost.dense_flops, cost.flops, float(error or 0.0),
-               None if data_error is None else float(data_error), choice)
+    return cls(
+      path,
+      before,
+      after,
+      shape,
+      cost.dense_params,
+      cost.params,
+      cost.dense_flops,
+      cost.flops,
+      float(error or 0.0),
+      None if data_error is None else float(data_error),
+      choice,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,23 +147,67 @@ class CompressionReport:
 
   def table(self) -> str:
     """The report as a text table: one row per layer, the total, the model."""
-    header = ("path", "before", "after", "shape", "params", "->", "saved",
-              "FLOPs", "->", "speedup", "rel. error")
-    lines = [(r.path or "(root)", r.before, r.after, r.shape, f"{r.params_before:,}",
-              f"{r.params_after:,}", ratio(r.params_before, r.params_after),
-              f"{r.flops_before:,}", f"{r.flops_after:,}",
-              ratio(r.flops_before, r.flops_after), f"{r.relative_error:.3g}")
-             for r in self.rows]
-    total = ("total", "", "", "", f"{self.params_before:,}", f"{self.params_after:,}",
-             ratio(self.params_before, self.params_after), f"{self.flops_before:,}",
-             f"{self.flops_after:,}", ratio(self.flops_before, self.flops_after), "")
-    model = ("model", "", "", "", f"{self.model_params_before:,}",
-             f"{self.model_params_after:,}",
-             ratio(self.model_params_before, self.model_params_after), "", "", "", "")
+    header = (
+      "path",
+      "before",
+      "after",
+      "shape",
+      "params",
+      "->",
+      "saved",
+      "FLOPs",
+      "->",
+      "speedup",
+      "rel. error",
+    )
+    lines = [
+      (
+        r.path or "(root)",
+        r.before,
+        r.after,
+        r.shape,
+        f"{r.params_before:,}",
+        f"{r.params_after:,}",
+        ratio(r.params_before, r.params_after),
+        f"{r.flops_before:,}",
+        f"{r.flops_after:,}",
+        ratio(r.flops_before, r.flops_after),
+        f"{r.relative_error:.3g}",
+      )
+      for r in self.rows
+    ]
+    total = (
+      "total",
+      "",
+      "",
+      "",
+      f"{self.params_before:,}",
+      f"{self.params_after:,}",
+      ratio(self.params_before, self.params_after),
+      f"{self.flops_before:,}",
+      f"{self.flops_after:,}",
+      ratio(self.flops_before, self.flops_after),
+      "",
+    )
+    model = (
+      "model",
+      "",
+      "",
+      "",
+      f"{self.model_params_before:,}",
+      f"{self.model_params_after:,}",
+      ratio(self.model_params_before, self.model_params_after),
+      "",
+      "",
+      "",
+      "",
+    )
     if any(r.data_error is not None for r in self.rows):  # calibration data given
       header += ("output error",)
-      lines = [(*line, "-" if r.data_error is None else f"{r.data_error:.3g}")
-               for line, r in zip(lines, self.rows, strict=True)]
+      lines = [
+        (*line, "-" if r.data_error is None else f"{r.data_error:.3g}")
+        for line, r in zip(lines, self.rows, strict=True)
+      ]
       total, model = (*total, ""), (*model, "")
     table = format_table(header, [lines, [total, model]], left_columns=4)
     notes = [f"{r.path or '(root)'}: {r.choice}" for r in self.rows if r.choice]

@@ -61,7 +61,7 @@ def greedy_start(t: np.ndarray, rank: int) -> list[np.ndarray]:
   for j in range(rank):  # each term fits the residual of the previous ones
     for mode, v in zip(modes, _sequential_rank_one(residual), strict=True):
       mode[:, j] = v
-    residual = residual - reconstruct([m[:, j:j + 1] for m in modes], t.shape)
+    residual = residual - reconstruct([m[:, j : j + 1] for m in modes], t.shape)
   return modes
 
 
@@ -70,7 +70,7 @@ def hosvd_start(t: np.ndarray, rank: int, fallback: list[np.ndarray]) -> list[np
   for n in range(t.ndim):
     u = np.linalg.svd(unfold(t, n), full_matrices=False)[0][:, :rank]
     if u.shape[1] < rank:
-      u = np.concatenate([u, fallback[n][:, u.shape[1]:]], axis=1)
+      u = np.concatenate([u, fallback[n][:, u.shape[1] :]], axis=1)
     modes.append(u)
   return modes
 
@@ -90,8 +90,7 @@ def gevd_start(t: np.ndarray, rank: int) -> list[np.ndarray] | None:
   merged = int(np.prod([t.shape[n] for n in rest]))
   if rank < 2 or rank > t.shape[second] or merged < 2:
     return None
-  t3 = np.transpose(t, [first, second, *rest]).reshape(t.shape[first],
-                                                       t.shape[second], merged)
+  t3 = np.transpose(t, [first, second, *rest]).reshape(t.shape[first], t.shape[second], merged)
   u1 = np.linalg.svd(unfold(t3, 0), full_matrices=False)[0][:, :rank]
   u2 = np.linalg.svd(unfold(t3, 1), full_matrices=False)[0][:, :rank]
   core = np.einsum("ijk,ir,js->rsk", t3, u1, u2)
@@ -104,15 +103,16 @@ def gevd_start(t: np.ndarray, rank: int) -> list[np.ndarray] | None:
   modes = {first: a, second: np.zeros((t.shape[second], rank))}
   merged_mode = np.zeros((merged, rank))
   for r in range(rank):
-    u, s, vt = np.linalg.svd(rows[r].reshape(t.shape[second], merged),
-                             full_matrices=False)
+    u, s, vt = np.linalg.svd(rows[r].reshape(t.shape[second], merged), full_matrices=False)
     modes[second][:, r] = u[:, 0] * s[0]
     merged_mode[:, r] = vt[0]
   if len(rest) == 1:
     modes[rest[0]] = merged_mode
   else:
-    split = [_sequential_rank_one(merged_mode[:, r].reshape([t.shape[n] for n in rest]))
-             for r in range(rank)]
+    split = [
+      _sequential_rank_one(merged_mode[:, r].reshape([t.shape[n] for n in rest]))
+      for r in range(rank)
+    ]
     for i, n in enumerate(rest):
       modes[n] = np.stack([split[r][i] for r in range(rank)], axis=1)
   return [modes[n] for n in range(t.ndim)]
@@ -130,13 +130,13 @@ def _sweep(unfolded: list[np.ndarray], modes: list[np.ndarray]) -> list[np.ndarr
     gram = np.ones((rank, rank))
     for m in others:
       gram *= m.T @ m
-    modes[n] = np.linalg.lstsq(gram.T, (unfolded[n] @ khatri_rao(others)).T,
-                               rcond=None)[0].T
+    modes[n] = np.linalg.lstsq(gram.T, (unfolded[n] @ khatri_rao(others)).T, rcond=None)[0].T
   return modes
 
 
-def run_als(t: np.ndarray, modes: list[np.ndarray], max_sweeps: int, tol: float
-            ) -> tuple[list[np.ndarray], float, int]:
+def run_als(
+  t: np.ndarray, modes: list[np.ndarray], max_sweeps: int, tol: float
+) -> tuple[list[np.ndarray], float, int]:
   """ALS with line search from ``modes``: ``(modes, relative error, sweeps)``."""
   norm = float(np.linalg.norm(t))
   if norm == 0:
@@ -161,12 +161,10 @@ def run_als(t: np.ndarray, modes: list[np.ndarray], max_sweeps: int, tol: float
   return modes, err, sweeps
 
 
-def cp_als(t: np.ndarray, rank: int, max_sweeps: int, tol: float
-           ) -> tuple[list[np.ndarray], float]:
+def cp_als(t: np.ndarray, rank: int, max_sweeps: int, tol: float) -> tuple[list[np.ndarray], float]:
   """Rank-``rank`` CP factors ``[size_n, rank]`` of ``t`` and the error reached."""
   greedy = greedy_start(t, rank)
-  starts = [lambda: gevd_start(t, rank), lambda: greedy,
-            lambda: hosvd_start(t, rank, greedy)]
+  starts = [lambda: gevd_start(t, rank), lambda: greedy, lambda: hosvd_start(t, rank, greedy)]
   modes, err = None, np.inf
   for start in starts:
     init = start()

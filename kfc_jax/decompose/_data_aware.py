@@ -51,7 +51,7 @@ def apply_along(t: np.ndarray, axes: Sequence[int], mat: np.ndarray) -> np.ndarr
   """Multiplies ``t`` by ``mat`` over the (row-major grouped) ``axes``."""
   axes = list(axes)
   moved = np.moveaxis(t, axes, range(len(axes)))
-  front = moved.shape[:len(axes)]
+  front = moved.shape[: len(axes)]
   out = (mat @ moved.reshape(math.prod(front), -1)).reshape(moved.shape)
   return np.moveaxis(out, range(len(axes)), axes)
 
@@ -69,8 +69,9 @@ def _psd_root(c: np.ndarray, cov_reg: float) -> tuple[np.ndarray, np.ndarray]:
   return (vecs * root) @ vecs.T, (vecs / root) @ vecs.T
 
 
-def kronecker_factors_of(cov_t: np.ndarray, groups: list[list[int]], n_in: int,
-                         iterations: int = 100) -> list[np.ndarray]:
+def kronecker_factors_of(
+  cov_t: np.ndarray, groups: list[list[int]], n_in: int, iterations: int = 100
+) -> list[np.ndarray]:
   """Nearest ``⊗_f C_f`` to the covariance tensor ``[*in, *in]``, by groups.
 
   Alternating rank-one power iteration from identities (which a PSD ``C``
@@ -99,8 +100,9 @@ def kronecker_factors_of(cov_t: np.ndarray, groups: list[list[int]], n_in: int,
   return [v.reshape(p, p) for v, p in zip(vecs, sizes, strict=True)]
 
 
-def whitened_start(t, factor_axes, n_in, rank, cov, cov_reg,
-                   tensor_fit: Callable) -> list[np.ndarray]:
+def whitened_start(
+  t, factor_axes, n_in, rank, cov, cov_reg, tensor_fit: Callable
+) -> list[np.ndarray]:
   """The closed form for the nearest Kronecker-factored part of ``cov``."""
   in_shape = t.shape[:n_in]
   cov_t = cov.reshape(*in_shape, *in_shape)
@@ -134,9 +136,15 @@ def balance(factors: list[np.ndarray]) -> list[np.ndarray]:
   return [f * s.reshape(-1, *[1] * (f.ndim - 1)) for f, s in zip(factors, scale, strict=True)]
 
 
-def als(t: np.ndarray, factor_axes, n_in: int, cov: np.ndarray,
-        start: Sequence[np.ndarray], max_sweeps: int, tol: float
-        ) -> tuple[list[np.ndarray], list[float]]:
+def als(
+  t: np.ndarray,
+  factor_axes,
+  n_in: int,
+  cov: np.ndarray,
+  start: Sequence[np.ndarray],
+  max_sweeps: int,
+  tol: float,
+) -> tuple[list[np.ndarray], list[float]]:
   """Alternating least squares on ``tr(D^T C D)`` from ``start``.
 
   Returns the factors and the objective after each sweep (the first entry at
@@ -165,16 +173,23 @@ def als(t: np.ndarray, factor_axes, n_in: int, cov: np.ndarray,
     outs = [a for a in g if a >= n_in]
     rest = [a for u in others for a in groups[u]]
     rest_in = [a for a in rest if a < n_in]
-    cov_f = np.transpose(cov_t, ins + [n_in + a for a in ins] + rest_in
-                         + [n_in + a for a in rest_in]).reshape(size(ins) ** 2, -1)
+    cov_f = np.transpose(
+      cov_t, ins + [n_in + a for a in ins] + rest_in + [n_in + a for a in rest_in]
+    ).reshape(size(ins) ** 2, -1)
     ct_f = np.transpose(ct, ins + outs + rest).reshape(size(ins) * size(outs), -1)
-    gram_spec = (",".join(f"{_R}{''.join(row[a] for a in groups[u])},"
-                          f"{_S}{''.join(col[a] if a < n_in else row[a] for a in groups[u])}"
-                          for u in others)
-                 + f"->{''.join(row[a] for a in rest_in)}"
-                 f"{''.join(col[a] for a in rest_in)}{_R}{_S}")
-    product_spec = (",".join(_R + "".join(row[a] for a in groups[u]) for u in others)
-                    + f"->{_R}{''.join(row[a] for a in rest)}")
+    gram_spec = (
+      ",".join(
+        f"{_R}{''.join(row[a] for a in groups[u])},"
+        f"{_S}{''.join(col[a] if a < n_in else row[a] for a in groups[u])}"
+        for u in others
+      )
+      + f"->{''.join(row[a] for a in rest_in)}"
+      f"{''.join(col[a] for a in rest_in)}{_R}{_S}"
+    )
+    product_spec = (
+      ",".join(_R + "".join(row[a] for a in groups[u]) for u in others)
+      + f"->{_R}{''.join(row[a] for a in rest)}"
+    )
     plans.append((others, ins, outs, cov_f, ct_f, gram_spec, product_spec))
 
   def objective_at(h, b, x):
@@ -214,9 +229,18 @@ def als(t: np.ndarray, factor_axes, n_in: int, cov: np.ndarray,
   return factors, history
 
 
-def fit(t: np.ndarray, factor_axes, n_in: int, rank: int, cov, cov_reg: float,
-        weight_only: Sequence[np.ndarray], tensor_fit: Callable, max_sweeps: int,
-        tol: float) -> tuple[list[np.ndarray], float]:
+def fit(
+  t: np.ndarray,
+  factor_axes,
+  n_in: int,
+  rank: int,
+  cov,
+  cov_reg: float,
+  weight_only: Sequence[np.ndarray],
+  tensor_fit: Callable,
+  max_sweeps: int,
+  tol: float,
+) -> tuple[list[np.ndarray], float]:
   """The data-aware factors and their data error; never worse than ``weight_only``.
 
   Args:

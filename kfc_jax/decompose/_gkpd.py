@@ -39,28 +39,28 @@ def _check_split(kernel_shape, a_shape, b_shape):
   b = _checks.int_tuple(b_shape, "b_shape")
   for name, s in (("a_shape", a), ("b_shape", b)):
     if len(s) != 4:
-      raise ValueError(
-          f"{name} must be (h, w, in, out), 4 positive ints, got {s}.")
+      raise ValueError(f"{name} must be (h, w, in, out), 4 positive ints, got {s}.")
   for axis, k, p, q in zip(_AXES, kernel_shape, a, b, strict=True):
     if p * q != k:
       raise ValueError(
-          f"a_shape {a} and b_shape {b} must multiply to the kernel shape"
-          f" {tuple(kernel_shape)} axis by axis, but on {axis}"
-          f" {p} * {q} = {p * q} != {k}; valid (a, b) pairs for {k}:"
-          f" {divisor_pairs(k)}.")
+        f"a_shape {a} and b_shape {b} must multiply to the kernel shape"
+        f" {tuple(kernel_shape)} axis by axis, but on {axis}"
+        f" {p} * {q} = {p * q} != {k}; valid (a, b) pairs for {k}:"
+        f" {divisor_pairs(k)}."
+      )
   return a, b
 
 
 def gkpd(
-    kernel: Any,
-    a_shape: Sequence[int],
-    b_shape: Sequence[int],
-    rank: int = 1,
-    *,
-    input_cov: Any = None,
-    cov_reg: float = DEFAULT_COV_REG,
-    max_sweeps: int | None = None,
-    tol: float = 1e-10,
+  kernel: Any,
+  a_shape: Sequence[int],
+  b_shape: Sequence[int],
+  rank: int = 1,
+  *,
+  input_cov: Any = None,
+  cov_reg: float = DEFAULT_COV_REG,
+  max_sweeps: int | None = None,
+  tol: float = 1e-10,
 ) -> KroneckerDecomposition:
   """Optimal rank-``rank`` Kronecker decomposition of an HWIO conv kernel.
 
@@ -121,8 +121,9 @@ def gkpd(
   max_rank = min(math.prod(a), math.prod(b))
   if rank > max_rank:
     raise ValueError(
-        f"rank must be at most min(prod(a_shape), prod(b_shape)) = {max_rank}"
-        f" for a_shape {a} and b_shape {b}, got rank={rank}.")
+      f"rank must be at most min(prod(a_shape), prod(b_shape)) = {max_rank}"
+      f" for a_shape {a} and b_shape {b}, got rank={rank}."
+    )
   t = k.reshape(a[0], b[0], a[1], b[1], a[2], b[2], a[3], b[3])
   axes = [(0, 2, 4, 6), (1, 3, 5, 7)]
   dec = nearest_kronecker_tensor(t, axes, rank)
@@ -131,9 +132,17 @@ def gkpd(
   # The first six axes of t are the patch axes (p1, p2, q1, q2, i1, i2),
   # row-major as in the [kh*kw*C_in] patch: C reshapes to them unpermuted.
   return data_aware_decomposition(
-      t, axes, 6, rank, dec, input_cov, cov_reg,
-      f"the kernel's patch size kh*kw*C_in = {k.shape[0]}*{k.shape[1]}*{k.shape[2]}",
-      max_sweeps=max_sweeps, tol=tol)
+    t,
+    axes,
+    6,
+    rank,
+    dec,
+    input_cov,
+    cov_reg,
+    f"the kernel's patch size kh*kw*C_in = {k.shape[0]}*{k.shape[1]}*{k.shape[2]}",
+    max_sweeps=max_sweeps,
+    tol=tol,
+  )
 
 
 def _gkpd_error(kernel: np.ndarray, a, b, rank: int) -> float:
@@ -149,13 +158,13 @@ def _gkpd_error(kernel: np.ndarray, a, b, rank: int) -> float:
 
 
 def suggest_conv_factors(
-    kernel_shape: Sequence[int],
-    *,
-    compression: float | None = 5.0,
-    max_params: int | None = None,
-    rank: int | None = None,
-    prefer: Literal["params", "flops", "error"] | None = None,
-    kernel: Any = None,
+  kernel_shape: Sequence[int],
+  *,
+  compression: float | None = 5.0,
+  max_params: int | None = None,
+  rank: int | None = None,
+  prefer: Literal["params", "flops", "error"] | None = None,
+  kernel: Any = None,
 ) -> KronConvShape:
   """Suggests a Kronecker split (and rank) of a conv kernel for a budget.
 
@@ -200,18 +209,15 @@ def suggest_conv_factors(
   """
   shape = _checks.int_tuple(kernel_shape, "kernel_shape")
   if len(shape) != 4:
-    raise ValueError(
-        f"kernel_shape must be (kh, kw, C_in, C_out), 4 positive ints, got {shape}.")
+    raise ValueError(f"kernel_shape must be (kh, kw, C_in, C_out), 4 positive ints, got {shape}.")
   if kernel is not None:
     kernel = _covariance.real_array(kernel, "kernel", ndim=4)
     if kernel.shape != shape:
-      raise ValueError(
-          f"kernel must have shape kernel_shape = {shape}, got {kernel.shape}.")
+      raise ValueError(f"kernel must have shape kernel_shape = {shape}, got {kernel.shape}.")
   if prefer is None:
     prefer = "error" if kernel is not None else "params"
   if prefer not in ("params", "flops", "error"):
-    raise ValueError(
-        f"prefer must be 'error', 'params' or 'flops', got {prefer!r}.")
+    raise ValueError(f"prefer must be 'error', 'params' or 'flops', got {prefer!r}.")
   if prefer == "error" and kernel is None:
     raise ValueError("prefer='error' needs the kernel to decompose; pass kernel=.")
   if rank is not None:
@@ -225,9 +231,10 @@ def suggest_conv_factors(
     max_params = int(math.prod(shape) / compression)
     if max_params < 1:
       raise ValueError(
-          f"no Kronecker split of kernel_shape {shape} fits compression="
-          f"{compression!r}: it leaves int({math.prod(shape)} / {compression!r}) ="
-          f" {max_params} parameters. Lower the compression.")
+        f"no Kronecker split of kernel_shape {shape} fits compression="
+        f"{compression!r}: it leaves int({math.prod(shape)} / {compression!r}) ="
+        f" {max_params} parameters. Lower the compression."
+      )
   best, smallest = None, None
   for pairs in itertools.product(*(divisor_pairs(k) for k in shape)):
     a = tuple(p for p, _ in pairs)
@@ -240,17 +247,23 @@ def suggest_conv_factors(
       continue
     s = KronConvShape(shape, a, b, r)
     imbalance = abs(math.log(a[2] * b[3] / max(1, a[3] * b[2])))
-    key = {"params": (s.params, -s.flops_per_pixel),
-           "flops": (-s.flops_per_pixel, s.params),
-           "error": lambda a=a, b=b, r=r, s=s: (-_gkpd_error(kernel, a, b, r),
-                                                -s.flops_per_pixel, s.params)}[prefer]
+    key = {
+      "params": (s.params, -s.flops_per_pixel),
+      "flops": (-s.flops_per_pixel, s.params),
+      "error": lambda a=a, b=b, r=r, s=s: (
+        -_gkpd_error(kernel, a, b, r),
+        -s.flops_per_pixel,
+        s.params,
+      ),
+    }[prefer]
     key = (key() if callable(key) else key) + (-imbalance, a, b)
     if best is None or key > best[0]:
       best = (key, s)
   if best is None:
     raise ValueError(
-        f"no Kronecker split of kernel_shape {shape}"
-        f"{'' if rank is None else f' at rank {rank}'} fits max_params="
-        f"{max_params}; the smallest split has {smallest} parameters per rank."
-        " Lower the compression or the rank.")
+      f"no Kronecker split of kernel_shape {shape}"
+      f"{'' if rank is None else f' at rank {rank}'} fits max_params="
+      f"{max_params}; the smallest split has {smallest} parameters per rank."
+      " Lower the compression or the rank."
+    )
   return best[1]

@@ -40,8 +40,9 @@ class LowRankDecomposition(tuple):
   relative_error: float
   data_error: float | None
 
-  def __new__(cls, u: np.ndarray, v: np.ndarray, relative_error: float,
-              data_error: float | None = None):
+  def __new__(
+    cls, u: np.ndarray, v: np.ndarray, relative_error: float, data_error: float | None = None
+  ):
     self = super().__new__(cls, (u, v))
     self.relative_error, self.data_error = relative_error, data_error
     return self
@@ -55,13 +56,16 @@ class LowRankDecomposition(tuple):
     return self[1]
 
   def __repr__(self) -> str:
-    return (f"LowRankDecomposition(u: {self.u.shape}, v: {self.v.shape},"
-            f" relative_error={self.relative_error:.4g},"
-            f" data_error={self.data_error})")
+    return (
+      f"LowRankDecomposition(u: {self.u.shape}, v: {self.v.shape},"
+      f" relative_error={self.relative_error:.4g},"
+      f" data_error={self.data_error})"
+    )
 
 
-def low_rank(w: Any, rank: int, *, input_cov: Any = None,
-             cov_reg: float = DEFAULT_COV_REG) -> LowRankDecomposition:
+def low_rank(
+  w: Any, rank: int, *, input_cov: Any = None, cov_reg: float = DEFAULT_COV_REG
+) -> LowRankDecomposition:
   """Truncated-SVD factors ``(u [m, rank], v [rank, n])`` with ``w ≈ u @ v``.
 
   The KFC paper's low-rank baseline. Singular values are split evenly
@@ -98,13 +102,12 @@ def low_rank(w: Any, rank: int, *, input_cov: Any = None,
   rank = _checks.positive_int(rank, "rank")
   if rank > min(w.shape):
     raise ValueError(
-        f"rank must be at most min(w.shape) = {min(w.shape)} for w of shape"
-        f" {w.shape}, got rank={rank}."
+      f"rank must be at most min(w.shape) = {min(w.shape)} for w of shape"
+      f" {w.shape}, got rank={rank}."
     )
   cov = None
   if input_cov is not None:
-    cov = _covariance.check_input_cov(input_cov, w.shape[0], cov_reg,
-                                      "w's first dimension")
+    cov = _covariance.check_input_cov(input_cov, w.shape[0], cov_reg, "w's first dimension")
   if cov is None or _covariance.is_scaled_identity(cov.raw):
     root = lower = None
     target = w

@@ -69,15 +69,15 @@ def _balance(vectors: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def nearest_kronecker_tensor(
-    t: Any,
-    factor_axes: Sequence[Sequence[int]],
-    rank: int = 1,
-    *,
-    max_sweeps: int | None = None,
-    tol: float = 1e-10,
-    input_cov: Any = None,
-    input_ndim: int | None = None,
-    cov_reg: float = DEFAULT_COV_REG,
+  t: Any,
+  factor_axes: Sequence[Sequence[int]],
+  rank: int = 1,
+  *,
+  max_sweeps: int | None = None,
+  tol: float = 1e-10,
+  input_cov: Any = None,
+  input_ndim: int | None = None,
+  cov_reg: float = DEFAULT_COV_REG,
 ) -> KroneckerDecomposition:
   """Nearest sum of ``rank`` generalised Kronecker terms over grouped axes.
 
@@ -143,8 +143,8 @@ def nearest_kronecker_tensor(
   flat = sorted(a for g in groups for a in g)
   if flat != list(range(arr.ndim)) or any(not g for g in groups):
     raise ValueError(
-        f"factor_axes must partition the axes {tuple(range(arr.ndim))} of t"
-        f" (shape {arr.shape}) into non-empty groups, got {factor_axes}."
+      f"factor_axes must partition the axes {tuple(range(arr.ndim))} of t"
+      f" (shape {arr.shape}) into non-empty groups, got {factor_axes}."
     )
   rank = _checks.positive_int(rank, "rank")
   group_shapes = [tuple(arr.shape[a] for a in g) for g in groups]
@@ -152,8 +152,8 @@ def nearest_kronecker_tensor(
   max_rank = _max_rank(sizes)
   if rank > max_rank:
     raise ValueError(
-        f"rank must be at most {max_rank} for factor shapes {group_shapes}"
-        f" (the rearranged weight has mode sizes {sizes}), got rank={rank}."
+      f"rank must be at most {max_rank} for factor shapes {group_shapes}"
+      f" (the rearranged weight has mode sizes {sizes}), got rank={rank}."
     )
   rearranged = np.transpose(arr, [a for g in groups for a in g]).reshape(sizes)
   singular_values = None
@@ -166,8 +166,7 @@ def nearest_kronecker_tensor(
     vectors = [(u[:, :rank] * s[:rank]).T, vt[:rank]]
     approx = vectors[0].T @ vectors[1]
   else:
-    modes, _ = _cp.cp_als(rearranged, rank, 1000 if max_sweeps is None else max_sweeps,
-                          tol)
+    modes, _ = _cp.cp_als(rearranged, rank, 1000 if max_sweeps is None else max_sweeps, tol)
     vectors = [m.T for m in modes]
     approx = _cp.reconstruct(modes, rearranged.shape)
   error = relative_error(rearranged, approx)
@@ -180,26 +179,38 @@ def nearest_kronecker_tensor(
     if input_ndim is not None:
       raise ValueError("input_ndim is only used with input_cov; pass both or neither.")
     return dec
-  if (isinstance(input_ndim, bool) or not isinstance(input_ndim, numbers.Integral)
-      or not 1 <= input_ndim < arr.ndim):
+  if (
+    isinstance(input_ndim, bool)
+    or not isinstance(input_ndim, numbers.Integral)
+    or not 1 <= input_ndim < arr.ndim
+  ):
     raise ValueError(
-        f"input_ndim must say how many leading axes of t (shape {arr.shape}) index"
-        f" the layer's input, an integer in [1, {arr.ndim - 1}], got {input_ndim!r}.")
+      f"input_ndim must say how many leading axes of t (shape {arr.shape}) index"
+      f" the layer's input, an integer in [1, {arr.ndim - 1}], got {input_ndim!r}."
+    )
   return data_aware_decomposition(
-      arr, groups, int(input_ndim), rank, dec, input_cov, cov_reg,
-      f"the product of t's first {input_ndim} axes",
-      max_sweeps=max_sweeps, tol=tol)
+    arr,
+    groups,
+    int(input_ndim),
+    rank,
+    dec,
+    input_cov,
+    cov_reg,
+    f"the product of t's first {input_ndim} axes",
+    max_sweeps=max_sweeps,
+    tol=tol,
+  )
 
 
 def nearest_kronecker(
-    w: Any,
-    in_factors: Sequence[int],
-    out_factors: Sequence[int],
-    rank: int = 1,
-    *,
-    input_cov: Any = None,
-    cov_reg: float = DEFAULT_COV_REG,
-    **als_options: Any,
+  w: Any,
+  in_factors: Sequence[int],
+  out_factors: Sequence[int],
+  rank: int = 1,
+  *,
+  input_cov: Any = None,
+  cov_reg: float = DEFAULT_COV_REG,
+  **als_options: Any,
 ) -> KroneckerDecomposition:
   """Nearest ``sum_r kron(F_1[r], ..., F_k[r])`` to a weight matrix.
 
@@ -261,14 +272,14 @@ def nearest_kronecker(
   ns = _checks.int_tuple(out_factors, "out_factors")
   if len(ms) != len(ns):
     raise ValueError(
-        f"in_factors and out_factors must have the same length (one pair per"
-        f" factor), got {len(ms)} in_factors {ms} and {len(ns)} out_factors {ns}."
+      f"in_factors and out_factors must have the same length (one pair per"
+      f" factor), got {len(ms)} in_factors {ms} and {len(ns)} out_factors {ns}."
     )
   if w.shape != (math.prod(ms), math.prod(ns)):
     raise ValueError(
-        f"w must have shape [prod(in_factors), prod(out_factors)] ="
-        f" {[math.prod(ms), math.prod(ns)]} for in_factors {ms} and out_factors"
-        f" {ns}, got {list(w.shape)}."
+      f"w must have shape [prod(in_factors), prod(out_factors)] ="
+      f" {[math.prod(ms), math.prod(ns)]} for in_factors {ms} and out_factors"
+      f" {ns}, got {list(w.shape)}."
     )
   k = len(ms)
   t, axes = w.reshape(*ms, *ns), [(f, k + f) for f in range(k)]
@@ -276,15 +287,22 @@ def nearest_kronecker(
   if input_cov is None:
     return dec
   return data_aware_decomposition(
-      t, axes, k, rank, dec, input_cov, cov_reg, "the weight's input dimension",
-      **als_options)
+    t, axes, k, rank, dec, input_cov, cov_reg, "the weight's input dimension", **als_options
+  )
 
 
-def data_aware_decomposition(t: np.ndarray, factor_axes, n_in: int, rank: int,
-                              weight_only: KroneckerDecomposition, input_cov: Any,
-                              cov_reg: float, what: str,
-                              max_sweeps: int | None = None,
-                              tol: float = 1e-10) -> KroneckerDecomposition:
+def data_aware_decomposition(
+  t: np.ndarray,
+  factor_axes,
+  n_in: int,
+  rank: int,
+  weight_only: KroneckerDecomposition,
+  input_cov: Any,
+  cov_reg: float,
+  what: str,
+  max_sweeps: int | None = None,
+  tol: float = 1e-10,
+) -> KroneckerDecomposition:
   """The data-aware refit of ``weight_only`` (see :mod:`._data_aware`).
 
   ``max_sweeps`` bounds both the CP fit of the whitened start (default 1000)
@@ -293,11 +311,20 @@ def data_aware_decomposition(t: np.ndarray, factor_axes, n_in: int, rank: int,
   m = math.prod(t.shape[:n_in])
   cov = _covariance.check_input_cov(input_cov, m, cov_reg, what)
   factors, data_error = _data_aware.fit(
-      t, factor_axes, n_in, rank, cov, cov_reg, weight_only.factors,
-      lambda tw, axes, r: nearest_kronecker_tensor(
-          tw, axes, r, max_sweeps=max_sweeps, tol=tol).factors,
-      DATA_SWEEPS if max_sweeps is None else max_sweeps, tol)
+    t,
+    factor_axes,
+    n_in,
+    rank,
+    cov,
+    cov_reg,
+    weight_only.factors,
+    lambda tw, axes, r: (
+      nearest_kronecker_tensor(tw, axes, r, max_sweeps=max_sweeps, tol=tol).factors
+    ),
+    DATA_SWEEPS if max_sweeps is None else max_sweeps,
+    tol,
+  )
   approx = _data_aware.reconstruct(factors, factor_axes, t.shape)
   return KroneckerDecomposition(
-      tuple(_data_aware.balance(list(factors))), relative_error(t, approx), None,
-      data_error)
+    tuple(_data_aware.balance(list(factors))), relative_error(t, approx), None, data_error
+  )

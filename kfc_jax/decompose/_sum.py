@@ -88,30 +88,28 @@ _reconstruct = _data_aware.reconstruct
 
 def _check_term(term: Any, i: int, m: int, n: int) -> KroneckerSumTerm:
   if not isinstance(term, Sequence) or len(term) not in (3, 4):
-    raise TypeError(
-        f"terms[{i}] must be (in_shape, out_shape, factor_axes[, rank]), got"
-        f" {term!r}.")
+    raise TypeError(f"terms[{i}] must be (in_shape, out_shape, factor_axes[, rank]), got {term!r}.")
   in_shape = _checks.int_tuple(term[0], f"terms[{i}].in_shape")
   out_shape = _checks.int_tuple(term[1], f"terms[{i}].out_shape")
   axes = tuple(tuple(int(a) for a in g) for g in term[2])
-  rank = _checks.positive_int(term[3] if len(term) == 4 else 1,
-                              f"terms[{i}].rank")
+  rank = _checks.positive_int(term[3] if len(term) == 4 else 1, f"terms[{i}].rank")
   if math.prod(in_shape) < m or math.prod(out_shape) < n:
     raise ValueError(
-        f"terms[{i}] has in_shape {in_shape} and out_shape {out_shape}, which"
-        f" multiply to {math.prod(in_shape)} x {math.prod(out_shape)}; they"
-        f" must cover the weight's shape {m} x {n}.")
+      f"terms[{i}] has in_shape {in_shape} and out_shape {out_shape}, which"
+      f" multiply to {math.prod(in_shape)} x {math.prod(out_shape)}; they"
+      f" must cover the weight's shape {m} x {n}."
+    )
   return KroneckerSumTerm(in_shape, out_shape, axes, rank)
 
 
 def nearest_kronecker_sum(
-    w: Any,
-    terms: Sequence[Any],
-    *,
-    sweeps: int = 20,
-    tol: float = 1e-10,
-    input_cov: Any = None,
-    cov_reg: float = DEFAULT_COV_REG,
+  w: Any,
+  terms: Sequence[Any],
+  *,
+  sweeps: int = 20,
+  tol: float = 1e-10,
+  input_cov: Any = None,
+  cov_reg: float = DEFAULT_COV_REG,
 ) -> KroneckerSumDecomposition:
   """Fits a sum of differently grouped Kronecker terms to a weight matrix.
 
@@ -185,17 +183,21 @@ def nearest_kronecker_sum(
     n_in, c = len(t.in_shape), pads[math.prod(t.in_shape)]
     if current is None:
       current = _data_aware.whitened_start(
-          tensor, t.factor_axes, n_in, t.rank, c, cov_reg,
-          lambda x, axes, r: nearest_kronecker_tensor(x, axes, r).factors)
-    factors, _ = _data_aware.als(tensor, t.factor_axes, n_in, c, current,
-                                 _INNER_SWEEPS, tol)
+        tensor,
+        t.factor_axes,
+        n_in,
+        t.rank,
+        c,
+        cov_reg,
+        lambda x, axes, r: nearest_kronecker_tensor(x, axes, r).factors,
+      )
+    factors, _ = _data_aware.als(tensor, t.factor_axes, n_in, c, current, _INNER_SWEEPS, tol)
     return factors
 
   total_ridged = _covariance.data_objective(w, cov.reg)
 
   def data_error(approx):
-    return math.sqrt(max(_covariance.data_objective(w - approx, cov.reg), 0.0)
-                     / total_ridged)
+    return math.sqrt(max(_covariance.data_objective(w - approx, cov.reg), 0.0) / total_ridged)
 
   dec = _descend(w, terms, sweeps, tol, refit, data_error, exact_single=False)
   error = _covariance.data_error(w, _total(dec.factors, terms, m, n), cov.raw)
@@ -208,9 +210,15 @@ _INNER_SWEEPS = 10  # ALS sweeps per term per block-coordinate step (data-aware)
 
 
 def _total(factors, terms, m, n) -> np.ndarray:
-  return cast(np.ndarray, sum(
+  return cast(
+    np.ndarray,
+    sum(
       _reconstruct(fs, t.factor_axes, (*t.in_shape, *t.out_shape)).reshape(
-          math.prod(t.in_shape), -1)[:m, :n] for fs, t in zip(factors, terms, strict=True)))
+        math.prod(t.in_shape), -1
+      )[:m, :n]
+      for fs, t in zip(factors, terms, strict=True)
+    ),
+  )
 
 
 def _weight_refit(terms):
@@ -218,6 +226,7 @@ def _weight_refit(terms):
     del current  # the truncated SVD needs no start
     t = terms[i]
     return nearest_kronecker_tensor(tensor, t.factor_axes, t.rank).factors
+
   return refit
 
 
@@ -226,8 +235,7 @@ def _weight_error(w):
   return lambda approx: float(np.linalg.norm(w - approx) / norm) if norm > 0 else 0.0
 
 
-def _descend(w, terms, sweeps, tol, refit, error, exact_single=True
-             ) -> KroneckerSumDecomposition:
+def _descend(w, terms, sweeps, tol, refit, error, exact_single=True) -> KroneckerSumDecomposition:
   """Greedy fit then block-coordinate sweeps; ``refit(i, tensor, current)``."""
   m, n = w.shape
   full_shapes = [(math.prod(t.in_shape), math.prod(t.out_shape)) for t in terms]
@@ -240,8 +248,7 @@ def _descend(w, terms, sweeps, tol, refit, error, exact_single=True
     full[:m, :n] = target
     tensor = full.reshape(*t.in_shape, *t.out_shape)
     factors[i] = tuple(refit(i, tensor, factors[i]))
-    approx[i] = _reconstruct(factors[i], t.factor_axes,
-                             tensor.shape).reshape(full_shapes[i])
+    approx[i] = _reconstruct(factors[i], t.factor_axes, tensor.shape).reshape(full_shapes[i])
 
   def total() -> np.ndarray:
     return cast(np.ndarray, sum(a[:m, :n] for a in approx))

@@ -37,35 +37,56 @@ class LayerCost:
   detail: str = ""
 
 
-def replacing_dense(kind: str, in_features: int, out_features: int, *,
-                    params: int, flops: int, use_bias: bool, batch: int,
-                    detail: str) -> LayerCost:
+def replacing_dense(
+  kind: str,
+  in_features: int,
+  out_features: int,
+  *,
+  params: int,
+  flops: int,
+  use_bias: bool,
+  batch: int,
+  detail: str,
+) -> LayerCost:
   """A cost against the dense ``in_features -> out_features`` layer.
 
   ``params`` counts the layer's own biases; the dense layer has one bias of
   ``out_features`` when ``use_bias``.
   """
   bias = out_features if use_bias else 0
-  return LayerCost(kind, in_features, out_features, params, flops,
-                   in_features * out_features + bias,
-                   2 * batch * in_features * out_features, detail)
+  return LayerCost(
+    kind,
+    in_features,
+    out_features,
+    params,
+    flops,
+    in_features * out_features + bias,
+    2 * batch * in_features * out_features,
+    detail,
+  )
 
 
-def dense_linear_cost(kind: str, in_features: int, out_features: int,
-                      use_bias: bool, batch: int) -> LayerCost:
+def dense_linear_cost(
+  kind: str, in_features: int, out_features: int, use_bias: bool, batch: int
+) -> LayerCost:
   """A plain dense layer as its own baseline."""
-  return replacing_dense(kind, in_features, out_features,
-                         params=in_features * out_features
-                         + (out_features if use_bias else 0),
-                         flops=2 * batch * in_features * out_features,
-                         use_bias=use_bias, batch=batch, detail="")
+  return replacing_dense(
+    kind,
+    in_features,
+    out_features,
+    params=in_features * out_features + (out_features if use_bias else 0),
+    flops=2 * batch * in_features * out_features,
+    use_bias=use_bias,
+    batch=batch,
+    detail="",
+  )
 
 
-def dense_conv_cost(kind: str, kernel_shape: Sequence[int], use_bias: bool,
-                    batch: int) -> LayerCost:
+def dense_conv_cost(
+  kind: str, kernel_shape: Sequence[int], use_bias: bool, batch: int
+) -> LayerCost:
   """A plain conv as its own baseline: FLOPs per ``batch`` output pixels."""
   out = kernel_shape[-1]
   params = math.prod(kernel_shape) + (out if use_bias else 0)
   flops = 2 * batch * math.prod(kernel_shape)
-  return LayerCost(kind, kernel_shape[-2], out, params, flops, params, flops,
-                   "per output pixel")
+  return LayerCost(kind, kernel_shape[-2], out, params, flops, params, flops, "per output pixel")

@@ -57,8 +57,10 @@ class DenseLayout:
 
   @property
   def padded(self) -> bool:
-    return any(math.prod(ms) != self.in_features or math.prod(ns) != self.out_features
-               for ms, ns in map(_factors, self.terms))
+    return any(
+      math.prod(ms) != self.in_features or math.prod(ns) != self.out_features
+      for ms, ns in map(_factors, self.terms)
+    )
 
   @property
   def total_rank(self) -> int:
@@ -80,9 +82,10 @@ class DenseLayout:
     if self.in_shape is not None:
       h, w, c = self.in_shape
       raise ValueError(
-          f"x must have shape [*batch, {h}, {w}, {c}] (in_shape = (H, W, C)) or"
-          f" [*batch, {self.in_features}] (flattened NHWC), got shape"
-          f" {tuple(x.shape)}.")
+        f"x must have shape [*batch, {h}, {w}, {c}] (in_shape = (H, W, C)) or"
+        f" [*batch, {self.in_features}] (flattened NHWC), got shape"
+        f" {tuple(x.shape)}."
+      )
     _params.check_features(x, self.in_features)
     return x
 
@@ -110,36 +113,46 @@ class DenseLayout:
       out.append([math.sqrt(c / m) for m in ms])
     return out
 
-  def param_specs(self, factor_metadata: Any = None, bias_metadata: Any = None
-                  ) -> list[_params.ParamSpec]:
+  def param_specs(
+    self, factor_metadata: Any = None, bias_metadata: Any = None
+  ) -> list[_params.ParamSpec]:
     """``factor_{t}_{f}`` of every term, then ``bias``."""
-    metadata = _params.per_factor_metadata(
-        factor_metadata, [t.num_factors for t in self.terms])
+    metadata = _params.per_factor_metadata(factor_metadata, [t.num_factors for t in self.terms])
     stds = self.factor_stddevs()
-    specs = [_params.ParamSpec(_params.factor_name(t, f), shape, True, stds[t][f],
-                               metadata[t][f])
-             for t, term in enumerate(self.terms)
-             for f, shape in enumerate(term.factor_shapes)]
+    specs = [
+      _params.ParamSpec(_params.factor_name(t, f), shape, True, stds[t][f], metadata[t][f])
+      for t, term in enumerate(self.terms)
+      for f, shape in enumerate(term.factor_shapes)
+    ]
     return specs + _params.bias_specs({"bias": (self.out_features,)}, bias_metadata)
 
   def factors(self, params: Mapping[str, Any]) -> list[list[Any]]:
     """``factors[term][factor]`` from the params by name."""
-    return [[params[_params.factor_name(t, f)] for f in range(term.num_factors)]
-            for t, term in enumerate(self.terms)]
+    return [
+      [params[_params.factor_name(t, f)] for f in range(term.num_factors)]
+      for t, term in enumerate(self.terms)
+    ]
 
-  def apply(self, params: Mapping[str, Any], x: Any, *, dtype: Any = None,
-            precision: Any = None, preferred_element_type: Any = None,
-            strategy: Any = "auto") -> Array:
+  def apply(
+    self,
+    params: Mapping[str, Any],
+    x: Any,
+    *,
+    dtype: Any = None,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    strategy: Any = "auto",
+  ) -> Array:
     """``x @ sum_t W_t + bias`` without forming the ``W_t``."""
     flat = self.flatten_input(x)
     factors = self.factors(params)
-    arrays = _params.promote([flat, *(f for fs in factors for f in fs),
-                              params.get("bias")], dtype)
+    arrays = _params.promote([flat, *(f for fs in factors for f in fs), params.get("bias")], dtype)
     flat, bias = arrays[0], arrays[-1]
     it = iter(arrays[1:-1])
     factors = [[next(it) for _ in fs] for fs in factors]
-    kwargs = dict(precision=precision, preferred_element_type=preferred_element_type,
-                  strategy=strategy)
+    kwargs = dict(
+      precision=precision, preferred_element_type=preferred_element_type, strategy=strategy
+    )
     ys = []
     for term, fs in zip(self.terms, factors, strict=True):
       if term.formulation is not None:
@@ -156,11 +169,12 @@ class DenseLayout:
       if term.formulation is not None:
         ws.append(term.formulation.materialize(fs, self.feature_map, **kron_kwargs))
       else:
-        ws.append(kron(fs, **kron_kwargs)[:self.in_features, :self.out_features])
+        ws.append(kron(fs, **kron_kwargs)[: self.in_features, : self.out_features])
     return sum(ws[1:], ws[0])
 
-  def fit(self, w: Any, bias: Any = None, *, use_bias: bool, sweeps: int = 20,
-          input_cov: Any = None) -> tuple[dict[str, np.ndarray], float]:
+  def fit(
+    self, w: Any, bias: Any = None, *, use_bias: bool, sweeps: int = 20, input_cov: Any = None
+  ) -> tuple[dict[str, np.ndarray], float]:
     """Params nearest to a dense layer ``(w, bias)``, by name, and the error.
 
     Factors are float64 NumPy ``[rank, m_f, n_f]``; the bias is copied (zeros
@@ -169,8 +183,9 @@ class DenseLayout:
     w = _checks.finite_matrix(w, "kernel")
     if w.shape != (self.in_features, self.out_features):
       raise ValueError(
-          f"the dense kernel must have shape [in_features, out_features] ="
-          f" {[self.in_features, self.out_features]}, got {list(w.shape)}.")
+        f"the dense kernel must have shape [in_features, out_features] ="
+        f" {[self.in_features, self.out_features]}, got {list(w.shape)}."
+      )
     sum_terms = []
     for t in self.terms:
       ms, ns = _factors(t)
@@ -178,43 +193,51 @@ class DenseLayout:
         sum_terms.append(t.formulation.sum_term(self.feature_map, ns, t.rank))
       else:
         k = len(ms)
-        sum_terms.append(KroneckerSumTerm(
-            ms, ns, tuple((f, k + f) for f in range(k)), t.rank))
+        sum_terms.append(KroneckerSumTerm(ms, ns, tuple((f, k + f) for f in range(k)), t.rank))
     # input_cov: fit the outputs on that data (the error returned stays the weight's).
     dec = nearest_kronecker_sum(w, sum_terms, sweeps=sweeps, input_cov=input_cov)
     params = {
-        _params.factor_name(t, f): value.reshape(shape)
-        for t, (fs, term) in enumerate(zip(dec.factors, self.terms, strict=True))
-        for f, (value, shape) in enumerate(
-            zip(fs, term.factor_shapes, strict=True))}
-    return (_params.with_bias(params, bias, self.out_features, use_bias),
-            dec.relative_error)
+      _params.factor_name(t, f): value.reshape(shape)
+      for t, (fs, term) in enumerate(zip(dec.factors, self.terms, strict=True))
+      for f, (value, shape) in enumerate(zip(fs, term.factor_shapes, strict=True))
+    }
+    return (_params.with_bias(params, bias, self.out_features, use_bias), dec.relative_error)
 
-  def cost(self, kind: str, *, use_bias: bool, batch: int, strategy: Any,
-           dtype: Any) -> LayerCost:
+  def cost(self, kind: str, *, use_bias: bool, batch: int, strategy: Any, dtype: Any) -> LayerCost:
     """Parameters and FLOPs (the plan ``kron_matmul`` runs) against the dense layer."""
-    flops = sum(kron_matmul_plan((batch, math.prod(_factors(t)[0])), t.factor_shapes,
-                                 dtype=dtype or jnp.float32,
-                                 strategy=strategy).chosen.flops
-                for t in self.terms)
+    flops = sum(
+      kron_matmul_plan(
+        (batch, math.prod(_factors(t)[0])),
+        t.factor_shapes,
+        dtype=dtype or jnp.float32,
+        strategy=strategy,
+      ).chosen.flops
+      for t in self.terms
+    )
     return replacing_dense(
-        kind, self.in_features, self.out_features,
-        params=self.params + (self.out_features if use_bias else 0), flops=flops,
-        use_bias=use_bias, batch=batch,
-        detail=" + ".join(t.label for t in self.terms))
+      kind,
+      self.in_features,
+      self.out_features,
+      params=self.params + (self.out_features if use_bias else 0),
+      flops=flops,
+      use_bias=use_bias,
+      batch=batch,
+      detail=" + ".join(t.label for t in self.terms),
+    )
 
 
-def _resolve_linear_term(term: Any, where: str, in_features: int,
-                         out_features: int) -> KroneckerTerm:
+def _resolve_linear_term(
+  term: Any, where: str, in_features: int, out_features: int
+) -> KroneckerTerm:
   if isinstance(term, KroneckerShape):
     term = KroneckerTerm(term.in_factors, term.out_factors, term.rank)
-  elif (isinstance(term, Sequence) and not isinstance(term, str)
-        and 2 <= len(term) <= 3):
+  elif isinstance(term, Sequence) and not isinstance(term, str) and 2 <= len(term) <= 3:
     term = KroneckerTerm(*term)
   elif not isinstance(term, KroneckerTerm):
     raise TypeError(
-        f"{where} must be (in_factors, out_factors), (in_factors, out_factors,"
-        f" rank), a KroneckerTerm or a KroneckerShape, got {term!r}.")
+      f"{where} must be (in_factors, out_factors), (in_factors, out_factors,"
+      f" rank), a KroneckerTerm or a KroneckerShape, got {term!r}."
+    )
   rank = _checks.positive_int(term.rank, f"{where}rank")
   ms, ns = term.in_factors, term.out_factors
   if ms is None and ns is None:
@@ -235,42 +258,51 @@ def _resolve_linear_term(term: Any, where: str, in_features: int,
   return KroneckerTerm(tuple(ms), tuple(ns), rank)
 
 
-def linear_layout(in_features: int, out_features: int, *, in_factors: Any = None,
-                  out_factors: Any = None, rank: Any = 1, terms: Any = None
-                  ) -> DenseLayout:
+def linear_layout(
+  in_features: int,
+  out_features: int,
+  *,
+  in_factors: Any = None,
+  out_factors: Any = None,
+  rank: Any = 1,
+  terms: Any = None,
+) -> DenseLayout:
   """Validates ``KroneckerLinear``'s arguments."""
   in_features = _checks.positive_int(in_features, "in_features")
   out_features = _checks.positive_int(out_features, "out_features")
   if terms is None:
-    term = _resolve_linear_term(KroneckerTerm(in_factors, out_factors, rank), "",
-                                in_features, out_features)
+    term = _resolve_linear_term(
+      KroneckerTerm(in_factors, out_factors, rank), "", in_features, out_features
+    )
     return DenseLayout(in_features, out_features, (term,))
   if in_factors is not None or out_factors is not None or rank != 1:
     raise ValueError(
-        "pass either terms or in_factors/out_factors/rank, not both; got"
-        f" terms={terms!r} with in_factors={in_factors!r},"
-        f" out_factors={out_factors!r}, rank={rank!r}.")
-  if (isinstance(terms, (str, KroneckerTerm)) or not isinstance(terms, Sequence)
-      or not terms):
+      "pass either terms or in_factors/out_factors/rank, not both; got"
+      f" terms={terms!r} with in_factors={in_factors!r},"
+      f" out_factors={out_factors!r}, rank={rank!r}."
+    )
+  if isinstance(terms, (str, KroneckerTerm)) or not isinstance(terms, Sequence) or not terms:
     raise TypeError(
-        "terms must be a non-empty list of (in_factors, out_factors[, rank])"
-        f" tuples or KroneckerTerm objects, got {terms!r}.")
-  resolved = tuple(_resolve_linear_term(t, f"terms[{i}] ", in_features, out_features)
-                   for i, t in enumerate(terms))
+      "terms must be a non-empty list of (in_factors, out_factors[, rank])"
+      f" tuples or KroneckerTerm objects, got {terms!r}."
+    )
+  resolved = tuple(
+    _resolve_linear_term(t, f"terms[{i}] ", in_features, out_features) for i, t in enumerate(terms)
+  )
   return DenseLayout(in_features, out_features, resolved)
 
 
 def kfc_layout(in_shape: Any, out_features: int, terms: Any) -> DenseLayout:
   """Validates ``KFC``'s arguments."""
-  if (isinstance(in_shape, (str, bytes)) or not isinstance(in_shape, Sequence)
-      or len(in_shape) != 3):
+  if isinstance(in_shape, (str, bytes)) or not isinstance(in_shape, Sequence) or len(in_shape) != 3:
     raise ValueError(
-        f"in_shape must be (H, W, C), the feature map's height, width and"
-        f" channels (NHWC), got {in_shape!r}.")
+      f"in_shape must be (H, W, C), the feature map's height, width and"
+      f" channels (NHWC), got {in_shape!r}."
+    )
   in_shape = _checks.int_tuple(in_shape, "in_shape")
   out_features = _checks.positive_int(out_features, "out_features")
   kfc_terms = _formulations.resolve_terms(terms, out_features)
   resolved = tuple(
-      KroneckerTerm(t.spec.in_factors(in_shape), t.out_factors, t.rank, t.spec)
-      for t in kfc_terms)
+    KroneckerTerm(t.spec.in_factors(in_shape), t.out_factors, t.rank, t.spec) for t in kfc_terms
+  )
   return DenseLayout(math.prod(in_shape), out_features, resolved, in_shape)

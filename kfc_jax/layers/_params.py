@@ -42,11 +42,11 @@ class ParamSpec:
   metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def bias_specs(shapes: Mapping[str, tuple[int, ...]], metadata: Any
-               ) -> list[ParamSpec]:
+def bias_specs(shapes: Mapping[str, tuple[int, ...]], metadata: Any) -> list[ParamSpec]:
   """One bias spec per ``{name: shape}``, all with ``bias_metadata``."""
-  return [ParamSpec(name, shape, False, metadata=dict(metadata or {}))
-          for name, shape in shapes.items()]
+  return [
+    ParamSpec(name, shape, False, metadata=dict(metadata or {})) for name, shape in shapes.items()
+  ]
 
 
 def normal_init(stddev: float) -> Initializer:
@@ -84,21 +84,22 @@ def check_features(x: Any, in_features: int) -> None:
   """Raises unless ``x`` is ``[*batch, in_features]``."""
   if x.ndim < 1 or x.shape[-1] != in_features:
     raise ValueError(
-        f"x must have shape [*batch, {in_features}] (in_features), got shape"
-        f" {tuple(x.shape)}.")
+      f"x must have shape [*batch, {in_features}] (in_features), got shape {tuple(x.shape)}."
+    )
 
 
-def with_bias(params: dict[str, np.ndarray], bias: Any, out_features: int,
-              use_bias: bool) -> dict[str, np.ndarray]:
+def with_bias(
+  params: dict[str, np.ndarray], bias: Any, out_features: int, use_bias: bool
+) -> dict[str, np.ndarray]:
   """``params`` plus the copied bias (zeros if the dense layer had none)."""
   if use_bias:
     params["bias"] = np.zeros(out_features) if bias is None else np.asarray(bias)
   return params
 
 
-def per_factor_metadata(metadata: Any, factors_per_term: Sequence[int],
-                        name: str = "factor_metadata"
-                        ) -> list[list[Mapping[str, Any]]]:
+def per_factor_metadata(
+  metadata: Any, factors_per_term: Sequence[int], name: str = "factor_metadata"
+) -> list[list[Mapping[str, Any]]]:
   """Expands ``factor_metadata`` to one mapping per term and factor.
 
   A mapping applies to every factor; a sequence gives one mapping per factor
@@ -109,26 +110,34 @@ def per_factor_metadata(metadata: Any, factors_per_term: Sequence[int],
   if isinstance(metadata, Mapping):
     return [[dict(metadata)] * k for k in factors_per_term]
   ks = set(factors_per_term)
-  if (not isinstance(metadata, Sequence) or len(ks) != 1
-      or len(metadata) != next(iter(ks))
-      or not all(isinstance(m, Mapping) for m in metadata)):
+  if (
+    not isinstance(metadata, Sequence)
+    or len(ks) != 1
+    or len(metadata) != next(iter(ks))
+    or not all(isinstance(m, Mapping) for m in metadata)
+  ):
     raise TypeError(
-        f"{name} must be a mapping (applied to every factor) or a sequence of"
-        f" one mapping per factor ({sorted(ks)} factors per term), got"
-        f" {metadata!r}.")
+      f"{name} must be a mapping (applied to every factor) or a sequence of"
+      f" one mapping per factor ({sorted(ks)} factors per term), got"
+      f" {metadata!r}."
+    )
   return [[dict(m) for m in metadata] for _ in factors_per_term]
 
 
-def pair_metadata(metadata: Any, name: str = "factor_metadata"
-                  ) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+def pair_metadata(
+  metadata: Any, name: str = "factor_metadata"
+) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
   """``factor_metadata`` of a two-factor layer: one mapping for both, or a pair."""
   if metadata is None:
     return {}, {}
   if isinstance(metadata, Mapping):
     return dict(metadata), dict(metadata)
-  if (isinstance(metadata, Sequence) and len(metadata) == 2
-      and all(isinstance(m, Mapping) for m in metadata)):
+  if (
+    isinstance(metadata, Sequence)
+    and len(metadata) == 2
+    and all(isinstance(m, Mapping) for m in metadata)
+  ):
     return dict(metadata[0]), dict(metadata[1])
   raise TypeError(
-      f"{name} must be a mapping (applied to both factors) or a pair of"
-      f" mappings, got {metadata!r}.")
+    f"{name} must be a mapping (applied to both factors) or a pair of mappings, got {metadata!r}."
+  )

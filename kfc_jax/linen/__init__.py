@@ -21,10 +21,10 @@ from kfc_jax.linen._linear import KroneckerLinear as KroneckerLinear
 from kfc_jax.linen._low_rank import LowRankLinear as LowRankLinear
 
 __all__ = [
-    "KDL",
-    "KFC",
-    "DenseConversion",
-    "KroneckerConv",
-    "KroneckerLinear",
-    "LowRankLinear",
+  "KDL",
+  "KFC",
+  "DenseConversion",
+  "KroneckerConv",
+  "KroneckerLinear",
+  "LowRankLinear",
 ]

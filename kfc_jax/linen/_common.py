@@ -60,30 +60,33 @@ def boxed_init(init: Any, metadata: Mapping[str, Any], name: str) -> Any:
       names = metadata.pop(key)
   if metadata:
     raise ValueError(
-        f"{name}: Linen layers accept only a sharding ({' / '.join(_SHARDING_KEYS)})"
-        f" as parameter metadata, got the keys {sorted(metadata)}.")
+      f"{name}: Linen layers accept only a sharding ({' / '.join(_SHARDING_KEYS)})"
+      f" as parameter metadata, got the keys {sorted(metadata)}."
+    )
   return init if names is None else nn.with_partitioning(init, tuple(names))
 
 
-def layer_params(params: Any, ndim: int, what: str, kernel_layout: str,
-                 note: str = "") -> tuple[np.ndarray, np.ndarray | None, Any]:
+def layer_params(
+  params: Any, ndim: int, what: str, kernel_layout: str, note: str = ""
+) -> tuple[np.ndarray, np.ndarray | None, Any]:
   """Kernel (float64), bias and kernel dtype of a Linen layer's param dict."""
   if isinstance(params, Mapping) and "params" in params and "kernel" not in params:
     params = params["params"]
   params = nn.unbox(params) if isinstance(params, Mapping) else params
   if not isinstance(params, Mapping) or "kernel" not in params:
     raise TypeError(
-        f"params must be a Linen {what} param dict {{'kernel': {kernel_layout},"
-        f" 'bias': [out_features]}}, got {type(params).__name__}"
-        f" with keys {sorted(params) if isinstance(params, Mapping) else '-'}.")
+      f"params must be a Linen {what} param dict {{'kernel': {kernel_layout},"
+      f" 'bias': [out_features]}}, got {type(params).__name__}"
+      f" with keys {sorted(params) if isinstance(params, Mapping) else '-'}."
+    )
   kernel = params["kernel"]
   if getattr(kernel, "ndim", 0) != ndim:
     raise ValueError(
-        f"params['kernel'] must be {ndim}-D {kernel_layout}{note}, got shape"
-        f" {tuple(np.shape(kernel))}.")
+      f"params['kernel'] must be {ndim}-D {kernel_layout}{note}, got shape"
+      f" {tuple(np.shape(kernel))}."
+    )
   bias = params.get("bias")
-  return (np.asarray(kernel, np.float64),
-          None if bias is None else np.asarray(bias), kernel.dtype)
+  return (np.asarray(kernel, np.float64), None if bias is None else np.asarray(bias), kernel.dtype)
 
 
 def dense_params(params: Any) -> tuple[np.ndarray, np.ndarray | None, Any]:
@@ -103,14 +106,14 @@ def cast_params(module: nn.Module, params: Mapping[str, Any]) -> dict[str, Array
   return {k: jnp.asarray(v, module.param_dtype) for k, v in params.items()}
 
 
-def make_params(module: nn.Module, specs: Sequence[layers.ParamSpec]
-                ) -> dict[str, Array]:
+def make_params(module: nn.Module, specs: Sequence[layers.ParamSpec]) -> dict[str, Array]:
   """Creates one param of ``module`` per spec (biases only with ``use_bias``)."""
   params = {}
   for spec in specs:
     if spec.is_factor:
-      init = boxed_init(module.factor_init or layers.normal_init(spec.stddev),
-                        spec.metadata, "factor_metadata")
+      init = boxed_init(
+        module.factor_init or layers.normal_init(spec.stddev), spec.metadata, "factor_metadata"
+      )
     elif module.use_bias:
       init = boxed_init(module.bias_init, spec.metadata, "bias_metadata")
     else:
@@ -144,16 +147,21 @@ class KroneckerModule(nn.Module, layers.KroneckerLayer):
 
   def setup(self):
     layout = self.layout
-    _dtypes.layer_options(dtype=self.dtype, param_dtype=self.param_dtype,
-                          preferred_element_type=self.preferred_element_type)
+    _dtypes.layer_options(
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      preferred_element_type=self.preferred_element_type,
+    )
     self._check_options()
     self.param_values = make_params(
-        self, layout.param_specs(self.factor_metadata, self.bias_metadata))
+      self, layout.param_specs(self.factor_metadata, self.bias_metadata)
+    )
 
   @property
   def compute_options(self) -> dict[str, Any]:
-    return dict(dtype=self.dtype, precision=self.precision,
-                preferred_element_type=self.preferred_element_type)
+    return dict(
+      dtype=self.dtype, precision=self.precision, preferred_element_type=self.preferred_element_type
+    )
 
   def materialize(self) -> Array:
     """The effective kernel: ``[in_features, out_features]`` (HWIO for a conv).
@@ -179,10 +187,14 @@ class KroneckerDenseBase(KroneckerModule):
 
   def __call__(self, x: Array) -> Array:
     """Applies the layer to ``x: [*batch, in_features]``."""
-    return self.layout.apply(self.param_values, x, strategy=self.strategy,
-                             **self.compute_options)
+    return self.layout.apply(self.param_values, x, strategy=self.strategy, **self.compute_options)
 
   def cost(self, batch: int = 1) -> layers.LayerCost:
     """Parameters and FLOPs against the dense layer this one replaces."""
-    return self.layout.cost(type(self).__name__, use_bias=self.use_bias, batch=batch,
-                            strategy=self.strategy, dtype=self.param_dtype)
+    return self.layout.cost(
+      type(self).__name__,
+      use_bias=self.use_bias,
+      batch=batch,
+      strategy=self.strategy,
+      dtype=self.param_dtype,
+    )

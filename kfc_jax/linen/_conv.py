@@ -17,8 +17,9 @@ Array = jax.Array
 
 def conv_params(params: Any) -> tuple[np.ndarray, np.ndarray | None, Any]:
   """Kernel (float64), bias and kernel dtype of a Linen ``Conv`` param dict."""
-  return _common.layer_params(params, 4, "Conv", "[kh, kw, in_features, out_features]",
-                              " (a 2-D conv)")
+  return _common.layer_params(
+    params, 4, "Conv", "[kh, kw, in_features, out_features]", " (a 2-D conv)"
+  )
 
 
 class KroneckerConv(_common.KroneckerModule):
@@ -55,36 +56,57 @@ class KroneckerConv(_common.KroneckerModule):
   @functools.cached_property
   def layout(self) -> layers.ConvLayout:
     return layers.conv_layout(
-        self.in_features, self.out_features, self.kernel_size, self.strides,
-        padding=self.padding, kernel_dilation=self.kernel_dilation,
-        a_shape=self.a_shape, b_shape=self.b_shape, rank=self.rank,
-        terms=self.terms)
+      self.in_features,
+      self.out_features,
+      self.kernel_size,
+      self.strides,
+      padding=self.padding,
+      kernel_dilation=self.kernel_dilation,
+      a_shape=self.a_shape,
+      b_shape=self.b_shape,
+      rank=self.rank,
+      terms=self.terms,
+    )
 
   def _check_options(self) -> None:
     self.layout.check_strategy(self.strategy)
 
   def __call__(self, x: Array) -> Array:
     """Applies the conv to ``x: [*batch, H, W, in_features]``."""
-    return self.layout.apply(self.param_values, x, strategy=self.strategy,
-                             **self.compute_options)
+    return self.layout.apply(self.param_values, x, strategy=self.strategy, **self.compute_options)
 
-  def cost(self, batch: int = 1, input_size: Sequence[int] | None = None
-           ) -> layers.LayerCost:
+  def cost(self, batch: int = 1, input_size: Sequence[int] | None = None) -> layers.LayerCost:
     """Parameters and FLOPs against the dense conv (see the NNX ``cost``)."""
-    return self.layout.cost(type(self).__name__, use_bias=self.use_bias, batch=batch,
-                            input_size=input_size, strategy=self.strategy,
-                            dtype=self.param_dtype)
+    return self.layout.cost(
+      type(self).__name__,
+      use_bias=self.use_bias,
+      batch=batch,
+      input_size=input_size,
+      strategy=self.strategy,
+      dtype=self.param_dtype,
+    )
 
   def cost_for_input(self, batch: int, input_shape: Sequence[int]) -> layers.LayerCost:
     """The cost of ``batch`` images of ``input_shape = [..., H, W, C]``."""
     return self.cost(batch, input_size=tuple(input_shape[-3:-1]))
 
   @classmethod
-  def from_conv_params(cls, params: Any, *, strides: Any = 1, padding: Any = "SAME",
-                       kernel_dilation: Any = 1, a_shape: Any = None,
-                       b_shape: Any = None, rank: int = 1, terms: Any = None,
-                       compression: float | None = None, sweeps: int = 20,
-                       input_cov: Any = None, **fields: Any) -> _common.DenseConversion:
+  def from_conv_params(
+    cls,
+    params: Any,
+    *,
+    strides: Any = 1,
+    padding: Any = "SAME",
+    kernel_dilation: Any = 1,
+    a_shape: Any = None,
+    b_shape: Any = None,
+    rank: int = 1,
+    terms: Any = None,
+    compression: float | None = None,
+    sweeps: int = 20,
+    input_cov: Any = None,
+    **fields: Any,
+  ) -> _common.DenseConversion:
     """The twin nearest to a Linen ``Conv``'s params (see the NNX ``from_conv``).
 
     A param dict carries no strides or padding: pass the ``nn.Conv``'s.
@@ -100,10 +122,19 @@ class KroneckerConv(_common.KroneckerModule):
     kernel, bias, dtype = conv_params(params)
     fields.setdefault("use_bias", bias is not None)
     fields.setdefault("param_dtype", dtype)
-    terms = layers.compression_terms(kernel, compression, a_shape, b_shape, rank,
-                                     terms)
+    terms = layers.compression_terms(kernel, compression, a_shape, b_shape, rank, terms)
     kh, kw, c, o = kernel.shape
-    module = cls(c, o, (kh, kw), strides, padding=padding,
-                 kernel_dilation=kernel_dilation, a_shape=a_shape, b_shape=b_shape,
-                 rank=rank, terms=terms, **fields)
+    module = cls(
+      c,
+      o,
+      (kh, kw),
+      strides,
+      padding=padding,
+      kernel_dilation=kernel_dilation,
+      a_shape=a_shape,
+      b_shape=b_shape,
+      rank=rank,
+      terms=terms,
+      **fields,
+    )
     return module._convert(kernel, bias, sweeps=sweeps, input_cov=input_cov)

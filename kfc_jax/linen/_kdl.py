@@ -35,18 +35,17 @@ class KDL(_common.KroneckerModule):
 
   @functools.cached_property
   def layout(self) -> layers.KDLLayout:
-    return layers.kdl_layout(self.in_features, self.out_features, self.in_factors,
-                             self.out_factors, self.rank)
+    return layers.kdl_layout(
+      self.in_features, self.out_features, self.in_factors, self.out_factors, self.rank
+    )
 
   def _check_options(self) -> None:
     if self.activation is not None and not callable(self.activation):
-      raise TypeError(
-          f"activation must be callable or None, got {self.activation!r}.")
+      raise TypeError(f"activation must be callable or None, got {self.activation!r}.")
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Applies the block to ``x: [*batch, in_features]``."""
-    return self.layout.apply(self.param_values, x, self.activation,
-                             **self.compute_options)
+    return self.layout.apply(self.param_values, x, self.activation, **self.compute_options)
 
   def cost(self, batch: int = 1) -> layers.LayerCost:
     """Parameters and FLOPs against the dense layer this block replaces."""

@@ -34,10 +34,16 @@ class KFC(_common.KroneckerDenseBase):
     return layers.kfc_layout(self.in_shape, self.out_features, self.terms)
 
   @classmethod
-  def from_dense_params(cls, params: Any, in_shape: Sequence[int],
-                        terms: Sequence[Any], *, sweeps: int = 20,
-                        input_cov: Any = None, **fields: Any
-                        ) -> _common.DenseConversion:
+  def from_dense_params(
+    cls,
+    params: Any,
+    in_shape: Sequence[int],
+    terms: Sequence[Any],
+    *,
+    sweeps: int = 20,
+    input_cov: Any = None,
+    **fields: Any,
+  ) -> _common.DenseConversion:
     """The KFC twin nearest to a Linen ``Dense``'s params (see ``nnx.KFC.from_linear``).
 
     Example usage::
@@ -53,6 +59,7 @@ class KFC(_common.KroneckerDenseBase):
     module = cls(in_shape, kernel.shape[1], terms, **fields)
     if module.layout.in_features != kernel.shape[0]:
       raise ValueError(
-          f"in_shape {tuple(in_shape)} has H*W*C = {module.layout.in_features},"
-          f" but the dense kernel has in_features={kernel.shape[0]}.")
+        f"in_shape {tuple(in_shape)} has H*W*C = {module.layout.in_features},"
+        f" but the dense kernel has in_features={kernel.shape[0]}."
+      )
     return module._convert(kernel, bias, sweeps=sweeps, input_cov=input_cov)

@@ -37,12 +37,18 @@ class KroneckerLinear(_common.KroneckerDenseBase):
   @functools.cached_property
   def layout(self) -> layers.DenseLayout:
     return layers.linear_layout(
-        self.in_features, self.out_features, in_factors=self.in_factors,
-        out_factors=self.out_factors, rank=self.rank, terms=self.terms)
+      self.in_features,
+      self.out_features,
+      in_factors=self.in_factors,
+      out_factors=self.out_factors,
+      rank=self.rank,
+      terms=self.terms,
+    )
 
   @classmethod
-  def from_dense_params(cls, params: Any, *, sweeps: int = 20, input_cov: Any = None,
-                        **fields: Any) -> _common.DenseConversion:
+  def from_dense_params(
+    cls, params: Any, *, sweeps: int = 20, input_cov: Any = None, **fields: Any
+  ) -> _common.DenseConversion:
     """The twin nearest to a Linen ``Dense``'s params (see the NNX ``from_linear``).
 
     Example usage::
@@ -55,5 +61,4 @@ class KroneckerLinear(_common.KroneckerDenseBase):
     """
     kernel, bias, _ = _common.dense_params(params)
     fields = _common.conversion_fields(params, fields)
-    return cls(*kernel.shape, **fields)._convert(kernel, bias, sweeps=sweeps,
-                                                     input_cov=input_cov)
+    return cls(*kernel.shape, **fields)._convert(kernel, bias, sweeps=sweeps, input_cov=input_cov)

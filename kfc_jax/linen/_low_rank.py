@@ -43,8 +43,9 @@ class LowRankLinear(_common.KroneckerModule):
     return self.layout.cost(type(self).__name__, use_bias=self.use_bias, batch=batch)
 
   @classmethod
-  def from_dense_params(cls, params: Any, *, rank: int, input_cov: Any = None,
-                        **fields: Any) -> _common.DenseConversion:
+  def from_dense_params(
+    cls, params: Any, *, rank: int, input_cov: Any = None, **fields: Any
+  ) -> _common.DenseConversion:
     """The truncated-SVD twin nearest to a Linen ``Dense``'s params (optimal).
 
     Example usage::
@@ -57,5 +58,4 @@ class LowRankLinear(_common.KroneckerModule):
     """
     kernel, bias, _ = _common.dense_params(params)
     fields = _common.conversion_fields(params, fields)
-    return cls(*kernel.shape, rank=rank, **fields)._convert(kernel, bias,
-                                                              input_cov=input_cov)
+    return cls(*kernel.shape, rank=rank, **fields)._convert(kernel, bias, input_cov=input_cov)

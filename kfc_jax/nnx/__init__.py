@@ -18,10 +18,10 @@ from kfc_jax.nnx._linear import KroneckerLinear as KroneckerLinear
 from kfc_jax.nnx._low_rank import LowRankLinear as LowRankLinear
 
 __all__ = [
-    "KDL",
-    "KFC",
-    "KroneckerConv",
-    "KroneckerFactor",
-    "KroneckerLinear",
-    "LowRankLinear",
+  "KDL",
+  "KFC",
+  "KroneckerConv",
+  "KroneckerFactor",
+  "KroneckerLinear",
+  "LowRankLinear",
 ]

@@ -21,17 +21,18 @@ def conv_kernel(conv: Any) -> tuple[np.ndarray, Any, Any]:
   kernel = getattr(conv, "kernel", None)
   if kernel is None or getattr(kernel[...], "ndim", 0) != 4:
     raise TypeError(
-        "conv must be a 2-D nnx.Conv (a 4-D HWIO kernel [kh, kw, in_features,"
-        f" out_features]), got {type(conv).__name__}"
-        f"{'' if kernel is None else f' with kernel shape {tuple(kernel[...].shape)}'}.")
+      "conv must be a 2-D nnx.Conv (a 4-D HWIO kernel [kh, kw, in_features,"
+      f" out_features]), got {type(conv).__name__}"
+      f"{'' if kernel is None else f' with kernel shape {tuple(kernel[...].shape)}'}."
+    )
   for name in ("input_dilation", "feature_group_count"):
     value = getattr(conv, name, 1)
     if value not in (None, 1, (1, 1)):
-      raise ValueError(
-          f"conv.{name} must be 1 (KroneckerConv has no {name}), got {value!r}.")
+      raise ValueError(f"conv.{name} must be 1 (KroneckerConv has no {name}), got {value!r}.")
   if getattr(conv, "mask", None) is not None:
-    raise ValueError("conv.mask must be None (a masked kernel has no Kronecker"
-                     " structure to keep), got a mask.")
+    raise ValueError(
+      "conv.mask must be None (a masked kernel has no Kronecker structure to keep), got a mask."
+    )
   bias = getattr(conv, "bias", None)
   bias = None if bias is None else np.asarray(bias[...])
   kernel = kernel[...]
@@ -119,44 +120,60 @@ class KroneckerConv(_common.KroneckerModule):
   replaces = "conv"
 
   def __init__(
-      self,
-      in_features: int,
-      out_features: int,
-      kernel_size: int | Sequence[int],
-      strides: int | Sequence[int] = 1,
-      *,
-      padding: Any = "SAME",
-      kernel_dilation: int | Sequence[int] = 1,
-      a_shape: Sequence[int] | None = None,
-      b_shape: Sequence[int] | None = None,
-      rank: int = 1,
-      terms: Sequence[Any] | None = None,
-      use_bias: bool = True,
-      dtype: Any = None,
-      param_dtype: Any = jnp.float32,
-      precision: Any = None,
-      preferred_element_type: Any = None,
-      factor_init: Any = None,
-      bias_init: Any = _common.default_bias_init,
-      factor_metadata: Any = layers.EMPTY_METADATA,
-      bias_metadata: Mapping[str, Any] = layers.EMPTY_METADATA,
-      strategy: Any = "auto",
-      rngs: nnx.Rngs,
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
+    *,
+    padding: Any = "SAME",
+    kernel_dilation: int | Sequence[int] = 1,
+    a_shape: Sequence[int] | None = None,
+    b_shape: Sequence[int] | None = None,
+    rank: int = 1,
+    terms: Sequence[Any] | None = None,
+    use_bias: bool = True,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    factor_init: Any = None,
+    bias_init: Any = _common.default_bias_init,
+    factor_metadata: Any = layers.EMPTY_METADATA,
+    bias_metadata: Mapping[str, Any] = layers.EMPTY_METADATA,
+    strategy: Any = "auto",
+    rngs: nnx.Rngs,
   ):
     layout = layers.conv_layout(
-        in_features, out_features, kernel_size, strides, padding=padding,
-        kernel_dilation=kernel_dilation, a_shape=a_shape, b_shape=b_shape,
-        rank=rank, terms=terms)
+      in_features,
+      out_features,
+      kernel_size,
+      strides,
+      padding=padding,
+      kernel_dilation=kernel_dilation,
+      a_shape=a_shape,
+      b_shape=b_shape,
+      rank=rank,
+      terms=terms,
+    )
     self.kernel_size = layout.kernel_size
     self.strides = layout.strides
     self.padding = padding
     self.kernel_dilation = layout.kernel_dilation
     self.strategy = layout.check_strategy(strategy)
-    self._init_layer(layout, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                     precision=precision, preferred_element_type=preferred_element_type,
-                     factor_init=factor_init, bias_init=bias_init,
-                     factor_metadata=factor_metadata, bias_metadata=bias_metadata,
-                     rngs=rngs)
+    self._init_layer(
+      layout,
+      use_bias=use_bias,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+      factor_init=factor_init,
+      bias_init=bias_init,
+      factor_metadata=factor_metadata,
+      bias_metadata=bias_metadata,
+      rngs=rngs,
+    )
 
   @property
   def factors(self) -> list[tuple[Array, Array]]:
@@ -165,19 +182,22 @@ class KroneckerConv(_common.KroneckerModule):
 
   def __call__(self, x: Array) -> Array:
     """Applies the conv to ``x: [*batch, H, W, in_features]``."""
-    return self.layout.apply(self.param_values, x, strategy=self.strategy,
-                             **self.compute_options)
+    return self.layout.apply(self.param_values, x, strategy=self.strategy, **self.compute_options)
 
-  def cost(self, batch: int = 1, input_size: Sequence[int] | None = None
-           ) -> layers.LayerCost:
+  def cost(self, batch: int = 1, input_size: Sequence[int] | None = None) -> layers.LayerCost:
     """Parameters and FLOPs against the dense conv this one replaces.
 
     FLOPs of ``batch`` images of ``input_size = (H, W)``, or without it of
     ``batch`` output pixels at stride 1.
     """
-    return self.layout.cost(type(self).__name__, use_bias=self.use_bias, batch=batch,
-                            input_size=input_size, strategy=self.strategy,
-                            dtype=self.param_dtype)
+    return self.layout.cost(
+      type(self).__name__,
+      use_bias=self.use_bias,
+      batch=batch,
+      input_size=input_size,
+      strategy=self.strategy,
+      dtype=self.param_dtype,
+    )
 
   def cost_for_input(self, batch: int, input_shape: Sequence[int]) -> layers.LayerCost:
     """The cost of ``batch`` images of ``input_shape = [..., H, W, C]``."""
@@ -185,17 +205,17 @@ class KroneckerConv(_common.KroneckerModule):
 
   @classmethod
   def from_conv(
-      cls,
-      conv: nnx.Conv,
-      *,
-      a_shape: Sequence[int] | None = None,
-      b_shape: Sequence[int] | None = None,
-      rank: int = 1,
-      terms: Sequence[Any] | None = None,
-      compression: float | None = None,
-      sweeps: int = 20,
-      input_cov: Any = None,
-      **kwargs: Any,
+    cls,
+    conv: nnx.Conv,
+    *,
+    a_shape: Sequence[int] | None = None,
+    b_shape: Sequence[int] | None = None,
+    rank: int = 1,
+    terms: Sequence[Any] | None = None,
+    compression: float | None = None,
+    sweeps: int = 20,
+    input_cov: Any = None,
+    **kwargs: Any,
   ) -> KroneckerConv:
     """The layer nearest to a trained ``nnx.Conv`` (GKPD); see ``relative_error``.
 
@@ -224,12 +244,10 @@ class KroneckerConv(_common.KroneckerModule):
     """
     kernel, bias, dtype = conv_kernel(conv)
     kwargs = _common.from_dense_kwargs(
-        conv, bias, dtype, kwargs,
-        ("strides", "padding", "kernel_dilation", "dtype", "precision"))
-    terms = layers.compression_terms(kernel, compression, a_shape, b_shape, rank,
-                                     terms)
+      conv, bias, dtype, kwargs, ("strides", "padding", "kernel_dilation", "dtype", "precision")
+    )
+    terms = layers.compression_terms(kernel, compression, a_shape, b_shape, rank, terms)
     kh, kw, c, o = kernel.shape
-    layer = cls(c, o, (kh, kw), a_shape=a_shape, b_shape=b_shape, rank=rank,
-                terms=terms, **kwargs)
+    layer = cls(c, o, (kh, kw), a_shape=a_shape, b_shape=b_shape, rank=rank, terms=terms, **kwargs)
     layer._fit(kernel, bias, sweeps=sweeps, input_cov=input_cov)
     return layer

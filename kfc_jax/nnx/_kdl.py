@@ -74,41 +74,46 @@ class KDL(_common.KroneckerModule):
   """
 
   def __init__(
-      self,
-      in_features: int,
-      out_features: int,
-      *,
-      in_factors: Sequence[int],
-      out_factors: Sequence[int],
-      rank: int = 1,
-      activation: Callable[[jax.Array], jax.Array] | None = jax.nn.relu,
-      use_bias: bool = True,
-      dtype: Any = None,
-      param_dtype: Any = jnp.float32,
-      precision: Any = None,
-      preferred_element_type: Any = None,
-      factor_init: Any = None,
-      bias_init: Any = _common.default_bias_init,
-      factor_metadata: Any = layers.EMPTY_METADATA,
-      bias_metadata: Mapping[str, Any] = layers.EMPTY_METADATA,
-      rngs: nnx.Rngs,
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    in_factors: Sequence[int],
+    out_factors: Sequence[int],
+    rank: int = 1,
+    activation: Callable[[jax.Array], jax.Array] | None = jax.nn.relu,
+    use_bias: bool = True,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    factor_init: Any = None,
+    bias_init: Any = _common.default_bias_init,
+    factor_metadata: Any = layers.EMPTY_METADATA,
+    bias_metadata: Mapping[str, Any] = layers.EMPTY_METADATA,
+    rngs: nnx.Rngs,
   ):
-    layout = layers.kdl_layout(in_features, out_features, in_factors, out_factors,
-                               rank)
+    layout = layers.kdl_layout(in_features, out_features, in_factors, out_factors, rank)
     if activation is not None and not callable(activation):
-      raise TypeError(
-          f"activation must be callable or None, got {activation!r}.")
+      raise TypeError(f"activation must be callable or None, got {activation!r}.")
     self.activation = activation
-    self._init_layer(layout, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                     precision=precision, preferred_element_type=preferred_element_type,
-                     factor_init=factor_init, bias_init=bias_init,
-                     factor_metadata=factor_metadata, bias_metadata=bias_metadata,
-                     rngs=rngs)
+    self._init_layer(
+      layout,
+      use_bias=use_bias,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+      factor_init=factor_init,
+      bias_init=bias_init,
+      factor_metadata=factor_metadata,
+      bias_metadata=bias_metadata,
+      rngs=rngs,
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Applies the block to ``x: [*batch, in_features]``."""
-    return self.layout.apply(self.param_values, x, self.activation,
-                             **self.compute_options)
+    return self.layout.apply(self.param_values, x, self.activation, **self.compute_options)
 
   def materialize(self) -> jax.Array:
     """``sum_r L[r] ⊗ R[r]``: the block's kernel when linear (no biases, identity)."""

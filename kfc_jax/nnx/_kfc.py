@@ -70,42 +70,50 @@ class KFC(_common.KroneckerDenseBase):
   """
 
   def __init__(
-      self,
-      in_shape: Sequence[int],
-      out_features: int,
-      *,
-      terms: Sequence[Any],
-      use_bias: bool = True,
-      dtype: Any = None,
-      param_dtype: Any = jnp.float32,
-      precision: Any = None,
-      preferred_element_type: Any = None,
-      factor_init: Any = None,
-      bias_init: Any = _common.default_bias_init,
-      factor_metadata: Any = layers.EMPTY_METADATA,
-      bias_metadata: Mapping[str, Any] = layers.EMPTY_METADATA,
-      strategy: Any = "auto",
-      rngs: nnx.Rngs,
+    self,
+    in_shape: Sequence[int],
+    out_features: int,
+    *,
+    terms: Sequence[Any],
+    use_bias: bool = True,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    factor_init: Any = None,
+    bias_init: Any = _common.default_bias_init,
+    factor_metadata: Any = layers.EMPTY_METADATA,
+    bias_metadata: Mapping[str, Any] = layers.EMPTY_METADATA,
+    strategy: Any = "auto",
+    rngs: nnx.Rngs,
   ):
     layout = layers.kfc_layout(in_shape, out_features, terms)
     self.in_shape = layout.in_shape
     self.strategy = layout.check_strategy(strategy)
-    self._init_layer(layout, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                     precision=precision, preferred_element_type=preferred_element_type,
-                     factor_init=factor_init, bias_init=bias_init,
-                     factor_metadata=factor_metadata, bias_metadata=bias_metadata,
-                     rngs=rngs)
+    self._init_layer(
+      layout,
+      use_bias=use_bias,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+      factor_init=factor_init,
+      bias_init=bias_init,
+      factor_metadata=factor_metadata,
+      bias_metadata=bias_metadata,
+      rngs=rngs,
+    )
 
   @classmethod
   def from_linear(
-      cls,
-      linear: nnx.Linear,
-      in_shape: Sequence[int],
-      terms: Sequence[Any],
-      *,
-      sweeps: int = 20,
-      input_cov: Any = None,
-      **kwargs: Any,
+    cls,
+    linear: nnx.Linear,
+    in_shape: Sequence[int],
+    terms: Sequence[Any],
+    *,
+    sweeps: int = 20,
+    input_cov: Any = None,
+    **kwargs: Any,
   ) -> KFC:
     """The KFC layer nearest to a trained ``nnx.Linear`` over ``[H*W*C]`` (NHWC).
 
@@ -131,7 +139,8 @@ class KFC(_common.KroneckerDenseBase):
     layer = cls(in_shape, kernel.shape[1], terms=terms, **kwargs)
     if layer.in_features != kernel.shape[0]:
       raise ValueError(
-          f"in_shape {layer.in_shape} has H*W*C = {layer.in_features}, but the"
-          f" linear layer has in_features={kernel.shape[0]}.")
+        f"in_shape {layer.in_shape} has H*W*C = {layer.in_features}, but the"
+        f" linear layer has in_features={kernel.shape[0]}."
+      )
     layer._fit(kernel, bias, sweeps=sweeps, input_cov=input_cov)
     return layer

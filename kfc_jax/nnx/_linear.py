@@ -81,47 +81,61 @@ class KroneckerLinear(_common.KroneckerDenseBase):
   """
 
   def __init__(
-      self,
-      in_features: int,
-      out_features: int,
-      *,
-      in_factors: Sequence[int] | None = None,
-      out_factors: Sequence[int] | None = None,
-      rank: int = 1,
-      terms: Sequence[Any] | None = None,
-      use_bias: bool = True,
-      dtype: Any = None,
-      param_dtype: Any = jnp.float32,
-      precision: Any = None,
-      preferred_element_type: Any = None,
-      factor_init: Any = None,
-      bias_init: Any = _common.default_bias_init,
-      factor_metadata: Any = layers.EMPTY_METADATA,
-      bias_metadata: Mapping[str, Any] = layers.EMPTY_METADATA,
-      strategy: Any = "auto",
-      rngs: nnx.Rngs,
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    in_factors: Sequence[int] | None = None,
+    out_factors: Sequence[int] | None = None,
+    rank: int = 1,
+    terms: Sequence[Any] | None = None,
+    use_bias: bool = True,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    factor_init: Any = None,
+    bias_init: Any = _common.default_bias_init,
+    factor_metadata: Any = layers.EMPTY_METADATA,
+    bias_metadata: Mapping[str, Any] = layers.EMPTY_METADATA,
+    strategy: Any = "auto",
+    rngs: nnx.Rngs,
   ):
-    layout = layers.linear_layout(in_features, out_features, in_factors=in_factors,
-                                  out_factors=out_factors, rank=rank, terms=terms)
+    layout = layers.linear_layout(
+      in_features,
+      out_features,
+      in_factors=in_factors,
+      out_factors=out_factors,
+      rank=rank,
+      terms=terms,
+    )
     self.strategy = layout.check_strategy(strategy)
-    self._init_layer(layout, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                     precision=precision, preferred_element_type=preferred_element_type,
-                     factor_init=factor_init, bias_init=bias_init,
-                     factor_metadata=factor_metadata, bias_metadata=bias_metadata,
-                     rngs=rngs)
+    self._init_layer(
+      layout,
+      use_bias=use_bias,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+      factor_init=factor_init,
+      bias_init=bias_init,
+      factor_metadata=factor_metadata,
+      bias_metadata=bias_metadata,
+      rngs=rngs,
+    )
 
   @classmethod
   def from_linear(
-      cls,
-      linear: nnx.Linear,
-      *,
-      in_factors: Sequence[int] | None = None,
-      out_factors: Sequence[int] | None = None,
-      rank: int = 1,
-      terms: Sequence[Any] | None = None,
-      sweeps: int = 20,
-      input_cov: Any = None,
-      **kwargs: Any,
+    cls,
+    linear: nnx.Linear,
+    *,
+    in_factors: Sequence[int] | None = None,
+    out_factors: Sequence[int] | None = None,
+    rank: int = 1,
+    terms: Sequence[Any] | None = None,
+    sweeps: int = 20,
+    input_cov: Any = None,
+    **kwargs: Any,
   ) -> KroneckerLinear:
     """The layer nearest to a trained ``nnx.Linear``; see ``relative_error``.
 
@@ -145,7 +159,13 @@ class KroneckerLinear(_common.KroneckerDenseBase):
     """
     kernel, bias, dtype = _common.linear_kernel(linear)
     kwargs = _common.from_dense_kwargs(linear, bias, dtype, kwargs)
-    layer = cls(*kernel.shape, in_factors=in_factors, out_factors=out_factors,
-                rank=rank, terms=terms, **kwargs)
+    layer = cls(
+      *kernel.shape,
+      in_factors=in_factors,
+      out_factors=out_factors,
+      rank=rank,
+      terms=terms,
+      **kwargs,
+    )
     layer._fit(kernel, bias, sweeps=sweeps, input_cov=input_cov)
     return layer

@@ -59,29 +59,37 @@ class LowRankLinear(_common.KroneckerModule):
   """
 
   def __init__(
-      self,
-      in_features: int,
-      out_features: int,
-      *,
-      rank: int,
-      use_bias: bool = True,
-      dtype: Any = None,
-      param_dtype: Any = jnp.float32,
-      precision: Any = None,
-      preferred_element_type: Any = None,
-      factor_init: Any = None,
-      bias_init: Any = _common.default_bias_init,
-      factor_metadata: Any = layers.EMPTY_METADATA,
-      bias_metadata: Mapping[str, Any] = layers.EMPTY_METADATA,
-      rngs: nnx.Rngs,
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    rank: int,
+    use_bias: bool = True,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    factor_init: Any = None,
+    bias_init: Any = _common.default_bias_init,
+    factor_metadata: Any = layers.EMPTY_METADATA,
+    bias_metadata: Mapping[str, Any] = layers.EMPTY_METADATA,
+    rngs: nnx.Rngs,
   ):
     layout = layers.low_rank_layout(in_features, out_features, rank)
     self.rank = layout.rank
-    self._init_layer(layout, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                     precision=precision, preferred_element_type=preferred_element_type,
-                     factor_init=factor_init, bias_init=bias_init,
-                     factor_metadata=factor_metadata, bias_metadata=bias_metadata,
-                     rngs=rngs)
+    self._init_layer(
+      layout,
+      use_bias=use_bias,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+      factor_init=factor_init,
+      bias_init=bias_init,
+      factor_metadata=factor_metadata,
+      bias_metadata=bias_metadata,
+      rngs=rngs,
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Applies the layer to ``x: [*batch, in_features]``."""
@@ -92,8 +100,9 @@ class LowRankLinear(_common.KroneckerModule):
     return self.layout.cost(type(self).__name__, use_bias=self.use_bias, batch=batch)
 
   @classmethod
-  def from_linear(cls, linear: nnx.Linear, *, rank: int, input_cov: Any = None,
-                  **kwargs: Any) -> LowRankLinear:
+  def from_linear(
+    cls, linear: nnx.Linear, *, rank: int, input_cov: Any = None, **kwargs: Any
+  ) -> LowRankLinear:
     """The truncated-SVD layer nearest to a trained ``nnx.Linear`` (optimal).
 
     The layer's ``relative_error`` attribute holds ``||W - u v||_F / ||W||_F``.

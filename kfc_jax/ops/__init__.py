@@ -23,21 +23,21 @@ from kfc_jax.ops._kron import kron_matmul as kron_matmul
 from kfc_jax.ops._padded import padded_kron_matmul as padded_kron_matmul
 
 __all__ = [
-    "CostModel",
-    "KronConvPlan",
-    "KronConvSumPlan",
-    "KronMatmulPlan",
-    "PlanCost",
-    "default_cost_model",
-    "kron",
-    "kron_conv",
-    "kron_conv_plan",
-    "kron_conv_sum",
-    "kron_conv_sum_plan",
-    "kron_kernel",
-    "kron_matmul",
-    "kron_matmul_plan",
-    "padded_kron_matmul",
+  "CostModel",
+  "KronConvPlan",
+  "KronConvSumPlan",
+  "KronMatmulPlan",
+  "PlanCost",
+  "default_cost_model",
+  "kron",
+  "kron_conv",
+  "kron_conv_plan",
+  "kron_conv_sum",
+  "kron_conv_sum_plan",
+  "kron_kernel",
+  "kron_matmul",
+  "kron_matmul_plan",
+  "padded_kron_matmul",
 ]
 
 # Deprecated aliases (removed next release): the shapes moved to kfc_jax.shapes.
@@ -48,8 +48,12 @@ _MOVED_TO_SHAPES = ("KroneckerShape", "factorize", "padded_size", "suggest_facto
 def __getattr__(name):
   if name in _MOVED_TO_SHAPES:
     from kfc_jax import shapes
+
     warnings.warn(
-        f"kfc_jax.ops.{name} moved to kfc_jax.shapes (also kfc_jax.{name}); the"
-        " alias goes in the next release.", DeprecationWarning, stacklevel=2)
+      f"kfc_jax.ops.{name} moved to kfc_jax.shapes (also kfc_jax.{name}); the"
+      " alias goes in the next release.",
+      DeprecationWarning,
+      stacklevel=2,
+    )
     return getattr(shapes, name)
   raise AttributeError(f"module 'kfc_jax.ops' has no attribute {name!r}")

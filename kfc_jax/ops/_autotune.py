@@ -75,14 +75,17 @@ def _device_name() -> str:
 
 def cache_key(x_shape, factor_shapes, dtype, precision, pet) -> str:
   """The key of one autotuned plan: shapes, dtypes, precision and device."""
-  return json.dumps({
+  return json.dumps(
+    {
       "device": _device_name(),
       "x": list(map(int, x_shape)),
       "factors": [list(map(int, s)) for s in factor_shapes],
       "dtype": jnp.dtype(dtype).name,
       "preferred_element_type": None if pet is None else jnp.dtype(pet).name,
       "precision": None if precision is None else str(precision),
-  }, sort_keys=True)
+    },
+    sort_keys=True,
+  )
 
 
 def _load_disk() -> dict[str, Any]:
@@ -121,6 +124,7 @@ def candidate_strategies(x_shape, factor_shapes, dtype) -> list[Any]:
   """Every plan ``autotune`` times: each order, and ``"materialize"`` when
   ``"auto"`` would be allowed to form ``W`` (no larger than ``x`` and ``y``)."""
   from kfc_jax import ops  # lazily: ops imports this module
+
   plan = ops.kron_matmul_plan(x_shape, factor_shapes, dtype=dtype)
   out = [c.order for c in plan.candidates if c.strategy == "factored"]
   w_size = math.prod(plan.in_factors) * math.prod(plan.out_factors)
@@ -129,9 +133,18 @@ def candidate_strategies(x_shape, factor_shapes, dtype) -> list[Any]:
   return out
 
 
-def time_strategies(x_shape, factor_shapes, dtype, strategies, *, precision=None,
-                    pet=None, repeats: int = 5, warmup: int = 2,
-                    objective: str = "fwd+bwd") -> dict[Any, float]:
+def time_strategies(
+  x_shape,
+  factor_shapes,
+  dtype,
+  strategies,
+  *,
+  precision=None,
+  pet=None,
+  repeats: int = 5,
+  warmup: int = 2,
+  objective: str = "fwd+bwd",
+) -> dict[Any, float]:
   """Median seconds of each strategy on random inputs of these shapes.
 
   The candidates are compiled for shapes only and run on NumPy inputs, so this
@@ -139,6 +152,7 @@ def time_strategies(x_shape, factor_shapes, dtype, strategies, *, precision=None
   candidate per round) so a busy machine slows all of them alike.
   """
   from kfc_jax import ops  # lazily: ops imports this module
+
   rng = np.random.default_rng(0)
   shapes = [tuple(s) if len(s) == 3 else (1, *s) for s in factor_shapes]
   x = rng.standard_normal(tuple(x_shape)).astype(dtype)
@@ -146,15 +160,18 @@ def time_strategies(x_shape, factor_shapes, dtype, strategies, *, precision=None
 
   def build(strategy):
     def forward(x, fs):
-      return ops.kron_matmul(x, fs, strategy=strategy, precision=precision,
-                               preferred_element_type=pet)
+      return ops.kron_matmul(
+        x, fs, strategy=strategy, precision=precision, preferred_element_type=pet
+      )
+
     if objective == "fwd":
       return forward
-    return jax.grad(lambda x, fs: jnp.sum(forward(x, fs).astype(jnp.float32)),
-                    argnums=(0, 1))
+    return jax.grad(lambda x, fs: jnp.sum(forward(x, fs).astype(jnp.float32)), argnums=(0, 1))
 
-  specs = (jax.ShapeDtypeStruct(x.shape, x.dtype),
-           [jax.ShapeDtypeStruct(f.shape, f.dtype) for f in factors])
+  specs = (
+    jax.ShapeDtypeStruct(x.shape, x.dtype),
+    [jax.ShapeDtypeStruct(f.shape, f.dtype) for f in factors],
+  )
   compiled = {s: jax.jit(build(s)).lower(*specs).compile() for s in strategies}
   for fn in compiled.values():
     for _ in range(warmup):
@@ -168,8 +185,15 @@ def time_strategies(x_shape, factor_shapes, dtype, strategies, *, precision=None
   return {s: statistics.median(v) for s, v in samples.items()}
 
 
-def autotune(x_shape, factor_shapes, *, dtype=jnp.float32, precision=None,
-             preferred_element_type=None, repeats: int = 5) -> Any:
+def autotune(
+  x_shape,
+  factor_shapes,
+  *,
+  dtype=jnp.float32,
+  precision=None,
+  preferred_element_type=None,
+  repeats: int = 5,
+) -> Any:
   """The measured-fastest strategy of ``kron_matmul`` for these shapes.
 
   Cached in memory and (with a cache directory) on disk; a cached entry is
@@ -200,14 +224,22 @@ def autotune(x_shape, factor_shapes, *, dtype=jnp.float32, precision=None,
   strategies = candidate_strategies(x_shape, factor_shapes, dtype)
   if len(strategies) <= 1:
     return strategies[0] if strategies else "auto"
-  times = time_strategies(x_shape, factor_shapes, dtype, strategies,
-                          precision=precision, pet=preferred_element_type,
-                          repeats=repeats)
+  times = time_strategies(
+    x_shape,
+    factor_shapes,
+    dtype,
+    strategies,
+    precision=precision,
+    pet=preferred_element_type,
+    repeats=repeats,
+  )
   best = min(times, key=times.get)
-  entry = {"strategy": list(best) if isinstance(best, tuple) else best,
-           "seconds": {("".join(map(str, s)) if isinstance(s, tuple) else s): t
-                       for s, t in times.items()},
-           "objective": "fwd+bwd", "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+  entry = {
+    "strategy": list(best) if isinstance(best, tuple) else best,
+    "seconds": {("".join(map(str, s)) if isinstance(s, tuple) else s): t for s, t in times.items()},
+    "objective": "fwd+bwd",
+    "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+  }
   with _lock:
     _memory_cache[key] = entry
     _save_disk(key, entry)
@@ -218,12 +250,17 @@ def autotune(x_shape, factor_shapes, *, dtype=jnp.float32, precision=None,
 def autotuned_strategy(x_shape, factor_shapes, dtype, precision, pet) -> Any:
   """``autotune``, or the cost model's ``"auto"`` (logged) if timing fails."""
   try:
-    return autotune(x_shape, factor_shapes, dtype=dtype, precision=precision,
-                    preferred_element_type=pet)
+    return autotune(
+      x_shape, factor_shapes, dtype=dtype, precision=precision, preferred_element_type=pet
+    )
   except Exception as e:
-    _LOG.warning("kfc_jax autotune: timing failed (%s: %s); using the cost"
-                 " model's plan for x %s, factors %s.", type(e).__name__, e,
-                 tuple(x_shape), [tuple(s) for s in factor_shapes])
+    _LOG.warning(
+      "kfc_jax autotune: timing failed (%s: %s); using the cost model's plan for x %s, factors %s.",
+      type(e).__name__,
+      e,
+      tuple(x_shape),
+      [tuple(s) for s in factor_shapes],
+    )
     return "auto"
 
 
@@ -232,8 +269,14 @@ def autotuned_strategy(x_shape, factor_shapes, dtype, precision, pet) -> Any:
 # ---------------------------------------------------------------------------
 
 _CALIBRATION_FILE = "cost_model.json"
-_COST_MODEL_FIELDS = ("flops_per_second", "bytes_per_second", "overhead_seconds",
-                      "full_speed_dim", "chunk_bytes", "cache_bytes_per_second")
+_COST_MODEL_FIELDS = (
+  "flops_per_second",
+  "bytes_per_second",
+  "overhead_seconds",
+  "full_speed_dim",
+  "chunk_bytes",
+  "cache_bytes_per_second",
+)
 
 
 def calibration_path() -> str:

@@ -48,16 +48,22 @@ _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 def _conv(x, k, strides, pads, dilation, precision, pet):
   return lax.conv_general_dilated(
-      x, k, window_strides=strides, padding=pads, rhs_dilation=dilation,
-      dimension_numbers=_DIMENSION_NUMBERS, precision=precision,
-      preferred_element_type=pet)
+    x,
+    k,
+    window_strides=strides,
+    padding=pads,
+    rhs_dilation=dilation,
+    dimension_numbers=_DIMENSION_NUMBERS,
+    precision=precision,
+    preferred_element_type=pet,
+  )
 
 
 def kron_kernel(
-    factors: Sequence[Any],
-    *,
-    precision: PrecisionLike = None,
-    preferred_element_type: Any = None,
+  factors: Sequence[Any],
+  *,
+  precision: PrecisionLike = None,
+  preferred_element_type: Any = None,
 ) -> Array:
   """Materialises ``K = sum_r A[r] ⊗ B[r]`` over the HWIO axes.
 
@@ -81,9 +87,15 @@ def kron_kernel(
   a, b = _checks.conv_term(factors)
   dtype = jnp.result_type(a, b)
   _, preferred_element_type = _dtypes.compute_dtype(
-      a, (a, b), preferred_element_type, name="factors[0]")
-  k = jnp.einsum("rabcd,refgh->aebfcgdh", a.astype(dtype), b.astype(dtype),
-                 precision=precision, preferred_element_type=preferred_element_type)
+    a, (a, b), preferred_element_type, name="factors[0]"
+  )
+  k = jnp.einsum(
+    "rabcd,refgh->aebfcgdh",
+    a.astype(dtype),
+    b.astype(dtype),
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
   return k.reshape(*(p * q for p, q in zip(a.shape[1:], b.shape[1:], strict=True)))
 
 
@@ -99,16 +111,20 @@ def _factored(x, a, b, strides, pads, dil, precision, pet):
   r, ah, aw, ai, ao = a.shape
   _, bh, bw, bi, bo = b.shape
   path = route(a.shape, b.shape)
-  dot = functools.partial(jnp.einsum, precision=precision,
-                          preferred_element_type=pet)
+  dot = functools.partial(jnp.einsum, precision=precision, preferred_element_type=pet)
   if path == "matmul":
     # Pad (or crop, for negative padding) and subsample: K only sees these.
-    x = lax.pad(x, jnp.zeros((), x.dtype),
-                ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)))
-    x = x[:, ::strides[0], ::strides[1]]
-    y = kron_matmul(x, (a.reshape(r, ai, ao), b.reshape(r, bi, bo)),
-                    precision=precision, preferred_element_type=pet,
-                    strategy="factored")
+    x = lax.pad(
+      x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0))
+    )
+    x = x[:, :: strides[0], :: strides[1]]
+    y = kron_matmul(
+      x,
+      (a.reshape(r, ai, ao), b.reshape(r, bi, bo)),
+      precision=precision,
+      preferred_element_type=pet,
+      strategy="factored",
+    )
     return y
   if path == "gemm-conv":
     # conv_A(pad(B x)) = conv_A(pad(x) * B): a 1x1 B commutes with zero padding.
@@ -130,8 +146,10 @@ def _factored(x, a, b, strides, pads, dil, precision, pet):
     a_pads = ((0, 0), (0, 0))
     # A factor of size 1 on an axis has no taps to space out (and then g may
     # exceed B's span, so the formula would give 0).
-    a_dil = tuple(1 if ak == 1 else bk * d // gi
-                  for ak, bk, d, gi in zip((ah, aw), (bh, bw), dil, g, strict=True))
+    a_dil = tuple(
+      1 if ak == 1 else bk * d // gi
+      for ak, bk, d, gi in zip((ah, aw), (bh, bw), dil, g, strict=True)
+    )
   # The intermediate is stored in the compute dtype, like a layer's output.
   _, _, h1, w1, _, _ = z.shape
   z = z.astype(x.dtype).reshape(n * bo, h1, w1, ai * r)
@@ -144,8 +162,9 @@ def _factored(x, a, b, strides, pads, dil, precision, pet):
   return y.reshape(n, yh, yw, ao * bo)
 
 
-def _prepare(x, terms, strides, padding, kernel_dilation, strategy, cost_model,
-             preferred_element_type):
+def _prepare(
+  x, terms, strides, padding, kernel_dilation, strategy, cost_model, preferred_element_type
+):
   """Shared set-up of kron_conv and kron_conv_sum: validated, cast, planned."""
   x = _dtypes.as_array(x, "x")
   strategy = _checks.strategy(strategy)
@@ -154,30 +173,30 @@ def _prepare(x, terms, strides, padding, kernel_dilation, strategy, cost_model,
   geo = conv_geometry(x.shape, a0, b0, strides, padding, kernel_dilation)
   # The dtype policy (kfc_jax/_checks.py): integer images promote to the
   # factors' dtype; complex and non-floating accumulators are rejected.
-  dtype, pet = _dtypes.compute_dtype(
-      x, [f for t in terms for f in t], preferred_element_type)
+  dtype, pet = _dtypes.compute_dtype(x, [f for t in terms for f in t], preferred_element_type)
   batch_shape = x.shape[:-3]
   # The batch size explicitly: reshape(-1) cannot infer a batch of 0.
   x = x.astype(dtype).reshape(math.prod(batch_shape), *x.shape[-3:])
   if geo.wrap is not None:  # CIRCULAR: wrap around, then no padding
     x = jnp.pad(x, ((0, 0), *geo.wrap, (0, 0)), mode="wrap")
   terms = [tuple(f.astype(dtype) for f in t) for t in terms]
-  plan = sum_plan(geo, shapes, jnp.dtype(dtype).itemsize, strategy,
-                  cost_model or default_cost_model())
+  plan = sum_plan(
+    geo, shapes, jnp.dtype(dtype).itemsize, strategy, cost_model or default_cost_model()
+  )
   return x, terms, plan, batch_shape, geo, pet
 
 
 def kron_conv(
-    x: Any,
-    factors: Sequence[Any],
-    *,
-    strides: int | Sequence[int] = 1,
-    padding: PaddingLike = "SAME",
-    kernel_dilation: int | Sequence[int] = 1,
-    precision: PrecisionLike = None,
-    preferred_element_type: Any = None,
-    strategy: ConvStrategy = "auto",
-    cost_model: CostModel | None = None,
+  x: Any,
+  factors: Sequence[Any],
+  *,
+  strides: int | Sequence[int] = 1,
+  padding: PaddingLike = "SAME",
+  kernel_dilation: int | Sequence[int] = 1,
+  precision: PrecisionLike = None,
+  preferred_element_type: Any = None,
+  strategy: ConvStrategy = "auto",
+  cost_model: CostModel | None = None,
 ) -> Array:
   """2-D convolution of NHWC ``x`` by ``K = sum_r A[r] ⊗ B[r]``, ``K`` not formed.
 
@@ -234,23 +253,30 @@ def kron_conv(
     (2, 5, 5, 16)
   """
   x, terms, plan, batch_shape, geo, pet = _prepare(
-      x, [_checks.conv_term(factors)], strides, padding, kernel_dilation,
-      strategy, cost_model, preferred_element_type)
+    x,
+    [_checks.conv_term(factors)],
+    strides,
+    padding,
+    kernel_dilation,
+    strategy,
+    cost_model,
+    preferred_element_type,
+  )
   y = _run(x, terms, plan.strategy, geo, precision, pet)
   return y.reshape(*batch_shape, *y.shape[1:])
 
 
 def kron_conv_sum(
-    x: Any,
-    terms: Sequence[Sequence[Any]],
-    *,
-    strides: int | Sequence[int] = 1,
-    padding: PaddingLike = "SAME",
-    kernel_dilation: int | Sequence[int] = 1,
-    precision: PrecisionLike = None,
-    preferred_element_type: Any = None,
-    strategy: ConvStrategy = "auto",
-    cost_model: CostModel | None = None,
+  x: Any,
+  terms: Sequence[Sequence[Any]],
+  *,
+  strides: int | Sequence[int] = 1,
+  padding: PaddingLike = "SAME",
+  kernel_dilation: int | Sequence[int] = 1,
+  precision: PrecisionLike = None,
+  preferred_element_type: Any = None,
+  strategy: ConvStrategy = "auto",
+  cost_model: CostModel | None = None,
 ) -> Array:
   """Convolution by a sum of Kronecker kernels of different splits (KConv).
 
@@ -283,13 +309,14 @@ def kron_conv_sum(
   """
   if hasattr(terms, "ndim") or not isinstance(terms, Sequence) or not terms:
     raise TypeError(
-        "terms must be a non-empty sequence of (A, B) pairs, got"
-        f" {type(terms).__name__ if not isinstance(terms, Sequence) else terms!r}.")
+      "terms must be a non-empty sequence of (A, B) pairs, got"
+      f" {type(terms).__name__ if not isinstance(terms, Sequence) else terms!r}."
+    )
   terms = [_checks.conv_term(t, f"terms[{i}]") for i, t in enumerate(terms)]
   _checks.same_kernel_shape([(a.shape, b.shape) for a, b in terms])
   x, terms, plan, batch_shape, geo, pet = _prepare(
-      x, terms, strides, padding, kernel_dilation, strategy, cost_model,
-      preferred_element_type)
+    x, terms, strides, padding, kernel_dilation, strategy, cost_model, preferred_element_type
+  )
   y = _run(x, terms, plan.strategy, geo, precision, pet)
   return y.reshape(*batch_shape, *y.shape[1:])
 
@@ -299,13 +326,17 @@ def _run(x, terms, strategy, geo, precision, pet):
   if x.shape[0] == 0:  # an empty batch (the factored reshapes need rows)
     a, b = terms[0]
     khw = (a.shape[1] * b.shape[1], a.shape[2] * b.shape[2])
-    out_hw = [out_size(size, p, k, s, d) for size, p, k, s, d in zip(
-        geo.x_shape[1:3], geo.pads, khw, geo.strides, geo.dilation, strict=True)]
+    out_hw = [
+      out_size(size, p, k, s, d)
+      for size, p, k, s, d in zip(
+        geo.x_shape[1:3], geo.pads, khw, geo.strides, geo.dilation, strict=True
+      )
+    ]
     return jnp.zeros((0, *out_hw, a.shape[4] * b.shape[4]), pet or x.dtype)
   if strategy == "materialize":
-    k = functools.reduce(operator.add, [kron_kernel(t, precision=precision)
-                                        for t in terms])
+    k = functools.reduce(operator.add, [kron_kernel(t, precision=precision) for t in terms])
     return _conv(x, k, geo.strides, geo.pads, geo.dilation, precision, pet)
-  return functools.reduce(operator.add, [
-      _factored(x, a, b, geo.strides, geo.pads, geo.dilation, precision, pet)
-      for a, b in terms])
+  return functools.reduce(
+    operator.add,
+    [_factored(x, a, b, geo.strides, geo.pads, geo.dilation, precision, pet) for a, b in terms],
+  )

@@ -26,15 +26,14 @@ class ConvGeometry(NamedTuple):
   pads to wrap it by) and ``pads`` zero.
   """
 
-  x_shape: tuple[int, int, int, int]   # (N, H, W, C), batch axes flattened
+  x_shape: tuple[int, int, int, int]  # (N, H, W, C), batch axes flattened
   strides: tuple[int, int]
-  pads: Pads                           # K's explicit padding
+  pads: Pads  # K's explicit padding
   dilation: tuple[int, int]
-  wrap: Pads | None                    # CIRCULAR: pads to wrap x by first
+  wrap: Pads | None  # CIRCULAR: pads to wrap x by first
 
 
-def out_size(size: int, pads: tuple[int, int], k: int, stride: int,
-             dilation: int) -> int:
+def out_size(size: int, pads: tuple[int, int], k: int, stride: int, dilation: int) -> int:
   """Output length of a conv along one axis."""
   return (size + pads[0] + pads[1] - (k - 1) * dilation - 1) // stride + 1
 
@@ -49,9 +48,15 @@ def _explicit_pads(padding, in_hw, kernel_hw, strides, dilation) -> Pads:
   return ((top, bottom), (left, right))
 
 
-def conv_geometry(x_shape: Sequence[int], a: Sequence[int], b: Sequence[int],
-                  strides: Any, padding: Any, kernel_dilation: Any,
-                  name: str = "x") -> ConvGeometry:
+def conv_geometry(
+  x_shape: Sequence[int],
+  a: Sequence[int],
+  b: Sequence[int],
+  strides: Any,
+  padding: Any,
+  kernel_dilation: Any,
+  name: str = "x",
+) -> ConvGeometry:
   """Validates the conv arguments for factor shapes ``a``, ``b`` (5-D)."""
   _checks.conv_input_shape(x_shape, a, b, name)
   strides = _checks.pair(strides, "strides")
@@ -63,9 +68,10 @@ def conv_geometry(x_shape: Sequence[int], a: Sequence[int], b: Sequence[int],
   for axis, size, p, k, d in zip(("height", "width"), hw, pads, khw, dil, strict=True):
     if size + p[0] + p[1] < (k - 1) * d + 1:
       raise ValueError(
-          f"x's {axis} {size} padded by {p} is {size + p[0] + p[1]}, smaller"
-          f" than the (dilated) kernel {axis} {(k - 1) * d + 1}; use a larger"
-          f" input or padding='SAME' (got padding={padding!r}).")
+        f"x's {axis} {size} padded by {p} is {size + p[0] + p[1]}, smaller"
+        f" than the (dilated) kernel {axis} {(k - 1) * d + 1}; use a larger"
+        f" input or padding='SAME' (got padding={padding!r})."
+      )
   n = math.prod(int(d) for d in x_shape[:-3])
   (h, w), c = hw, int(x_shape[-1])
   if padding == "CIRCULAR":
@@ -80,8 +86,10 @@ def first_stride(strides, a_hw, b_hw, dilation) -> tuple[int, int]:
   A output row ``y`` reads B's output at rows ``y*s + p1*bh*d``, all multiples
   of ``gcd(s, bh*d)`` (of ``s`` when ``ah == 1``): B need not compute the others.
   """
-  sh, sw = (s if ak == 1 else math.gcd(s, bk * d)
-            for s, ak, bk, d in zip(strides, a_hw, b_hw, dilation, strict=True))
+  sh, sw = (
+    s if ak == 1 else math.gcd(s, bk * d)
+    for s, ak, bk, d in zip(strides, a_hw, b_hw, dilation, strict=True)
+  )
   return (sh, sw)
 
 
@@ -89,7 +97,7 @@ def route(a: Sequence[int], b: Sequence[int]) -> str:
   """Which of the two steps are pointwise (1x1) and so run as GEMMs."""
   a_point, b_point = tuple(a[1:3]) == (1, 1), tuple(b[1:3]) == (1, 1)
   if a_point and b_point:
-    return "matmul"   # K is 1x1: kron_matmul on the (padded, strided) pixels
+    return "matmul"  # K is 1x1: kron_matmul on the (padded, strided) pixels
   if b_point:
     return "gemm-conv"  # B on x as it lies; K's padding moves to A's conv
   if a_point:

@@ -79,8 +79,7 @@ class KronConvPlan:
   @property
   def kernel_shape(self) -> tuple[int, int, int, int]:
     """Shape of the composite kernel ``K`` (HWIO)."""
-    kh, kw, c, o = (a * b for a, b in zip(self.a_shape[1:], self.b_shape[1:],
-                                          strict=True))
+    kh, kw, c, o = (a * b for a, b in zip(self.a_shape[1:], self.b_shape[1:], strict=True))
     return (kh, kw, c, o)
 
   @property
@@ -127,21 +126,30 @@ def _factored_cost(geo: ConvGeometry, a, b, itemsize, model) -> PlanCost:
     h1 = out_size(h, pads[0], bh, g[0], dil[0])
     w1 = out_size(w, pads[1], bw, g[1], dil[1])
   x_size, z_size, y_size = n * h * w * c, n * ai * h1 * w1 * r * bo, n * y * x * ao * bo
-  by_b = ConvStep(2 * n * ai * h1 * w1 * bh * bw * bi * r * bo,
-                  itemsize * (x_size + z_size), bi, r * bo)
-  by_a = ConvStep(2 * n * bo * y * x * ah * aw * ai * r * ao,
-                  itemsize * (z_size + y_size), ai * r, ao)
+  by_b = ConvStep(
+    2 * n * ai * h1 * w1 * bh * bw * bi * r * bo, itemsize * (x_size + z_size), bi, r * bo
+  )
+  by_a = ConvStep(
+    2 * n * bo * y * x * ah * aw * ai * r * ao, itemsize * (z_size + y_size), ai * r, ao
+  )
   # Axis shuffles (input groups to the batch axis, z's groups, output groups
   # back) are separate memory-bound ops: each reads and writes its array.
-  shuffled = ((x_size if ai > 1 and path != "gemm-conv" else 0)
-              + (z_size if path != "conv-gemm" else 0)
-              + (y_size if bo > 1 else 0))
+  shuffled = (
+    (x_size if ai > 1 and path != "gemm-conv" else 0)
+    + (z_size if path != "conv-gemm" else 0)
+    + (y_size if bo > 1 else 0)
+  )
   seconds = sum(model.conv_step_seconds(*s) for s in (by_b, by_a))
   if shuffled:
     seconds += model.memory_seconds(2 * itemsize * shuffled)
-  return PlanCost("factored", (), int(by_b.flops + by_a.flops),
-                  int(by_b.bytes + by_a.bytes + 2 * itemsize * shuffled),
-                  int(itemsize * 2 * z_size), float(seconds))
+  return PlanCost(
+    "factored",
+    (),
+    int(by_b.flops + by_a.flops),
+    int(by_b.bytes + by_a.bytes + 2 * itemsize * shuffled),
+    int(itemsize * 2 * z_size),
+    float(seconds),
+  )
 
 
 def _materialize_cost(geo: ConvGeometry, a, b, itemsize, model) -> PlanCost:
@@ -153,22 +161,34 @@ def _materialize_cost(geo: ConvGeometry, a, b, itemsize, model) -> PlanCost:
   y = out_size(h, pads[0], kh, strides[0], dil[0])
   x = out_size(w, pads[1], kw, strides[1], dil[1])
   build_flops, build_bytes = 2 * r * k_size, itemsize * k_size
-  conv = ConvStep(2 * n * y * x * k_size,
-                  itemsize * (n * h * w * c + k_size + n * y * x * o), c, o)
-  seconds = (model.step_seconds(build_flops, build_bytes, model.full_speed_dim)
-             + model.conv_step_seconds(*conv))
-  return PlanCost("materialize", (), int(build_flops + conv.flops),
-                  int(build_bytes + conv.bytes), int(itemsize * k_size),
-                  float(seconds))
+  conv = ConvStep(2 * n * y * x * k_size, itemsize * (n * h * w * c + k_size + n * y * x * o), c, o)
+  seconds = model.step_seconds(
+    build_flops, build_bytes, model.full_speed_dim
+  ) + model.conv_step_seconds(*conv)
+  return PlanCost(
+    "materialize",
+    (),
+    int(build_flops + conv.flops),
+    int(build_bytes + conv.bytes),
+    int(itemsize * k_size),
+    float(seconds),
+  )
 
 
 @functools.lru_cache(maxsize=4096)
-def conv_plan(geo: ConvGeometry, a: tuple[int, ...], b: tuple[int, ...],
-              itemsize: int, strategy: str, model: CostModel) -> KronConvPlan:
+def conv_plan(
+  geo: ConvGeometry,
+  a: tuple[int, ...],
+  b: tuple[int, ...],
+  itemsize: int,
+  strategy: str,
+  model: CostModel,
+) -> KronConvPlan:
   """The plan of one term for validated arguments."""
-  candidates = sorted([_factored_cost(geo, a, b, itemsize, model),
-                       _materialize_cost(geo, a, b, itemsize, model)],
-                      key=lambda c: c.seconds)
+  candidates = sorted(
+    [_factored_cost(geo, a, b, itemsize, model), _materialize_cost(geo, a, b, itemsize, model)],
+    key=lambda c: c.seconds,
+  )
   if strategy == "auto":
     chosen = candidates[0]
   else:
@@ -177,20 +197,21 @@ def conv_plan(geo: ConvGeometry, a: tuple[int, ...], b: tuple[int, ...],
   pads, dil = geo.pads, geo.dilation
   y = out_size(h, pads[0], a[1] * b[1], geo.strides[0], dil[0])
   x = out_size(w, pads[1], a[2] * b[2], geo.strides[1], dil[1])
-  return KronConvPlan(geo.x_shape, a, b, geo.strides, pads, dil,
-                      (n, y, x, a[4] * b[4]), chosen, tuple(candidates))
+  return KronConvPlan(
+    geo.x_shape, a, b, geo.strides, pads, dil, (n, y, x, a[4] * b[4]), chosen, tuple(candidates)
+  )
 
 
 def kron_conv_plan(
-    x_shape: Sequence[int],
-    factor_shapes: Sequence[Sequence[int]],
-    *,
-    strides: int | Sequence[int] = 1,
-    padding: PaddingLike = "SAME",
-    kernel_dilation: int | Sequence[int] = 1,
-    dtype: Any = jnp.float32,
-    strategy: ConvStrategy = "auto",
-    cost_model: CostModel | None = None,
+  x_shape: Sequence[int],
+  factor_shapes: Sequence[Sequence[int]],
+  *,
+  strides: int | Sequence[int] = 1,
+  padding: PaddingLike = "SAME",
+  kernel_dilation: int | Sequence[int] = 1,
+  dtype: Any = jnp.float32,
+  strategy: ConvStrategy = "auto",
+  cost_model: CostModel | None = None,
 ) -> KronConvPlan:
   """The plan :func:`kron_conv` runs for these shapes, with predicted costs.
 
@@ -227,10 +248,12 @@ def kron_conv_plan(
   """
   a, b = _checks.conv_term_shapes(factor_shapes, "factor_shapes")
   strategy = _checks.strategy(strategy)
-  geo = conv_geometry(tuple(int(d) for d in x_shape), a, b, strides, padding,
-                      kernel_dilation, "x_shape")
-  return conv_plan(geo, a, b, jnp.dtype(dtype).itemsize, strategy,
-                   cost_model or default_cost_model())
+  geo = conv_geometry(
+    tuple(int(d) for d in x_shape), a, b, strides, padding, kernel_dilation, "x_shape"
+  )
+  return conv_plan(
+    geo, a, b, jnp.dtype(dtype).itemsize, strategy, cost_model or default_cost_model()
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -283,8 +306,13 @@ class KronConvSumPlan:
     return self.terms[0].out_shape
 
 
-def sum_plan(geo: ConvGeometry, shapes: Sequence[tuple[tuple[int, ...], ...]],
-             itemsize: int, strategy: str, model: CostModel) -> KronConvSumPlan:
+def sum_plan(
+  geo: ConvGeometry,
+  shapes: Sequence[tuple[tuple[int, ...], ...]],
+  itemsize: int,
+  strategy: str,
+  model: CostModel,
+) -> KronConvSumPlan:
   """The plan of a sum of terms for validated arguments.
 
   Forming the kernels costs next to nothing, so under ``"auto"`` one dense
@@ -294,8 +322,7 @@ def sum_plan(geo: ConvGeometry, shapes: Sequence[tuple[tuple[int, ...], ...]],
   terms = tuple(conv_plan(geo, a, b, itemsize, strategy, model) for a, b in shapes)
   if strategy != "auto":
     how = "materialize" if strategy == "materialize" else "factored"
-  elif (terms[0].cost("materialize").seconds
-        < sum(t.cost("factored").seconds for t in terms)):
+  elif terms[0].cost("materialize").seconds < sum(t.cost("factored").seconds for t in terms):
     how = "materialize"
   else:
     how = "factored"
@@ -303,15 +330,15 @@ def sum_plan(geo: ConvGeometry, shapes: Sequence[tuple[tuple[int, ...], ...]],
 
 
 def kron_conv_sum_plan(
-    x_shape: Sequence[int],
-    terms: Sequence[Sequence[Sequence[int]]],
-    *,
-    strides: int | Sequence[int] = 1,
-    padding: PaddingLike = "SAME",
-    kernel_dilation: int | Sequence[int] = 1,
-    dtype: Any = jnp.float32,
-    strategy: ConvStrategy = "auto",
-    cost_model: CostModel | None = None,
+  x_shape: Sequence[int],
+  terms: Sequence[Sequence[Sequence[int]]],
+  *,
+  strides: int | Sequence[int] = 1,
+  padding: PaddingLike = "SAME",
+  kernel_dilation: int | Sequence[int] = 1,
+  dtype: Any = jnp.float32,
+  strategy: ConvStrategy = "auto",
+  cost_model: CostModel | None = None,
 ) -> KronConvSumPlan:
   """The plan :func:`kron_conv_sum` runs for these shapes, with predicted costs.
 
@@ -337,12 +364,15 @@ def kron_conv_sum_plan(
     ([(3, 3, 16, 32), (3, 3, 16, 32)], (8, 16, 16, 32))
   """
   if isinstance(terms, (str, bytes)) or not isinstance(terms, Sequence) or not terms:
-    raise TypeError("terms must be a non-empty sequence of (A shape, B shape)"
-                    f" pairs, got {terms!r}.")
+    raise TypeError(
+      f"terms must be a non-empty sequence of (A shape, B shape) pairs, got {terms!r}."
+    )
   shapes = [_checks.conv_term_shapes(t, f"terms[{i}]") for i, t in enumerate(terms)]
   _checks.same_kernel_shape(shapes)
   strategy = _checks.strategy(strategy)
-  geo = conv_geometry(tuple(int(d) for d in x_shape), *shapes[0], strides,
-                      padding, kernel_dilation, "x_shape")
-  return sum_plan(geo, shapes, jnp.dtype(dtype).itemsize, strategy,
-                  cost_model or default_cost_model())
+  geo = conv_geometry(
+    tuple(int(d) for d in x_shape), *shapes[0], strides, padding, kernel_dilation, "x_shape"
+  )
+  return sum_plan(
+    geo, shapes, jnp.dtype(dtype).itemsize, strategy, cost_model or default_cost_model()
+  )

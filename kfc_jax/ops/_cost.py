@@ -58,20 +58,23 @@ class CostModel:
   chunk_bytes: int | None = None
   cache_bytes_per_second: float | None = None
 
-  def _seconds(self, flops: float, bytes_: float, efficiency: float,
-               bytes_per_second: float | None = None) -> float:
+  def _seconds(
+    self, flops: float, bytes_: float, efficiency: float, bytes_per_second: float | None = None
+  ) -> float:
     compute = flops / (self.flops_per_second * efficiency)
     memory = bytes_ / (bytes_per_second or self.bytes_per_second)
     return max(compute, memory) + self.overhead_seconds
 
-  def step_seconds(self, flops: float, bytes_: float, contraction_dim: int,
-                   bytes_per_second: float | None = None) -> float:
+  def step_seconds(
+    self, flops: float, bytes_: float, contraction_dim: int, bytes_per_second: float | None = None
+  ) -> float:
     """One matrix product contracting an axis of length ``contraction_dim``."""
     efficiency = min(1.0, contraction_dim / self.full_speed_dim)
     return self._seconds(flops, bytes_, efficiency, bytes_per_second)
 
-  def conv_step_seconds(self, flops: float, bytes_: float, in_channels: int,
-                        out_channels: int) -> float:
+  def conv_step_seconds(
+    self, flops: float, bytes_: float, in_channels: int, out_channels: int
+  ) -> float:
     """One convolution, slowed down when it has few channels.
 
     A conv runs at ``sqrt(min(1, min(cin, cout) / (2 * full_speed_dim)))`` of
@@ -82,8 +85,7 @@ class CostModel:
     3x3 64->64 conv runs at 0.70 of a 128->128 one (model 0.71), 16->48 at
     0.47 (0.5).
     """
-    efficiency = math.sqrt(min(1.0, min(in_channels, out_channels)
-                               / (2 * self.full_speed_dim)))
+    efficiency = math.sqrt(min(1.0, min(in_channels, out_channels) / (2 * self.full_speed_dim)))
     return self._seconds(flops, bytes_, efficiency)
 
   def memory_seconds(self, bytes_: float) -> float:
@@ -92,16 +94,23 @@ class CostModel:
 
 
 _DEFAULT_COST_MODELS = {
-    # CPU: blocks of 1 MiB (about one core's L2) measured fastest for the
-    # chunked factored plan on 64x64 (x) 64x64 at ranks 1, 4 and 16 (2.4x less
-    # time than 8 MiB blocks at rank 16); see benchmarks/results/.
-    "cpu": CostModel(flops_per_second=150e9, bytes_per_second=20e9,
-                     overhead_seconds=5e-6, full_speed_dim=128,
-                     chunk_bytes=2**20, cache_bytes_per_second=40e9),
-    "gpu": CostModel(flops_per_second=50e12, bytes_per_second=2.5e12,
-                     overhead_seconds=5e-6, full_speed_dim=64),
-    "tpu": CostModel(flops_per_second=150e12, bytes_per_second=1.2e12,
-                     overhead_seconds=3e-6, full_speed_dim=128),
+  # CPU: blocks of 1 MiB (about one core's L2) measured fastest for the
+  # chunked factored plan on 64x64 (x) 64x64 at ranks 1, 4 and 16 (2.4x less
+  # time than 8 MiB blocks at rank 16); see benchmarks/results/.
+  "cpu": CostModel(
+    flops_per_second=150e9,
+    bytes_per_second=20e9,
+    overhead_seconds=5e-6,
+    full_speed_dim=128,
+    chunk_bytes=2**20,
+    cache_bytes_per_second=40e9,
+  ),
+  "gpu": CostModel(
+    flops_per_second=50e12, bytes_per_second=2.5e12, overhead_seconds=5e-6, full_speed_dim=64
+  ),
+  "tpu": CostModel(
+    flops_per_second=150e12, bytes_per_second=1.2e12, overhead_seconds=3e-6, full_speed_dim=128
+  ),
 }
 
 
@@ -142,12 +151,12 @@ class PlanCost:
     (True, True)
   """
 
-  strategy: str                # "factored" or "materialize"
-  order: tuple[int, ...]       # factor contraction order (kron_matmul, "factored")
+  strategy: str  # "factored" or "materialize"
+  order: tuple[int, ...]  # factor contraction order (kron_matmul, "factored")
   flops: int
-  bytes: int                   # predicted memory traffic
-  temp_bytes: int              # largest temporary buffer (W for "materialize")
-  seconds: float               # cost-model prediction
+  bytes: int  # predicted memory traffic
+  temp_bytes: int  # largest temporary buffer (W for "materialize")
+  seconds: float  # cost-model prediction
   chunk_rows: int | None = None  # rows of x per block ("factored", chunked)
 
 
@@ -191,11 +200,11 @@ class KronMatmulPlan:
 class GemmStep(NamedTuple):
   """One (rank-batched) GEMM of the factored plan; sizes in elements."""
 
-  factor: int        # the factor it contracts
+  factor: int  # the factor it contracts
   flops: int
-  in_size: int       # its input (the factor itself is small)
-  out_size: int      # its output
-  contraction: int   # length of the contracted axis (rank included at the end)
+  in_size: int  # its input (the factor itself is small)
+  out_size: int  # its output
+  contraction: int  # length of the contracted axis (rank included at the end)
 
 
 def _factored_steps(batch, ms, ns, r, order) -> list[GemmStep]:
@@ -210,10 +219,15 @@ def _factored_steps(batch, ms, ns, r, order) -> list[GemmStep]:
   for step, t in enumerate(order):
     first, last = step == 0, step == len(order) - 1
     out_base = base // dims[t] * ns[t]
-    steps.append(GemmStep(
-        factor=t, flops=2 * base * ns[t] * r,
-        in_size=base * (1 if first else r), out_size=out_base * (1 if last else r),
-        contraction=dims[t] * (r if last and not first else 1)))
+    steps.append(
+      GemmStep(
+        factor=t,
+        flops=2 * base * ns[t] * r,
+        in_size=base * (1 if first else r),
+        out_size=out_base * (1 if last else r),
+        contraction=dims[t] * (r if last and not first else 1),
+      )
+    )
     dims[t] = ns[t]
     base = out_base
   return steps
@@ -232,11 +246,12 @@ def _factored_cost(batch, ms, ns, r, order, itemsize, model) -> PlanCost:
     # the next step reads and writes the output once more.
     step_bytes = itemsize * (s.in_size + 3 * s.out_size)
     if chunk_rows:  # only x and y travel to and from memory
-      dram = itemsize * ((s.in_size if i == 0 else 0)
-                         + (3 * s.out_size if i == len(steps) - 1 else 0))
-      memory_seconds = (dram / model.bytes_per_second
-                        + (step_bytes - dram) / (model.cache_bytes_per_second
-                                                 or model.bytes_per_second))
+      dram = itemsize * (
+        (s.in_size if i == 0 else 0) + (3 * s.out_size if i == len(steps) - 1 else 0)
+      )
+      memory_seconds = dram / model.bytes_per_second + (step_bytes - dram) / (
+        model.cache_bytes_per_second or model.bytes_per_second
+      )
       bandwidth = step_bytes / memory_seconds
     else:
       bandwidth = model.bytes_per_second
@@ -245,8 +260,15 @@ def _factored_cost(batch, ms, ns, r, order, itemsize, model) -> PlanCost:
     bytes_ += step_bytes
   if chunk_rows:
     peak = peak * chunk_rows // batch
-  return PlanCost("factored", tuple(order), int(flops), int(bytes_),
-                  int(itemsize * peak), float(seconds), chunk_rows)
+  return PlanCost(
+    "factored",
+    tuple(order),
+    int(flops),
+    int(bytes_),
+    int(itemsize * peak),
+    float(seconds),
+    chunk_rows,
+  )
 
 
 def _materialize_cost(batch, ms, ns, r, itemsize, model) -> PlanCost:
@@ -256,11 +278,17 @@ def _materialize_cost(batch, ms, ns, r, itemsize, model) -> PlanCost:
   build_bytes = itemsize * m * n
   gemm_flops = 2 * batch * m * n
   gemm_bytes = itemsize * (batch * m + m * n + batch * n)
-  seconds = (model.step_seconds(build_flops, build_bytes, model.full_speed_dim)
-             + model.step_seconds(gemm_flops, gemm_bytes, m))
-  return PlanCost("materialize", (), int(build_flops + gemm_flops),
-                  int(build_bytes + gemm_bytes), int(itemsize * m * n),
-                  float(seconds))
+  seconds = model.step_seconds(build_flops, build_bytes, model.full_speed_dim) + model.step_seconds(
+    gemm_flops, gemm_bytes, m
+  )
+  return PlanCost(
+    "materialize",
+    (),
+    int(build_flops + gemm_flops),
+    int(build_bytes + gemm_bytes),
+    int(itemsize * m * n),
+    float(seconds),
+  )
 
 
 def _orders(k: int) -> list[tuple[int, ...]]:
@@ -271,13 +299,20 @@ def _orders(k: int) -> list[tuple[int, ...]]:
 
 
 @functools.lru_cache(maxsize=4096)
-def matmul_plan(batch: int, ms: tuple[int, ...], ns: tuple[int, ...], r: int,
-                itemsize: int, strategy: Strategy, model: CostModel
-                ) -> KronMatmulPlan:
+def matmul_plan(
+  batch: int,
+  ms: tuple[int, ...],
+  ns: tuple[int, ...],
+  r: int,
+  itemsize: int,
+  strategy: Strategy,
+  model: CostModel,
+) -> KronMatmulPlan:
   """The plan for validated sizes; ``strategy`` as :func:`_checks.strategy` returns."""
   k = len(ms)
-  candidates = [_factored_cost(batch, ms, ns, r, o, itemsize, model)
-                for o in _orders(k)] if k > 1 else []
+  candidates = (
+    [_factored_cost(batch, ms, ns, r, o, itemsize, model) for o in _orders(k)] if k > 1 else []
+  )
   candidates.append(_materialize_cost(batch, ms, ns, r, itemsize, model))
   candidates.sort(key=lambda c: c.seconds)
   w_size, xy_size = math.prod(ms) * math.prod(ns), batch * (math.prod(ms) + math.prod(ns))
@@ -290,19 +325,18 @@ def matmul_plan(batch: int, ms: tuple[int, ...], ns: tuple[int, ...], r: int,
   elif strategy == "factored":
     chosen = next(c for c in candidates if c.strategy == "factored")
   else:  # auto: cheapest, but never form a W larger than x and y together.
-    allowed = [c for c in candidates
-               if c.strategy == "factored" or w_size <= xy_size]
+    allowed = [c for c in candidates if c.strategy == "factored" or w_size <= xy_size]
     chosen = allowed[0]
   return KronMatmulPlan(batch, ms, ns, r, chosen, tuple(candidates))
 
 
 def kron_matmul_plan(
-    x_shape: Sequence[int],
-    factor_shapes: Sequence[Sequence[int]],
-    *,
-    dtype: Any = jnp.float32,
-    strategy: Strategy = "auto",
-    cost_model: CostModel | None = None,
+  x_shape: Sequence[int],
+  factor_shapes: Sequence[Sequence[int]],
+  *,
+  dtype: Any = jnp.float32,
+  strategy: Strategy = "auto",
+  cost_model: CostModel | None = None,
 ) -> KronMatmulPlan:
   """The plan ``kron_matmul`` runs for these shapes, with predicted costs.
 
@@ -338,15 +372,22 @@ def kron_matmul_plan(
   ns = tuple(s[2] for s in shapes)
   if not x_shape or x_shape[-1] != math.prod(ms):
     raise ValueError(
-        f"x_shape must end in prod(m_t) = {math.prod(ms)} (the factors' input"
-        f" sizes {ms}), got x_shape {x_shape}."
+      f"x_shape must end in prod(m_t) = {math.prod(ms)} (the factors' input"
+      f" sizes {ms}), got x_shape {x_shape}."
     )
   strategy = _checks.strategy(strategy, len(shapes))
   if strategy == "autotune" and math.prod(x_shape[:-1]) == 0:
     strategy = "auto"  # an empty batch: nothing to time
   if strategy == "autotune":  # the measured-fastest plan (timed once, cached)
-    strategy = _checks.strategy(_autotune.autotuned_strategy(
-        x_shape, shapes, dtype, None, None), len(shapes))
+    strategy = _checks.strategy(
+      _autotune.autotuned_strategy(x_shape, shapes, dtype, None, None), len(shapes)
+    )
   return matmul_plan(
-      math.prod(x_shape[:-1]), ms, ns, shapes[0][0],
-      jnp.dtype(dtype).itemsize, strategy, cost_model or default_cost_model())
+    math.prod(x_shape[:-1]),
+    ms,
+    ns,
+    shapes[0][0],
+    jnp.dtype(dtype).itemsize,
+    strategy,
+    cost_model or default_cost_model(),
+  )

@@ -31,8 +31,9 @@ PrecisionLike = Any
 
 
 def _dot(a, b, dims, precision, preferred_element_type):
-  return lax.dot_general(a, b, dims, precision=precision,
-                         preferred_element_type=preferred_element_type)
+  return lax.dot_general(
+    a, b, dims, precision=precision, preferred_element_type=preferred_element_type
+  )
 
 
 def _factored(x, factors, order, precision, pet):
@@ -49,8 +50,9 @@ def _factored(x, factors, order, precision, pet):
 
   def canonical(target, rank_next_to_target=False):
     outs = sorted((lab for lab in labels if lab[0] == "out"), key=lambda lab: lab[1])
-    ins = sorted((lab for lab in labels if lab[0] == "in" and lab != target),
-                 key=lambda lab: lab[1])
+    ins = sorted(
+      (lab for lab in labels if lab[0] == "in" and lab != target), key=lambda lab: lab[1]
+    )
     head = ["rank"] if "rank" in labels and not rank_next_to_target else []
     tail = ["rank"] if "rank" in labels and rank_next_to_target else []
     return [*head, "batch", *outs, *ins, *tail, target]
@@ -87,10 +89,10 @@ def _factored(x, factors, order, precision, pet):
 
 
 def kron(
-    factors: Sequence[Any],
-    *,
-    precision: PrecisionLike = None,
-    preferred_element_type: Any = None,
+  factors: Sequence[Any],
+  *,
+  precision: PrecisionLike = None,
+  preferred_element_type: Any = None,
 ) -> Array:
   """Materialises ``W = sum_r kron(F_1[r], ..., F_k[r])``.
 
@@ -113,31 +115,35 @@ def kron(
   fs = _checks.factor_list(factors)
   dtype = jnp.result_type(*fs)
   _, preferred_element_type = _dtypes.compute_dtype(
-      fs[0], fs, preferred_element_type, name="factors[0]")
+    fs[0], fs, preferred_element_type, name="factors[0]"
+  )
   fs = [f.astype(dtype) for f in fs]
   r = fs[0].shape[0]
   acc = fs[0]  # [r, M, N]
   for f in fs[1:-1]:
     acc = (acc[:, :, None, :, None] * f[:, None, :, None, :]).reshape(
-        r, acc.shape[1] * f.shape[1], acc.shape[2] * f.shape[2])
+      r, acc.shape[1] * f.shape[1], acc.shape[2] * f.shape[2]
+    )
   if len(fs) == 1:
-    return acc.sum(0) if preferred_element_type is None else acc.sum(
-        0, dtype=preferred_element_type)
+    return (
+      acc.sum(0) if preferred_element_type is None else acc.sum(0, dtype=preferred_element_type)
+    )
   f = fs[-1]
-  w = jnp.einsum("rab,rcd->acbd", acc, f, precision=precision,
-                 preferred_element_type=preferred_element_type)
+  w = jnp.einsum(
+    "rab,rcd->acbd", acc, f, precision=precision, preferred_element_type=preferred_element_type
+  )
   return w.reshape(acc.shape[1] * f.shape[1], acc.shape[2] * f.shape[2])
 
 
 def kron_matmul(
-    x: Any,
-    factors: Sequence[Any],
-    *,
-    precision: PrecisionLike = None,
-    preferred_element_type: Any = None,
-    strategy: Strategy = "auto",
-    cost_model: CostModel | None = None,
-    backward: Literal["planned", "autodiff"] = "planned",
+  x: Any,
+  factors: Sequence[Any],
+  *,
+  precision: PrecisionLike = None,
+  preferred_element_type: Any = None,
+  strategy: Strategy = "auto",
+  cost_model: CostModel | None = None,
+  backward: Literal["planned", "autodiff"] = "planned",
 ) -> Array:
   """Computes ``x @ sum_r kron(F_1[r], ..., F_k[r])`` without forming the product.
 
@@ -187,19 +193,17 @@ def kron_matmul(
   """
   fs = _checks.factor_list(factors)
   if backward not in ("planned", "autodiff"):
-    raise ValueError(
-        f'backward must be "planned" or "autodiff", got {backward!r}.')
+    raise ValueError(f'backward must be "planned" or "autodiff", got {backward!r}.')
   x = _dtypes.as_array(x, "x")
   ms = tuple(f.shape[1] for f in fs)
   ns = tuple(f.shape[2] for f in fs)
   m = math.prod(ms)
   if x.ndim < 1 or x.shape[-1] != m:
     raise ValueError(
-        f"x must have shape [*batch, {m}] (the product of the factors' input"
-        f" sizes {ms}), got x with shape {tuple(x.shape)}."
+      f"x must have shape [*batch, {m}] (the product of the factors' input"
+      f" sizes {ms}), got x with shape {tuple(x.shape)}."
     )
-  dtype, preferred_element_type = _dtypes.compute_dtype(
-      x, fs, preferred_element_type)
+  dtype, preferred_element_type = _dtypes.compute_dtype(x, fs, preferred_element_type)
   x = x.astype(dtype)
   fs = [f.astype(dtype) for f in fs]
   batch_shape = x.shape[:-1]
@@ -209,20 +213,26 @@ def kron_matmul(
     # a batch of 0). JAX differentiates the constant to zero gradients.
     return jnp.zeros((*batch_shape, math.prod(ns)), preferred_element_type or dtype)
   x2 = x.reshape(-1, m)
-  plan = kron_matmul_plan(x2.shape, [f.shape for f in fs], dtype=dtype,
-                          strategy=strategy, cost_model=cost_model)
+  plan = kron_matmul_plan(
+    x2.shape, [f.shape for f in fs], dtype=dtype, strategy=strategy, cost_model=cost_model
+  )
   if plan.strategy == "materialize":
     # W is an intermediate like any other: held in the accumulation dtype, so
     # every plan rounds the same way.
     w = kron(fs, precision=precision, preferred_element_type=preferred_element_type)
     y = _dot(x2, w, (((1,), (0,)), ((), ())), precision, preferred_element_type)
   elif backward == "planned":
-    y = _vjp.planned_matmul(x2, fs, plan, precision, preferred_element_type,
-                            cost_model or default_cost_model())
+    y = _vjp.planned_matmul(
+      x2, fs, plan, precision, preferred_element_type, cost_model or default_cost_model()
+    )
   elif plan.chosen.chunk_rows:
-    y = _chunked(functools.partial(_factored, factors=fs, order=plan.order,
-                                   precision=precision, pet=preferred_element_type),
-                 x2, plan.chosen.chunk_rows)
+    y = _chunked(
+      functools.partial(
+        _factored, factors=fs, order=plan.order, precision=precision, pet=preferred_element_type
+      ),
+      x2,
+      plan.chosen.chunk_rows,
+    )
   else:
     y = _factored(x2, fs, plan.order, precision, preferred_element_type)
   return y.reshape(*batch_shape, math.prod(ns))
@@ -231,6 +241,6 @@ def kron_matmul(
 def _chunked(fn, x, rows):
   """Applies ``fn`` to blocks of ``rows`` rows (keeps intermediates in cache)."""
   blocks, rest = divmod(x.shape[0], rows)
-  head = lax.map(fn, x[:blocks * rows].reshape(blocks, rows, x.shape[1]))
+  head = lax.map(fn, x[: blocks * rows].reshape(blocks, rows, x.shape[1]))
   head = head.reshape(blocks * rows, -1)
-  return jnp.concatenate([head, fn(x[blocks * rows:])]) if rest else head
+  return jnp.concatenate([head, fn(x[blocks * rows :])]) if rest else head

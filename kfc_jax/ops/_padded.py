@@ -17,10 +17,10 @@ from kfc_jax.ops import _kron
 
 
 def padded_kron_matmul(
-    x: Any,
-    factors: Sequence[Any],
-    out_features: int,
-    **kwargs: Any,
+  x: Any,
+  factors: Sequence[Any],
+  out_features: int,
+  **kwargs: Any,
 ) -> jnp.ndarray:
   """``x @ kron(factors)[:x.shape[-1], :out_features]``, for padded shapes.
 
@@ -52,12 +52,13 @@ def padded_kron_matmul(
   x = _dtypes.as_array(x, "x")
   if x.ndim < 1 or x.shape[-1] > m:
     raise ValueError(
-        f"x must have shape [*batch, in_features] with in_features <= {m} (the"
-        f" factors' padded input size), got x with shape {tuple(x.shape)}.")
+      f"x must have shape [*batch, in_features] with in_features <= {m} (the"
+      f" factors' padded input size), got x with shape {tuple(x.shape)}."
+    )
   if out_features > n:
     raise ValueError(
-        f"out_features must be <= {n} (the factors' padded output size), got"
-        f" {out_features}.")
+      f"out_features must be <= {n} (the factors' padded output size), got {out_features}."
+    )
   if x.shape[-1] < m:
     x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, m - x.shape[-1])])
   y = _kron.kron_matmul(x, fs, **kwargs)

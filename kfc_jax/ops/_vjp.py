@@ -114,25 +114,32 @@ def _backward_steps(ms, ns, r, order, keep, full_speed_dim):
   k = len(ms)
   p_sizes, q_sizes = _chain_sizes(ms, ns, r, order)
   steps = []
-  for j in ([] if keep else range(1, k)):  # recompute P_j from P_{j-1}
+  for j in [] if keep else range(1, k):  # recompute P_j from P_{j-1}
     t = order[j - 1]
     steps.append((2 * p_sizes[j] * ms[t], p_sizes[j - 1] + 3 * p_sizes[j], ms[t]))
   for s in range(1, k + 1):  # Q_s from Q_{s-1}
     t = order[k - s]
     out_per_rank = q_sizes[s] // (r if s < k else 1)
-    steps.append((2 * out_per_rank * r * ns[t], q_sizes[s - 1] + 3 * q_sizes[s],
-                  ns[t] * (r if s == k else 1)))
+    steps.append(
+      (2 * out_per_rank * r * ns[t], q_sizes[s - 1] + 3 * q_sizes[s], ns[t] * (r if s == k else 1))
+    )
   for j in range(1, k + 1):  # dF_{o_j} from P_{j-1} and Q_{k-j}
     t = order[j - 1]
     per_rank = p_sizes[j - 1] // (r if j > 1 else 1)
-    steps.append((2 * r * per_rank * ns[t], p_sizes[j - 1] + q_sizes[k - j],
-                   full_speed_dim))
+    steps.append((2 * r * per_rank * ns[t], p_sizes[j - 1] + q_sizes[k - j], full_speed_dim))
   return steps, sum(p_sizes[:k]) + sum(q_sizes)
 
 
-def backward_plan(batch: int, ms: tuple[int, ...], ns: tuple[int, ...], r: int,
-                  order: tuple[int, ...], forward_chunked: bool, itemsize: int,
-                  model: Any) -> BackwardPlan:
+def backward_plan(
+  batch: int,
+  ms: tuple[int, ...],
+  ns: tuple[int, ...],
+  r: int,
+  order: tuple[int, ...],
+  forward_chunked: bool,
+  itemsize: int,
+  model: Any,
+) -> BackwardPlan:
   """Plans the backward of the factored forward with contraction ``order``.
 
   When the forward ran unblocked its intermediates are kept and the backward
@@ -145,6 +152,7 @@ def backward_plan(batch: int, ms: tuple[int, ...], ns: tuple[int, ...], r: int,
   before the next step reads and writes it once more).
   """
   from kfc_jax.ops import _cost  # lazily: _cost imports ops modules
+
   k = len(ms)
   keep = not forward_chunked
   orders = [tuple(order)] if keep else _cost._orders(k)
@@ -158,14 +166,17 @@ def backward_plan(batch: int, ms: tuple[int, ...], ns: tuple[int, ...], r: int,
     # (batch 1024: 45 vs 85, 56, 52 ms) and 32x32 (x) 32x32 (batch 4096: 53
     # vs 56, 88, 58 ms).
     chunk_rows = None
-    if (model.chunk_bytes and batch > 1
-        and itemsize * batch * working_set > model.chunk_bytes):
+    if model.chunk_bytes and batch > 1 and itemsize * batch * working_set > model.chunk_bytes:
       budget_rows = 2 * model.chunk_bytes // (itemsize * working_set)
       chunk_rows = _divisor_at_most(batch, max(1, min(16, budget_rows)))
-    bandwidth = ((model.cache_bytes_per_second or model.bytes_per_second)
-                 if chunk_rows else model.bytes_per_second)
-    seconds = sum(model.step_seconds(batch * f, itemsize * batch * e, c, bandwidth)
-                  for f, e, c in steps)
+    bandwidth = (
+      (model.cache_bytes_per_second or model.bytes_per_second)
+      if chunk_rows
+      else model.bytes_per_second
+    )
+    seconds = sum(
+      model.step_seconds(batch * f, itemsize * batch * e, c, bandwidth) for f, e, c in steps
+    )
     flops = sum(batch * f for f, _, _ in steps)
     if best is None or seconds < best.seconds:
       best = BackwardPlan(tuple(o), keep, chunk_rows, int(flops), float(seconds))
@@ -184,15 +195,23 @@ def _step(t, axes, f, factor, forward, last, precision, pet, dtype):
   otherwise the reverse (dy side, the transposed factor). The rank axis is
   created by the first step of a chain and summed by its ``last``.
   """
-  src, dst = ((_in_axis(factor), _out_axis(factor)) if forward
-              else (_out_axis(factor), _in_axis(factor)))
+  src, dst = (
+    (_in_axis(factor), _out_axis(factor)) if forward else (_out_axis(factor), _in_axis(factor))
+  )
   new_axes = [dst if a == src else a for a in axes]
   if _RANK not in new_axes:
     new_axes = [_RANK, *new_axes]
   if last:
     new_axes = [a for a in new_axes if a != _RANK]
-  out = jnp.einsum(t, list(axes), f, [_RANK, _in_axis(factor), _out_axis(factor)],
-                   new_axes, precision=precision, preferred_element_type=pet)
+  out = jnp.einsum(
+    t,
+    list(axes),
+    f,
+    [_RANK, _in_axis(factor), _out_axis(factor)],
+    new_axes,
+    precision=precision,
+    preferred_element_type=pet,
+  )
   return (out if pet is not None else out.astype(dtype)), new_axes
 
 
@@ -205,9 +224,8 @@ def _forward_chain(x, fs, order, precision, pet, steps=None):
   k = len(fs)
   t = x.reshape(x.shape[0], *(f.shape[1] for f in fs))
   chain = [(t, _x_axes(k))]
-  for j, i in enumerate(order[:k if steps is None else steps]):
-    chain.append(_step(*chain[-1], fs[i], i, True, j == k - 1, precision, pet,
-                       x.dtype))
+  for j, i in enumerate(order[: k if steps is None else steps]):
+    chain.append(_step(*chain[-1], fs[i], i, True, j == k - 1, precision, pet, x.dtype))
   return chain
 
 
@@ -227,16 +245,18 @@ def _backward_block(x, dy, kept, fs, order, precision, pet, acc_dtype):
   q = dy.reshape(rows, *(f.shape[2] for f in fs))
   q_chain = [(q, [_BATCH] + [_out_axis(t) for t in range(k)])]
   for s in range(1, k + 1):
-    q_chain.append(_step(*q_chain[-1], fs[order[k - s]], order[k - s], False,
-                         s == k, precision, pet, x.dtype))
+    q_chain.append(
+      _step(*q_chain[-1], fs[order[k - s]], order[k - s], False, s == k, precision, pet, x.dtype)
+    )
   dx = q_chain[k][0]
   grads = [None] * k
   for j in range(1, k + 1):
     i = order[j - 1]
     (p, p_axes), (q, q_axes) = p_chain[j - 1], q_chain[k - j]
     out_axes = [_RANK, _in_axis(i), _out_axis(i)]
-    g = jnp.einsum(p, p_axes, q, q_axes, out_axes, precision=precision,
-                   preferred_element_type=acc_dtype)
+    g = jnp.einsum(
+      p, p_axes, q, q_axes, out_axes, precision=precision, preferred_element_type=acc_dtype
+    )
     grads[i] = g.astype(acc_dtype)
   return dx.reshape(rows, -1), grads
 
@@ -257,8 +277,14 @@ class _Config:
 
 def _forward(config, x, fs):
   from kfc_jax.ops import _kron  # the forward is kron_matmul's own plan
-  fn = functools.partial(_kron._factored, factors=list(fs), order=config.order,
-                         precision=config.precision, pet=config.pet)
+
+  fn = functools.partial(
+    _kron._factored,
+    factors=list(fs),
+    order=config.order,
+    precision=config.precision,
+    pet=config.pet,
+  )
   if config.forward_chunk_rows:
     return _kron._chunked(fn, x, config.forward_chunk_rows)
   return fn(x)
@@ -303,8 +329,7 @@ def _planned_bwd(config, residuals, dy):
 
   def block(x_b, dy_b, kept_b):
     kept = None if kept_b is None else list(zip(kept_b, kept_axes, strict=True))
-    return _backward_block(x_b, dy_b, kept, fs, order, config.precision,
-                           config.pet, acc_dtype)
+    return _backward_block(x_b, dy_b, kept, fs, order, config.precision, config.pet, acc_dtype)
 
   rows = config.backward.chunk_rows
   batch = x.shape[0]
@@ -317,11 +342,14 @@ def _planned_bwd(config, residuals, dy):
 
     def split(a, axis):
       a = lax.slice_in_dim(a, 0, head, axis=axis)
-      a = a.reshape((*a.shape[:axis], blocks, rows, *a.shape[axis + 1:]))
+      a = a.reshape((*a.shape[:axis], blocks, rows, *a.shape[axis + 1 :]))
       return jnp.moveaxis(a, axis, 0)
 
-    xs = (split(x, 0), split(dy, 0),
-          None if kept_arrays is None else tuple(split(p, 1) for p in kept_arrays))
+    xs = (
+      split(x, 0),
+      split(dy, 0),
+      None if kept_arrays is None else tuple(split(p, 1) for p in kept_arrays),
+    )
 
     def body(acc, blk):
       x_b, dy_b, kept_b = blk
@@ -332,8 +360,7 @@ def _planned_bwd(config, residuals, dy):
     grads, dx_blocks = lax.scan(body, init, xs)
     dx = dx_blocks.reshape(head, -1)
     if rest:
-      kept_tail = (None if kept_arrays is None else
-                   tuple(p[:, head:] for p in kept_arrays))
+      kept_tail = None if kept_arrays is None else tuple(p[:, head:] for p in kept_arrays)
       dx_t, g_t = block(x[head:], dy[head:], kept_tail)
       dx = jnp.concatenate([dx, dx_t])
       grads = [a + b for a, b in zip(grads, g_t, strict=True)]
@@ -355,18 +382,31 @@ def planned_matmul(x, fs, plan, precision, pet, model) -> jax.Array:
       dtype); the factor gradients accumulate in at least float32.
     model: the ``CostModel`` that planned the forward; it plans the backward.
   """
-  backward = backward_plan(plan.batch, plan.in_factors, plan.out_factors,
-                           plan.rank, plan.order, bool(plan.chosen.chunk_rows),
-                           jnp.dtype(x.dtype).itemsize, model)
-  config = _Config(tuple(plan.order), plan.chosen.chunk_rows, backward,
-                   precision, None if pet is None else jnp.dtype(pet))
+  backward = backward_plan(
+    plan.batch,
+    plan.in_factors,
+    plan.out_factors,
+    plan.rank,
+    plan.order,
+    bool(plan.chosen.chunk_rows),
+    jnp.dtype(x.dtype).itemsize,
+    model,
+  )
+  config = _Config(
+    tuple(plan.order),
+    plan.chosen.chunk_rows,
+    backward,
+    precision,
+    None if pet is None else jnp.dtype(pet),
+  )
   try:
     return planned_factored(config, x, tuple(fs))
   except TypeError as e:
     if "forward-mode" not in str(e):
       raise
     raise TypeError(
-        "kron_matmul's planned backward (backward=\"planned\", the default) is"
-        " reverse-mode only: jax.jvp, jax.jacfwd, jax.hessian and forward-over-"
-        "reverse cannot go through it. Pass backward=\"autodiff\" to"
-        " kron_matmul (or the layer) for forward-mode derivatives.") from e
+      'kron_matmul\'s planned backward (backward="planned", the default) is'
+      " reverse-mode only: jax.jvp, jax.jacfwd, jax.hessian and forward-over-"
+      'reverse cannot go through it. Pass backward="autodiff" to'
+      " kron_matmul (or the layer) for forward-mode derivatives."
+    ) from e

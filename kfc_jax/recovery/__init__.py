@@ -17,7 +17,7 @@ copy of the model:
 
 from kfc_jax.recovery._calibrate import collect_input_covariances as collect_input_covariances
 from kfc_jax.recovery._calibrate import (
-    collect_linen_input_covariances as collect_linen_input_covariances,
+  collect_linen_input_covariances as collect_linen_input_covariances,
 )
 from kfc_jax.recovery._calibrate import recalibrate_batchnorm as recalibrate_batchnorm
 from kfc_jax.recovery._calibrate import recalibrate_linen_batchnorm as recalibrate_linen_batchnorm
@@ -29,14 +29,14 @@ from kfc_jax.recovery._distill import match_layers as match_layers
 from kfc_jax.recovery._taps import CalibrationError as CalibrationError
 
 __all__ = [
-    "CalibrationError",
-    "DistillResult",
-    "LayerMatch",
-    "MatchResult",
-    "collect_input_covariances",
-    "collect_linen_input_covariances",
-    "distill",
-    "match_layers",
-    "recalibrate_batchnorm",
-    "recalibrate_linen_batchnorm",
+  "CalibrationError",
+  "DistillResult",
+  "LayerMatch",
+  "MatchResult",
+  "collect_input_covariances",
+  "collect_linen_input_covariances",
+  "distill",
+  "match_layers",
+  "recalibrate_batchnorm",
+  "recalibrate_linen_batchnorm",
 ]

@@ -24,14 +24,21 @@ from kfc_jax.recovery import _taps
 
 
 def _nnx_input_layers(model: nnx.Module) -> dict[str, Any]:
-  return {path: module for path, (_, module) in _taps.nnx_layers(model).items()
-          if isinstance(module, nnx.Linear)
-          or (isinstance(module, nnx.Conv) and module.kernel[...].ndim == 4)}
+  return {
+    path: module
+    for path, (_, module) in _taps.nnx_layers(model).items()
+    if isinstance(module, nnx.Linear)
+    or (isinstance(module, nnx.Conv) and module.kernel[...].ndim == 4)
+  }
 
 
-def collect_input_covariances(model: nnx.Module, batches: Any, paths: Any = None, *,
-                              call: Callable[[Any, Any], Any] | None = None
-                              ) -> dict[str, np.ndarray]:
+def collect_input_covariances(
+  model: nnx.Module,
+  batches: Any,
+  paths: Any = None,
+  *,
+  call: Callable[[Any, Any], Any] | None = None,
+) -> dict[str, np.ndarray]:
   """Each layer's input second moment ``E[x xᵀ]`` on calibration batches (NNX).
 
   For an ``nnx.Linear`` the rows are its inputs (``[in, in]``); for a 2-D
@@ -72,8 +79,10 @@ def collect_input_covariances(model: nnx.Module, batches: Any, paths: Any = None
     raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}.")
   layers = _nnx_input_layers(model)
   selected = _taps.select_paths(layers, paths, "nnx.Linear or 2-D nnx.Conv layers")
-  stats = {p: (_taps.linear_input_stat if isinstance(layers[p], nnx.Linear)
-               else _taps.nnx_conv_input_stat) for p in selected}
+  stats = {
+    p: (_taps.linear_input_stat if isinstance(layers[p], nnx.Linear) else _taps.nnx_conv_input_stat)
+    for p in selected
+  }
   totals = _taps.nnx_collect(model, batches, stats, call=call)
   return {p: _taps.to_covariance(totals[p]) for p in selected if p in totals}
 
@@ -87,12 +96,13 @@ def _linen_input_stat(selected: Any) -> Callable[[str, nn.Module], Any]:
     if isinstance(m, nn.Conv) and len(m.kernel_size) == 2:
       return _taps.linen_conv_input_stat
     return None
+
   return stat
 
 
-def collect_linen_input_covariances(module: nn.Module, variables: Any, batches: Any,
-                                    paths: Any = None, **apply_kwargs: Any
-                                    ) -> dict[str, np.ndarray]:
+def collect_linen_input_covariances(
+  module: nn.Module, variables: Any, batches: Any, paths: Any = None, **apply_kwargs: Any
+) -> dict[str, np.ndarray]:
   """The Linen counterpart of :func:`collect_input_covariances`.
 
   Args:
@@ -109,13 +119,16 @@ def collect_linen_input_covariances(module: nn.Module, variables: Any, batches: 
   if not isinstance(module, nn.Module):
     raise TypeError(f"module must be a flax.linen Module, got {type(module).__name__}.")
   selected = None if paths is None else ([paths] if isinstance(paths, str) else list(paths))
-  totals = _taps.linen_collect(module, variables, batches, _linen_input_stat(selected),
-                               **apply_kwargs)
+  totals = _taps.linen_collect(
+    module, variables, batches, _linen_input_stat(selected), **apply_kwargs
+  )
   if selected is not None:
     missing = [p for p in selected if p not in totals]
     if missing:
-      raise ValueError(f"paths {missing} are not nn.Dense or 2-D nn.Conv layers the"
-                       f" model calls; it calls {sorted(totals) or 'none'}.")
+      raise ValueError(
+        f"paths {missing} are not nn.Dense or 2-D nn.Conv layers the"
+        f" model calls; it calls {sorted(totals) or 'none'}."
+      )
   return {p: _taps.to_covariance(t) for p, t in sorted(totals.items())}
 
 
@@ -128,7 +141,7 @@ def _pooled(total: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
   """Mean and (biased) variance of every value seen, from summed moments."""
   count = max(float(total["count"]), 1.0)
   mean = total["sum"] / count
-  return mean, np.clip(total["sum_sq"] / count - mean ** 2, 0.0, None)
+  return mean, np.clip(total["sum_sq"] / count - mean**2, 0.0, None)
 
 
 def _nnx_bn_call(bn, x, use_running_average=None, **kwargs):
@@ -138,8 +151,9 @@ def _nnx_bn_call(bn, x, use_running_average=None, **kwargs):
   return bn(x, use_running_average=False, **kwargs)
 
 
-def recalibrate_batchnorm(model: nnx.Module, batches: Any, *,
-                          call: Callable[[Any, Any], Any] | None = None) -> nnx.Module:
+def recalibrate_batchnorm(
+  model: nnx.Module, batches: Any, *, call: Callable[[Any, Any], Any] | None = None
+) -> nnx.Module:
   """A copy of ``model`` whose ``nnx.BatchNorm`` statistics are refit to data.
 
   The model runs on every batch with each BatchNorm normalising by the
@@ -173,8 +187,7 @@ def recalibrate_batchnorm(model: nnx.Module, batches: Any, *,
   """
   if not isinstance(model, nnx.Module):
     raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}.")
-  layers = {p: m for p, (_, m) in _taps.nnx_layers(model).items()
-            if isinstance(m, nnx.BatchNorm)}
+  layers = {p: m for p, (_, m) in _taps.nnx_layers(model).items() if isinstance(m, nnx.BatchNorm)}
   if not layers:
     raise ValueError("the model has no nnx.BatchNorm layer to recalibrate.")
   stats = {p: (lambda bn, x: _taps.feature_moments(x, bn.axis)) for p in layers}
@@ -198,7 +211,7 @@ def _linen_bn_call(bn, next_fun, x, *args, **kwargs):
   feature_axes = tuple(a % x.ndim for a in axes)
   reduce = tuple(i for i in range(x.ndim) if i not in feature_axes)
   mean = x.mean(reduce, keepdims=True)
-  var = jnp.clip((x * x).mean(reduce, keepdims=True) - mean ** 2, 0.0)
+  var = jnp.clip((x * x).mean(reduce, keepdims=True) - mean**2, 0.0)
   y = (x - mean) * jax.lax.rsqrt(var + bn.epsilon)
   shape = [x.shape[i] if i in feature_axes else 1 for i in range(x.ndim)]
   params = bn.variables.get("params", {})
@@ -209,8 +222,9 @@ def _linen_bn_call(bn, next_fun, x, *args, **kwargs):
   return y.astype(bn.dtype or x.dtype)
 
 
-def recalibrate_linen_batchnorm(module: nn.Module, variables: Any, batches: Any,
-                                **apply_kwargs: Any) -> dict[str, Any]:
+def recalibrate_linen_batchnorm(
+  module: nn.Module, variables: Any, batches: Any, **apply_kwargs: Any
+) -> dict[str, Any]:
   """New variables whose ``batch_stats`` are refit on calibration batches (Linen).
 
   As :func:`recalibrate_batchnorm`: every ``nn.BatchNorm`` normalises by batch
@@ -231,8 +245,7 @@ def recalibrate_linen_batchnorm(module: nn.Module, variables: Any, batches: Any,
     raise TypeError(f"module must be a flax.linen Module, got {type(module).__name__}.")
   if not isinstance(variables, Mapping) or "batch_stats" not in variables:
     got = sorted(variables) if isinstance(variables, Mapping) else type(variables).__name__
-    raise ValueError("variables must have a 'batch_stats' collection to recalibrate;"
-                     f" got {got}.")
+    raise ValueError(f"variables must have a 'batch_stats' collection to recalibrate; got {got}.")
 
   def stat(path, m):
     if isinstance(m, nn.BatchNorm):
@@ -242,8 +255,9 @@ def recalibrate_linen_batchnorm(module: nn.Module, variables: Any, batches: Any,
   def override(path, m):
     return _linen_bn_call if isinstance(m, nn.BatchNorm) else None
 
-  totals = _taps.linen_collect(module, variables, batches, stat, override=override,
-                               mutable=["batch_stats"], **apply_kwargs)
+  totals = _taps.linen_collect(
+    module, variables, batches, stat, override=override, mutable=["batch_stats"], **apply_kwargs
+  )
   if not totals:
     raise ValueError("the model called no nn.BatchNorm layer to recalibrate.")
   stats = dict(_meta.unbox(variables["batch_stats"]))
@@ -253,8 +267,8 @@ def recalibrate_linen_batchnorm(module: nn.Module, variables: Any, batches: Any,
       node[key] = dict(node[key])
       node = node[key]
     mean, var = _pooled(total)
-    node["mean"] = jnp.asarray(mean.reshape(np.shape(node["mean"])),
-                               jnp.asarray(node["mean"]).dtype)
-    node["var"] = jnp.asarray(var.reshape(np.shape(node["var"])),
-                              jnp.asarray(node["var"]).dtype)
+    node["mean"] = jnp.asarray(
+      mean.reshape(np.shape(node["mean"])), jnp.asarray(node["mean"]).dtype
+    )
+    node["var"] = jnp.asarray(var.reshape(np.shape(node["var"])), jnp.asarray(node["var"]).dtype)
   return {**variables, "batch_stats": stats}

@@ -28,6 +28,7 @@ def _wrt(train: Any) -> Any:
   if isinstance(train, str):
     if train == "factors":
       from kfc_jax.nnx import KroneckerFactor  # the layers import recovery's users
+
       return KroneckerFactor
     if train == "all":
       return nnx.Param
@@ -37,6 +38,7 @@ def _wrt(train: Any) -> Any:
 
 def _distillation_loss(student, teacher, temperature):
   from kfc_jax.compress import distillation_loss  # one definition, in compress
+
   return distillation_loss(student, teacher, temperature)
 
 
@@ -54,19 +56,19 @@ class DistillResult:
 
 
 def distill(
-    student: nnx.Module,
-    teacher: nnx.Module | Callable[[Any], Any],
-    batches: Any,
-    *,
-    optimizer: optax.GradientTransformation | None = None,
-    epochs: int = 1,
-    temperature: float = 1.0,
-    target: str = "logits",
-    label_weight: float = 0.0,
-    train: Any = "all",
-    student_call: Callable[[Any, Any], Any] | None = None,
-    teacher_call: Callable[[Any, Any], Any] | None = None,
-    inplace: bool = False,
+  student: nnx.Module,
+  teacher: nnx.Module | Callable[[Any], Any],
+  batches: Any,
+  *,
+  optimizer: optax.GradientTransformation | None = None,
+  epochs: int = 1,
+  temperature: float = 1.0,
+  target: str = "logits",
+  label_weight: float = 0.0,
+  train: Any = "all",
+  student_call: Callable[[Any, Any], Any] | None = None,
+  teacher_call: Callable[[Any, Any], Any] | None = None,
+  inplace: bool = False,
 ) -> DistillResult:
   """Fine-tunes ``student`` to reproduce ``teacher`` on ``batches`` with optax.
 
@@ -126,14 +128,19 @@ def distill(
   student_call = student_call or (lambda m, x: m(x))
   teacher_call = teacher_call or (lambda t, x: t(x))
   # A function teacher runs as given (jit it yourself if it is pure).
-  teacher_fn = nnx.jit(teacher_call) if isinstance(teacher, nnx.Module) else \
-      (lambda x: teacher_call(teacher, x))
+  teacher_fn = (
+    nnx.jit(teacher_call)
+    if isinstance(teacher, nnx.Module)
+    else (lambda x: teacher_call(teacher, x))
+  )
 
   def loss_fn(m, x, t_out, labels):
     out = student_call(m, x)
     if out.shape != t_out.shape:
-      raise ValueError(f"the student's outputs have shape {out.shape} but the"
-                       f" teacher's {t_out.shape}; they must match.")
+      raise ValueError(
+        f"the student's outputs have shape {out.shape} but the"
+        f" teacher's {t_out.shape}; they must match."
+      )
     if target == "logits":
       loss = _distillation_loss(out, t_out, temperature)
     else:
@@ -145,8 +152,7 @@ def distill(
 
   @nnx.jit
   def step(m, opt, x, t_out, labels):
-    loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(
-        m, x, t_out, labels)
+    loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(m, x, t_out, labels)
     opt.update(m, grads)
     return loss
 
@@ -155,8 +161,9 @@ def distill(
     for i, batch in enumerate(data):
       x, labels = _taps.split_batch(batch)
       if label_weight > 0 and labels is None:
-        raise ValueError(f"label_weight={label_weight} needs (x, y) batches; batch {i}"
-                         " has no labels.")
+        raise ValueError(
+          f"label_weight={label_weight} needs (x, y) batches; batch {i} has no labels."
+        )
       t_out = teacher_fn(teacher, x) if isinstance(teacher, nnx.Module) else teacher_fn(x)
       losses.append(float(step(model, opt, x, t_out, labels if label_weight > 0 else None)))
   return DistillResult(model, tuple(losses))
@@ -195,16 +202,16 @@ def _replaced_paths(student: nnx.Module, teacher: nnx.Module) -> list[str]:
 
 
 def match_layers(
-    student: nnx.Module,
-    teacher: nnx.Module,
-    batches: Any,
-    paths: Any = None,
-    *,
-    steps: int = 200,
-    optimizer: optax.GradientTransformation | None = None,
-    train: Any = "all",
-    teacher_call: Callable[[Any, Any], Any] | None = None,
-    inplace: bool = False,
+  student: nnx.Module,
+  teacher: nnx.Module,
+  batches: Any,
+  paths: Any = None,
+  *,
+  steps: int = 200,
+  optimizer: optax.GradientTransformation | None = None,
+  train: Any = "all",
+  teacher_call: Callable[[Any, Any], Any] | None = None,
+  inplace: bool = False,
 ) -> MatchResult:
   """Fits each replaced layer to the old layer's outputs on calibration inputs.
 
@@ -231,8 +238,10 @@ def match_layers(
     A :class:`MatchResult`.
   """
   if not isinstance(student, nnx.Module) or not isinstance(teacher, nnx.Module):
-    raise TypeError("student and teacher must be nnx.Modules, got"
-                    f" {type(student).__name__} and {type(teacher).__name__}.")
+    raise TypeError(
+      "student and teacher must be nnx.Modules, got"
+      f" {type(student).__name__} and {type(teacher).__name__}."
+    )
   if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
     raise ValueError(f"steps must be a non-negative int, got {steps!r}.")
   replaced = _replaced_paths(student, teacher)
@@ -284,8 +293,7 @@ def _fit_layer(layer, xs, target, steps, tx, wrt) -> None:
 
   @nnx.jit
   def step(m, opt, xs, target):
-    loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(
-        m, xs, target)
+    loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(m, xs, target)
     opt.update(m, grads)
     return loss
 

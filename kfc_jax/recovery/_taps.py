@@ -36,23 +36,27 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
   """``(inputs, labels)`` of a batch: an array, or a tuple ``(x, y, ...)``."""
   if isinstance(batch, (tuple, list)):
     if not batch:
-      raise CalibrationError("a calibration batch is an empty tuple; pass arrays or"
-                             " (inputs, labels) pairs.")
+      raise CalibrationError(
+        "a calibration batch is an empty tuple; pass arrays or (inputs, labels) pairs."
+      )
     return batch[0], (batch[1] if len(batch) > 1 else None)
   if isinstance(batch, Mapping):
-    raise TypeError("calibration batches must be arrays or (inputs, labels) tuples,"
-                    " got a mapping; pass batch['image'] (or your input key).")
+    raise TypeError(
+      "calibration batches must be arrays or (inputs, labels) tuples,"
+      " got a mapping; pass batch['image'] (or your input key)."
+    )
   return batch, None
 
 
 def as_batches(batches: Any, name: str = "batches") -> list[Any]:
   """The batches as a list (one pass), checking there is at least one."""
   if hasattr(batches, "shape"):
-    raise TypeError(f"{name} must be an iterable of batches, got a single array of"
-                    f" shape {tuple(batches.shape)}; wrap it in a list.")
+    raise TypeError(
+      f"{name} must be an iterable of batches, got a single array of"
+      f" shape {tuple(batches.shape)}; wrap it in a list."
+    )
   if not isinstance(batches, Iterable):
-    raise TypeError(f"{name} must be an iterable of batches, got"
-                    f" {type(batches).__name__}.")
+    raise TypeError(f"{name} must be an iterable of batches, got {type(batches).__name__}.")
   out = list(batches)
   if not out:
     raise ValueError(f"{name} is empty; pass at least one calibration batch.")
@@ -66,8 +70,11 @@ def path_str(parts: Sequence[Any]) -> str:
 def get_module(model: Any, parts: Sequence[Any]) -> Any:
   node = model
   for key in parts:
-    node = node[key] if isinstance(key, int) or isinstance(node, (nnx.Dict, dict)) \
-        else getattr(node, key)
+    node = (
+      node[key]
+      if isinstance(key, int) or isinstance(node, (nnx.Dict, dict))
+      else getattr(node, key)
+    )
   return node
 
 
@@ -86,9 +93,11 @@ def _owns_params(module: Any) -> bool:
 
 def nnx_layers(model: nnx.Module) -> dict[str, tuple[tuple[Any, ...], Any]]:
   """``{path: (parts, module)}`` of every param-owning submodule (and BatchNorm)."""
-  return {path_str(parts): (tuple(parts), module)
-          for parts, module in nnx.iter_modules(model)
-          if parts and (_owns_params(module) or isinstance(module, nnx.BatchNorm))}
+  return {
+    path_str(parts): (tuple(parts), module)
+    for parts, module in nnx.iter_modules(model)
+    if parts and (_owns_params(module) or isinstance(module, nnx.BatchNorm))
+  }
 
 
 def select_paths(available: Iterable[str], paths: Any, what: str) -> list[str]:
@@ -100,8 +109,7 @@ def select_paths(available: Iterable[str], paths: Any, what: str) -> list[str]:
     paths = [paths]
   missing = [p for p in paths if p not in available]
   if missing:
-    raise ValueError(f"paths {missing} are not {what} of the model; it has"
-                     f" {available or 'none'}.")
+    raise ValueError(f"paths {missing} are not {what} of the model; it has {available or 'none'}.")
   return list(paths)
 
 
@@ -116,8 +124,8 @@ def _shape(x: Any) -> Any:
 
 def _layer_failed(path: str, x: Any, e: Exception) -> CalibrationError:
   return CalibrationError(
-      f"layer {path!r} rejected its calibration input of shape {_shape(x)}:"
-      f" {type(e).__name__}: {e}")
+    f"layer {path!r} rejected its calibration input of shape {_shape(x)}: {type(e).__name__}: {e}"
+  )
 
 
 def run_batch(fn: Callable[..., Any], index: int, x: Any, *args: Any) -> Any:
@@ -128,8 +136,9 @@ def run_batch(fn: Callable[..., Any], index: int, x: Any, *args: Any) -> Any:
     raise CalibrationError(f"calibration batch {index}: {e}") from e
   except Exception as e:
     raise CalibrationError(
-        f"calibration batch {index} of shape {_shape(x)} was rejected by the model"
-        f" (outside its tapped layers): {type(e).__name__}: {e}") from e
+      f"calibration batch {index} of shape {_shape(x)} was rejected by the model"
+      f" (outside its tapped layers): {type(e).__name__}: {e}"
+    ) from e
 
 
 # ---------------------------------------------------------------------------
@@ -140,8 +149,9 @@ def run_batch(fn: Callable[..., Any], index: int, x: Any, *args: Any) -> Any:
 class _Tap:
   """Stands in for an NNX layer in a throw-away copy: reduce input, then call."""
 
-  def __init__(self, inner: Any, path: str, stat: Stat | None, sink: dict,
-               override: Callable | None = None):
+  def __init__(
+    self, inner: Any, path: str, stat: Stat | None, sink: dict, override: Callable | None = None
+  ):
     self.inner, self.path, self.stat, self.sink = inner, path, stat, sink
     self.override = override
 
@@ -162,9 +172,13 @@ class _Tap:
       raise _layer_failed(self.path, x, e) from e
 
 
-def nnx_tapped_fn(model: nnx.Module, stats: Mapping[str, Stat | None], *,
-                  call: Callable[[Any, Any], Any] | None = None,
-                  override: Mapping[str, Callable] | None = None):
+def nnx_tapped_fn(
+  model: nnx.Module,
+  stats: Mapping[str, Stat | None],
+  *,
+  call: Callable[[Any, Any], Any] | None = None,
+  override: Mapping[str, Callable] | None = None,
+):
   """A jitted ``fn(state, x) -> {path: [stat per call]}`` over a copy of ``model``.
 
   Every param-owning layer is tapped (so errors name it); ``stats[path]``
@@ -182,8 +196,7 @@ def nnx_tapped_fn(model: nnx.Module, stats: Mapping[str, Stat | None], *,
     # Deepest first, so a parent's tap wraps its already-tapped children.
     for path, (parts, _) in sorted(layers.items(), key=lambda kv: -len(kv[1][0])):
       inner = get_module(copy, parts)
-      set_module(copy, parts, _Tap(inner, path, stats.get(path), sink,
-                                   override.get(path)))
+      set_module(copy, parts, _Tap(inner, path, stats.get(path), sink, override.get(path)))
     call(copy, x)
     return sink
 
@@ -195,9 +208,14 @@ def _reduce_calls(per_call: list) -> Any:
   return jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *per_call)
 
 
-def nnx_collect(model: nnx.Module, batches: Any, stats: Mapping[str, Stat | None], *,
-                call: Callable[[Any, Any], Any] | None = None,
-                override: Mapping[str, Callable] | None = None) -> dict[str, Any]:
+def nnx_collect(
+  model: nnx.Module,
+  batches: Any,
+  stats: Mapping[str, Stat | None],
+  *,
+  call: Callable[[Any, Any], Any] | None = None,
+  override: Mapping[str, Callable] | None = None,
+) -> dict[str, Any]:
   """Runs ``model`` on every batch and sums each tapped statistic (float64)."""
   fn, state = nnx_tapped_fn(model, stats, call=call, override=override)
   totals: dict[str, Any] = {}
@@ -206,8 +224,7 @@ def nnx_collect(model: nnx.Module, batches: Any, stats: Mapping[str, Stat | None
     sink = run_batch(fn, i, x, state)
     for path, per_call in sink.items():
       value = jax.tree.map(lambda a: np.asarray(a, np.float64), _reduce_calls(per_call))
-      totals[path] = value if path not in totals else jax.tree.map(
-          np.add, totals[path], value)
+      totals[path] = value if path not in totals else jax.tree.map(np.add, totals[path], value)
   return totals
 
 
@@ -216,10 +233,16 @@ def nnx_collect(model: nnx.Module, batches: Any, stats: Mapping[str, Stat | None
 # ---------------------------------------------------------------------------
 
 
-def linen_collect(module: nn.Module, variables: Any, batches: Any,
-                  stats: Callable[[str, nn.Module], Stat | None], *,
-                  override: Callable[[str, nn.Module], Callable | None] | None = None,
-                  mutable: Any = False, **apply_kwargs: Any) -> dict[str, Any]:
+def linen_collect(
+  module: nn.Module,
+  variables: Any,
+  batches: Any,
+  stats: Callable[[str, nn.Module], Stat | None],
+  *,
+  override: Callable[[str, nn.Module], Callable | None] | None = None,
+  mutable: Any = False,
+  **apply_kwargs: Any,
+) -> dict[str, Any]:
   """The Linen counterpart of :func:`nnx_collect`, by ``nn.intercept_methods``.
 
   ``stats(path, module)`` gives the statistic for a layer (``None``: none);
@@ -262,8 +285,7 @@ def linen_collect(module: nn.Module, variables: Any, batches: Any,
     sink = run_batch(fn, i, x, variables)
     for path, per_call in sink.items():
       value = jax.tree.map(lambda a: np.asarray(a, np.float64), _reduce_calls(per_call))
-      totals[path] = value if path not in totals else jax.tree.map(
-          np.add, totals[path], value)
+      totals[path] = value if path not in totals else jax.tree.map(np.add, totals[path], value)
   return totals
 
 
@@ -280,9 +302,15 @@ def _pairs(value: Any, n: int, name: str) -> tuple[int, ...]:
   return tuple(value)
 
 
-def conv_patches(x: jax.Array, kernel_size: Sequence[int], *, strides: Any = 1,
-                 padding: Any = "SAME", kernel_dilation: Any = 1,
-                 input_dilation: Any = 1) -> jax.Array:
+def conv_patches(
+  x: jax.Array,
+  kernel_size: Sequence[int],
+  *,
+  strides: Any = 1,
+  padding: Any = "SAME",
+  kernel_dilation: Any = 1,
+  input_dilation: Any = 1,
+) -> jax.Array:
   """The conv's input patches ``[N, kh*kw*C_in]``, flattened in HWIO row order.
 
   Row ``p`` is the receptive field of output pixel ``p``, so ``patches @
@@ -295,18 +323,24 @@ def conv_patches(x: jax.Array, kernel_size: Sequence[int], *, strides: Any = 1,
   kh, kw = kernel_size
   if isinstance(padding, str):
     if padding.upper() not in ("SAME", "VALID"):
-      raise ValueError(f"padding {padding!r} is not supported for calibration"
-                       " statistics; use 'SAME', 'VALID' or explicit pads.")
+      raise ValueError(
+        f"padding {padding!r} is not supported for calibration"
+        " statistics; use 'SAME', 'VALID' or explicit pads."
+      )
     pad = padding.upper()
   elif isinstance(padding, int):
     pad = [(padding, padding)] * 2
   else:
     pad = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
   patches = jax.lax.conv_general_dilated_patches(
-      x, (kh, kw), _pairs(strides, 2, "strides"), pad,
-      lhs_dilation=_pairs(input_dilation, 2, "input_dilation"),
-      rhs_dilation=_pairs(kernel_dilation, 2, "kernel_dilation"),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x,
+    (kh, kw),
+    _pairs(strides, 2, "strides"),
+    pad,
+    lhs_dilation=_pairs(input_dilation, 2, "input_dilation"),
+    rhs_dilation=_pairs(kernel_dilation, 2, "kernel_dilation"),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
   c = x.shape[-1]
   # conv_general_dilated_patches orders features (C, kh, kw); kernels are (kh, kw, C).
   patches = patches.reshape(*patches.shape[:3], c, kh, kw)
@@ -329,18 +363,32 @@ def nnx_conv_input_stat(layer: nnx.Conv, x: jax.Array) -> dict[str, jax.Array]:
   if getattr(layer, "feature_group_count", 1) != 1:
     raise ValueError("grouped convolutions have no single patch covariance.")
   kernel = layer.kernel[...]
-  return _second_moment(conv_patches(
-      x, kernel.shape[:2], strides=layer.strides, padding=layer.padding,
-      kernel_dilation=layer.kernel_dilation, input_dilation=layer.input_dilation))
+  return _second_moment(
+    conv_patches(
+      x,
+      kernel.shape[:2],
+      strides=layer.strides,
+      padding=layer.padding,
+      kernel_dilation=layer.kernel_dilation,
+      input_dilation=layer.input_dilation,
+    )
+  )
 
 
 def linen_conv_input_stat(layer: nn.Conv, x: jax.Array) -> dict[str, jax.Array]:
   """``sum p pᵀ`` over the input patches of an ``nn.Conv``."""
   if layer.feature_group_count != 1:
     raise ValueError("grouped convolutions have no single patch covariance.")
-  return _second_moment(conv_patches(
-      x, tuple(layer.kernel_size), strides=layer.strides, padding=layer.padding,
-      kernel_dilation=layer.kernel_dilation, input_dilation=layer.input_dilation))
+  return _second_moment(
+    conv_patches(
+      x,
+      tuple(layer.kernel_size),
+      strides=layer.strides,
+      padding=layer.padding,
+      kernel_dilation=layer.kernel_dilation,
+      input_dilation=layer.input_dilation,
+    )
+  )
 
 
 def to_covariance(total: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -355,5 +403,8 @@ def feature_moments(x: jax.Array, axis: Any) -> dict[str, jax.Array]:
   reduce = tuple(i for i in range(x.ndim) if i not in feature_axes)
   x = x.astype(jnp.float32)
   count = math.prod(x.shape[i] for i in reduce)
-  return {"sum": x.sum(reduce), "sum_sq": (x * x).sum(reduce),
-          "count": jnp.asarray(count, jnp.float32)}
+  return {
+    "sum": x.sum(reduce),
+    "sum_sq": (x * x).sum(reduce),
+    "count": jnp.asarray(count, jnp.float32),
+  }

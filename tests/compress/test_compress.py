@@ -22,8 +22,9 @@ F64 = jnp.float64
 
 def _init(key, shape, dtype=jnp.float32):
   # Drawn flat: XLA on CPU compiles Flax's default N-D initialisers slowly.
-  return (jax.random.normal(key, (math.prod(shape),), dtype)
-          / math.sqrt(math.prod(shape[:-1]))).reshape(shape)
+  return (
+    jax.random.normal(key, (math.prod(shape),), dtype) / math.sqrt(math.prod(shape[:-1]))
+  ).reshape(shape)
 
 
 def _linear(n_in, n_out, rngs, dtype=jnp.float32):
@@ -31,7 +32,6 @@ def _linear(n_in, n_out, rngs, dtype=jnp.float32):
 
 
 class MLP(nnx.Module):
-
   def __init__(self, rngs, dtype=jnp.float32):
     self.fc1 = _linear(64, 32, rngs, dtype)
     self.fc2 = _linear(32, 10, rngs, dtype)
@@ -41,7 +41,6 @@ class MLP(nnx.Module):
 
 
 class CNN(nnx.Module):
-
   def __init__(self, rngs, dtype=jnp.float32):
     self.conv = nnx.Conv(4, 8, (3, 3), param_dtype=dtype, kernel_init=_init, rngs=rngs)
     self.norm = nnx.LayerNorm(8, param_dtype=dtype, rngs=rngs)
@@ -64,7 +63,6 @@ class LinenMLP(nn.Module):
 
 
 class LinenCNN(nn.Module):
-
   @nn.compact
   def __call__(self, x):
     h = nn.relu(nn.Conv(8, (3, 3), strides=2, param_dtype=F64, kernel_init=_init)(x))
@@ -80,11 +78,15 @@ def _inputs(rng, *shape, dtype=np.float64):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rule", [
+@pytest.mark.parametrize(
+  "rule",
+  [
     LayerRule("fc1", in_factors=(8, 8), out_factors=(4, 8), rank=32),
     LayerRule("fc1", method="low_rank", rank=32),
     LayerRule("fc1", method="kfc", in_shape=(2, 4, 8), terms=[("II", (4, 8), 32)]),
-], ids=["kronecker", "low_rank", "kfc"])
+  ],
+  ids=["kronecker", "low_rank", "kfc"],
+)
 def test_full_rank_mlp_is_exact(x64, rng, rule):
   model = MLP(nnx.Rngs(0), F64)
   x = _inputs(rng, 5, 64)
@@ -98,11 +100,13 @@ def test_full_rank_mlp_is_exact(x64, rng, rule):
 def test_full_rank_cnn_is_exact(x64, rng):
   model = CNN(nnx.Rngs(0), F64)
   x = _inputs(rng, 2, 4, 4, 4)
-  policy = CompressionPolicy([
+  policy = CompressionPolicy(
+    [
       LayerRule("conv", a_shape=(3, 3, 2, 4), b_shape=(1, 1, 2, 2), rank=4),
       # II over (4, 4, 8): A is C -> O1 (8 x 4), B is H*W -> O2 (16 x 4): full rank 32.
       LayerRule("fc", method="kfc", in_shape=(4, 4, 8), terms=[("II", (4, 4), 32)]),
-  ])
+    ]
+  )
   new, report = compress(model, policy)
   assert [type(new.conv).__name__, type(new.fc).__name__] == ["KroneckerConv", "KFC"]
   assert [r.path for r in report.rows] == ["conv", "fc"]
@@ -137,9 +141,12 @@ def test_container_paths_and_a_root_layer():
 
 def test_report_numbers():
   model = MLP(nnx.Rngs(0))
-  policy = CompressionPolicy([
+  policy = CompressionPolicy(
+    [
       LayerRule("fc1", in_factors=(8, 8), out_factors=(4, 8), rank=2),
-      LayerRule("fc2", method="low_rank", rank=4)])
+      LayerRule("fc2", method="low_rank", rank=4),
+    ]
+  )
   new, report = compress(model, policy, batch=3)
   fc1, fc2 = report.rows
   # fc1: 64*32 + 32 dense; 2 * (8*4 + 8*8) factors + 32 bias.
@@ -151,7 +158,8 @@ def test_report_numbers():
   kernel = np.asarray(model.fc1.kernel[...], np.float64)
   approx = np_kron([np.asarray(f[...]) for f in (new.fc1.factor_0_0, new.fc1.factor_0_1)])
   assert fc1.relative_error == pytest.approx(
-      np.linalg.norm(kernel - approx) / np.linalg.norm(kernel), rel=1e-5)
+    np.linalg.norm(kernel - approx) / np.linalg.norm(kernel), rel=1e-5
+  )
   assert 0 < fc1.relative_error < 1
   # fc2: 32*10 + 10 dense; 4 * (32 + 10) + 10; FLOPs 2 * batch * 4 * (32 + 10).
   assert (fc2.params_before, fc2.params_after) == (330, 178)
@@ -173,21 +181,28 @@ def test_report_numbers():
 
 def test_first_matching_rule_wins_and_keep():
   model = MLP(nnx.Rngs(0))
-  policy = CompressionPolicy([LayerRule("fc2", method="keep"),
-                              LayerRule("fc.", method="low_rank", rank=2)])
+  policy = CompressionPolicy(
+    [LayerRule("fc2", method="keep"), LayerRule("fc.", method="low_rank", rank=2)]
+  )
   new, report = compress(model, policy)
   assert type(new.fc1).__name__ == "LowRankLinear" and type(new.fc2) is nnx.Linear
   assert [r.path for r in report.rows] == ["fc1"]
   assert policy.rule_for("fc2").method == "keep" and policy.rule_for("fc10") is None
 
 
-@pytest.mark.parametrize("rule,expected", [
+@pytest.mark.parametrize(
+  "rule,expected",
+  [
     (LayerRule("fc1", compression=8), 64 * 32 // 8),
     (LayerRule("fc1", max_params=300), 300),
     (LayerRule("fc1", method="low_rank", compression=8), 64 * 32 // 8),
-    (LayerRule("fc1", method="kfc", in_shape=(2, 4, 8), terms=[("II", (4, 8))],
-               max_params=500), 500),
-], ids=["kronecker-ratio", "kronecker-params", "low_rank", "kfc"])
+    (
+      LayerRule("fc1", method="kfc", in_shape=(2, 4, 8), terms=[("II", (4, 8))], max_params=500),
+      500,
+    ),
+  ],
+  ids=["kronecker-ratio", "kronecker-params", "low_rank", "kfc"],
+)
 def test_budgets_are_met_by_the_largest_layer(rule, expected):
   new, report = compress(MLP(nnx.Rngs(0)), rule)
   factors = report.rows[0].params_after - 32  # minus the bias
@@ -214,36 +229,45 @@ def test_linen_full_rank_is_exact_and_params_untouched(x64, rng):
   module = LinenMLP(F64)
   x = _inputs(rng, 4, 64)
   variables = module.init(jax.random.key(0), x)
-  policy = [LayerRule("Dense_0", in_factors=(8, 8), out_factors=(4, 8), rank=32),
-            LayerRule("Dense_1", method="low_rank", rank=10)]
+  policy = [
+    LayerRule("Dense_0", in_factors=(8, 8), out_factors=(4, 8), rank=32),
+    LayerRule("Dense_1", method="low_rank", rank=10),
+  ]
   compressed, new_vars, report = compress_linen_params(module, variables, policy, x)
   assert sorted(new_vars["params"]["Dense_0"]) == ["bias", "factor_0_0", "factor_0_1"]
   assert sorted(new_vars["params"]["Dense_1"]) == ["bias", "u", "v"]
   assert "kernel" in variables["params"]["Dense_0"]  # the input is not modified
   assert new_vars["params"]["LayerNorm_0"] is not None
-  np.testing.assert_allclose(compressed.apply(new_vars, x), module.apply(variables, x),
-                             rtol=1e-10, atol=1e-12)
-  np.testing.assert_allclose(jax.jit(compressed.apply)(new_vars, x),
-                             module.apply(variables, x), rtol=1e-10, atol=1e-12)
+  np.testing.assert_allclose(
+    compressed.apply(new_vars, x), module.apply(variables, x), rtol=1e-10, atol=1e-12
+  )
+  np.testing.assert_allclose(
+    jax.jit(compressed.apply)(new_vars, x), module.apply(variables, x), rtol=1e-10, atol=1e-12
+  )
   assert [r.path for r in report.rows] == ["Dense_0", "Dense_1"]
   assert report.rows[1].params_after == 10 * (32 + 10) + 10
   assert report.model_params_before - report.model_params_after == (
-      report.params_before - report.params_after)
+    report.params_before - report.params_after
+  )
 
 
 def test_linen_cnn_full_rank_is_exact(x64, rng):
   module = LinenCNN()
   x = _inputs(rng, 2, 8, 8, 4)
   variables = module.init(jax.random.key(0), x)
-  policy = CompressionPolicy([
+  policy = CompressionPolicy(
+    [
       LayerRule("Conv_0", a_shape=(3, 3, 2, 4), b_shape=(1, 1, 2, 2), rank=4),
       # the Dense reads the 4x4x8 map: II's A is 8 x 2, B is 16 x 5, full rank 16.
-      LayerRule("Dense_0", method="kfc", in_shape=(4, 4, 8), terms=[("II", (2, 5), 16)])])
+      LayerRule("Dense_0", method="kfc", in_shape=(4, 4, 8), terms=[("II", (2, 5), 16)]),
+    ]
+  )
   compressed, new_vars, report = compress_linen_params(module, variables, policy, x)
   assert compressed.twins["Conv_0"].strides == 2
   assert max(r.relative_error for r in report.rows) < 1e-12
-  np.testing.assert_allclose(compressed.apply(new_vars, x), module.apply(variables, x),
-                             rtol=1e-10, atol=1e-12)
+  np.testing.assert_allclose(
+    compressed.apply(new_vars, x), module.apply(variables, x), rtol=1e-10, atol=1e-12
+  )
 
 
 def test_linen_errors_leave_nothing_half_done():
@@ -288,8 +312,11 @@ def test_distillation_step_trains_only_the_factors(rng):
   second = step(student, optimizer)
   assert 0 < second < first
   assert not np.allclose(student.fc1.u[...], u_before)
-  jax.tree.map(np.testing.assert_array_equal, frozen,
-               jax.tree.map(np.asarray, nnx.state(student, nnx.Not(factor))))
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    frozen,
+    jax.tree.map(np.asarray, nnx.state(student, nnx.Not(factor))),
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -298,8 +325,10 @@ def test_distillation_step_trains_only_the_factors(rng):
 
 
 def test_orbax_round_trip_is_bit_identical(tmp_path, rng):
-  policy = [LayerRule("conv", a_shape=(3, 3, 2, 4), b_shape=(1, 1, 2, 2), rank=2),
-            LayerRule("fc", method="kfc", in_shape=(4, 4, 8), terms=[("II", (4, 4), 3)])]
+  policy = [
+    LayerRule("conv", a_shape=(3, 3, 2, 4), b_shape=(1, 1, 2, 2), rank=2),
+    LayerRule("fc", method="kfc", in_shape=(4, 4, 8), terms=[("II", (4, 4), 3)]),
+  ]
   model, _ = compress(CNN(nnx.Rngs(0)), policy)
   x = _inputs(rng, 2, 4, 4, 4, dtype=np.float32)
   expected = model(x)
@@ -320,8 +349,9 @@ def test_merge_back_to_dense(x64, rng):
   new, _ = compress(model, LayerRule("fc1", in_factors=(8, 8), out_factors=(4, 8), rank=3))
   layer = new.fc1
   kernel = layer.materialize()
-  np.testing.assert_allclose(kernel, np_kron([np.asarray(f[...]) for f in (
-      layer.factor_0_0, layer.factor_0_1)]), rtol=1e-12)
+  np.testing.assert_allclose(
+    kernel, np_kron([np.asarray(f[...]) for f in (layer.factor_0_0, layer.factor_0_1)]), rtol=1e-12
+  )
   dense = _linear(64, 32, nnx.Rngs(5), F64)
   dense.kernel.set_value(kernel)
   dense.bias.set_value(layer.bias[...])
@@ -341,28 +371,44 @@ def _kinds(model):
 def test_unmatched_pattern_warns_with_the_layer_paths():
   model = CNN(nnx.Rngs(0))
   kinds = _kinds(model)
-  with pytest.warns(UserWarning, match=r"'dense'.*conv \(Conv\), fc \(Linear\), norm"
-                    r" \(LayerNorm\), out \(Linear\)"):
+  with pytest.warns(
+    UserWarning,
+    match=r"'dense'.*conv \(Conv\), fc \(Linear\), norm"
+    r" \(LayerNorm\), out \(Linear\)",
+  ):
     same, report = compress(model, LayerRule("dense"), inplace=True)
   assert same is model and report.rows == () and _kinds(model) == kinds
   with pytest.warns(UserWarning, match="rule 1 .*earlier rule"):
-    compress(model, [LayerRule("fc", method="keep"), LayerRule("fc", method="low_rank",
-                                                               rank=2)])
+    compress(model, [LayerRule("fc", method="keep"), LayerRule("fc", method="low_rank", rank=2)])
 
 
-@pytest.mark.parametrize("policy,error,match", [
-    ([LayerRule("fc", method="low_rank", rank=2), LayerRule("out", max_params=3)],
-     ValueError, "'out'.*rule 1.*max_params=3"),
-    ([LayerRule("fc", method="low_rank", rank=2), LayerRule("norm")],
-     TypeError, "'norm'.*LayerNorm.*nnx.Linear and 2-D nnx.Conv"),
-    ([LayerRule("fc", method="low_rank", rank=2), LayerRule("conv", method="low_rank",
-                                                            rank=2)],
-     TypeError, "'conv'.*convolution"),
-    ([LayerRule("out", in_factors=(3, 3), out_factors=(2, 5))],
-     ValueError, "'out'.*in_factors"),
-    ([LayerRule("fc", method="kfc", in_shape=(2, 2, 8), terms=["II"])],
-     ValueError, "'fc'.*in_shape"),
-], ids=["budget", "layer-type", "conv-method", "bad-shapes", "kfc-in-shape"])
+@pytest.mark.parametrize(
+  "policy,error,match",
+  [
+    (
+      [LayerRule("fc", method="low_rank", rank=2), LayerRule("out", max_params=3)],
+      ValueError,
+      "'out'.*rule 1.*max_params=3",
+    ),
+    (
+      [LayerRule("fc", method="low_rank", rank=2), LayerRule("norm")],
+      TypeError,
+      "'norm'.*LayerNorm.*nnx.Linear and 2-D nnx.Conv",
+    ),
+    (
+      [LayerRule("fc", method="low_rank", rank=2), LayerRule("conv", method="low_rank", rank=2)],
+      TypeError,
+      "'conv'.*convolution",
+    ),
+    ([LayerRule("out", in_factors=(3, 3), out_factors=(2, 5))], ValueError, "'out'.*in_factors"),
+    (
+      [LayerRule("fc", method="kfc", in_shape=(2, 2, 8), terms=["II"])],
+      ValueError,
+      "'fc'.*in_shape",
+    ),
+  ],
+  ids=["budget", "layer-type", "conv-method", "bad-shapes", "kfc-in-shape"],
+)
 def test_errors_leave_the_model_untouched(policy, error, match):
   model = CNN(nnx.Rngs(0))
   kinds = _kinds(model)
@@ -383,8 +429,15 @@ def test_already_compressed_layer_is_a_type_error():
     compress(model, "fc1")
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(pattern="fc(", ), "regular expression"),
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
+    (
+      dict(
+        pattern="fc(",
+      ),
+      "regular expression",
+    ),
     (dict(pattern="fc", method="svd"), "method"),
     (dict(pattern="fc", compression=0.5), "compression"),
     (dict(pattern="fc", compression=2, max_params=10), "at most one"),
@@ -392,7 +445,8 @@ def test_already_compressed_layer_is_a_type_error():
     (dict(pattern="fc", method="kfc", terms=["II"]), "in_shape"),
     (dict(pattern="fc", method="low_rank"), "rank, compression or max_params"),
     (dict(pattern="fc", rank=0), "rank"),
-])
+  ],
+)
 def test_bad_rules(kwargs, match):
   with pytest.raises(ValueError, match=match):
     LayerRule(**kwargs)

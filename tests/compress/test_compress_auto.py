@@ -30,12 +30,12 @@ def _nkp_error(w, ms, ns, rank):
   (m1, m2), (n1, n2) = ms, ns
   r = w.reshape(m1, m2, n1, n2).transpose(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)
   s = np.linalg.svd(r, compute_uv=False)
-  return math.sqrt((s[rank:] ** 2).sum() / (s ** 2).sum())
+  return math.sqrt((s[rank:] ** 2).sum() / (s**2).sum())
 
 
 def _low_rank_error(w, rank):
   s = np.linalg.svd(w, compute_uv=False)
-  return math.sqrt((s[rank:] ** 2).sum() / (s ** 2).sum())
+  return math.sqrt((s[rank:] ** 2).sum() / (s**2).sum())
 
 
 def _best_split_error(w, budget):
@@ -50,7 +50,6 @@ def _best_split_error(w, budget):
 
 
 class MLP(nnx.Module):
-
   def __init__(self, rngs, n_in=48, hidden=32):
     self.fc1 = nnx.Linear(n_in, hidden, rngs=rngs)
     self.fc2 = nnx.Linear(hidden, 10, rngs=rngs)
@@ -63,8 +62,7 @@ def _structured_mlp(seed=0):
   """An MLP whose fc1 has Kronecker structure on a non-balanced split."""
   model = MLP(nnx.Rngs(seed))
   rng = np.random.default_rng(seed)
-  w = np.kron(rng.normal(size=(3, 8)), rng.normal(size=(16, 4))) + 0.3 * rng.normal(
-      size=(48, 32))
+  w = np.kron(rng.normal(size=(3, 8)), rng.normal(size=(16, 4))) + 0.3 * rng.normal(size=(48, 32))
   model.fc1.kernel[...] = jnp.asarray(w / np.sqrt(48), jnp.float32)
   return model
 
@@ -120,15 +118,14 @@ def test_auto_lets_kfc_formulations_compete_on_a_feature_map():
   a, b = rng.normal(size=(8, 4)), rng.normal(size=(9, 4))
   w = np.einsum("co,hp->hcop", a, b).reshape(9, 8, 16).reshape(72, 16)
   model.fc1.kernel[...] = jnp.asarray(w, jnp.float32)
-  new, report = compress(model, LayerRule("fc1", "auto", in_shape=(3, 3, 8),
-                                          compression=8))
+  new, report = compress(model, LayerRule("fc1", "auto", in_shape=(3, 3, 8), compression=8))
   assert type(new.fc1).__name__ == "KFC"
   assert report.rows[0].relative_error < 1e-5
   assert "KFC-II" in report.rows[0].choice
 
 
 def test_auto_needs_a_budget():
-  with pytest.raises(ValueError, match="method='auto'.*compression or max_params"):
+  with pytest.raises(ValueError, match=r"method='auto'.*compression or max_params"):
     LayerRule("fc1", "auto")
 
 
@@ -140,8 +137,7 @@ def test_auto_needs_a_budget():
 def _calibration(seed=0, n=4, batch=64, dim=48):
   rng = np.random.default_rng(seed)
   scale = np.geomspace(0.05, 4.0, dim)  # uneven inputs: weight error != output error
-  return [jnp.asarray(rng.normal(size=(batch, dim)) * scale, jnp.float32)
-          for _ in range(n)]
+  return [jnp.asarray(rng.normal(size=(batch, dim)) * scale, jnp.float32) for _ in range(n)]
 
 
 def _output_error(x, w, w_hat):
@@ -179,8 +175,9 @@ def test_calibration_for_convs():
 
   model = Net(nnx.Rngs(0))
   rng = np.random.default_rng(0)
-  data = [jnp.asarray(rng.normal(size=(8, 6, 6, 4)) * [0.1, 0.3, 1, 3], jnp.float32)
-          for _ in range(3)]
+  data = [
+    jnp.asarray(rng.normal(size=(8, 6, 6, 4)) * [0.1, 0.3, 1, 3], jnp.float32) for _ in range(3)
+  ]
   rule = LayerRule("conv", compression=3)
   plain, _ = compress(model, rule)
   aware, report = compress(model, rule, calibration=data)
@@ -203,9 +200,8 @@ def test_linen_calibration():
   data = _calibration(4)
   variables = Net().init(jax.random.key(0), data[0])
   rule = LayerRule("body", "low_rank", compression=4)
-  small, new_vars, report = compress_linen_params(Net(), variables, rule, data[0],
-                                                  calibration=data)
-  _, plain_vars, plain_report = compress_linen_params(Net(), variables, rule, data[0])
+  small, new_vars, report = compress_linen_params(Net(), variables, rule, data[0], calibration=data)
+  _, plain_vars, _plain_report = compress_linen_params(Net(), variables, rule, data[0])
   x = np.concatenate([np.asarray(b, np.float64) for b in data])
   w = np.asarray(variables["params"]["body"]["kernel"], np.float64)
 
@@ -213,8 +209,7 @@ def test_linen_calibration():
     p = v["params"]["body"]
     return np.asarray(p["u"], np.float64) @ np.asarray(p["v"], np.float64)
 
-  assert report.rows[0].data_error == pytest.approx(
-      _output_error(x, w, w_hat(new_vars)), rel=1e-3)
+  assert report.rows[0].data_error == pytest.approx(_output_error(x, w, w_hat(new_vars)), rel=1e-3)
   assert _output_error(x, w, w_hat(new_vars)) < _output_error(x, w, w_hat(plain_vars))
   assert small.apply(new_vars, data[0]).shape == (64, 10)
 

@@ -15,24 +15,37 @@ def _layer(kernel_shape, kind=None):
   return TrainedLayer("fc", "Linear", kind, kernel, None)
 
 
-@pytest.mark.parametrize("rule,family,options", [
-    (LayerRule("fc", in_factors=(8, 8), out_factors=(4, 4), rank=2),
-     Family.KRONECKER_LINEAR,
-     dict(in_factors=(8, 8), out_factors=(4, 4), terms=None, sweeps=20, rank=2)),
+@pytest.mark.parametrize(
+  "rule,family,options",
+  [
+    (
+      LayerRule("fc", in_factors=(8, 8), out_factors=(4, 4), rank=2),
+      Family.KRONECKER_LINEAR,
+      dict(in_factors=(8, 8), out_factors=(4, 4), terms=None, sweeps=20, rank=2),
+    ),
     (LayerRule("fc", max_params=200), Family.KRONECKER_LINEAR, None),
-    (LayerRule("fc", "low_rank", compression=4), Family.LOW_RANK_LINEAR,
-     dict(rank=64 * 16 // 4 // (64 + 16))),
-    (LayerRule("fc", "kfc", in_shape=(2, 2, 16), terms=[("II", (4, 4))]),
-     Family.KFC, dict(in_shape=(2, 2, 16), terms=[("II", (4, 4))], sweeps=20)),
-], ids=["shapes", "budget", "low-rank-budget", "kfc"])
+    (
+      LayerRule("fc", "low_rank", compression=4),
+      Family.LOW_RANK_LINEAR,
+      dict(rank=64 * 16 // 4 // (64 + 16)),
+    ),
+    (
+      LayerRule("fc", "kfc", in_shape=(2, 2, 16), terms=[("II", (4, 4))]),
+      Family.KFC,
+      dict(in_shape=(2, 2, 16), terms=[("II", (4, 4))], sweeps=20),
+    ),
+  ],
+  ids=["shapes", "budget", "low-rank-budget", "kfc"],
+)
 def test_dense_plans(rule, family, options):
   plan = plan_layer(rule, _layer((64, 16)))
   assert isinstance(plan, LayerPlan) and plan.family is family
   if options is not None:
     assert dict(plan.options) == options
   else:  # a budget: the suggested shape fits it
-    shape = kfc_jax.KroneckerShape(64, 16, plan.options["in_factors"],
-                                   plan.options["out_factors"], plan.options["rank"])
+    shape = kfc_jax.KroneckerShape(
+      64, 16, plan.options["in_factors"], plan.options["out_factors"], plan.options["rank"]
+    )
     assert shape.params <= 200
 
 

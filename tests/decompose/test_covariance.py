@@ -28,21 +28,26 @@ def _conv_patches(x, kernel_size, strides, padding, dilation):
   eye = np.eye(kh * kw * c).reshape(kh, kw, c, kh * kw * c)
   with jax.enable_x64(True):
     out = jax.lax.conv_general_dilated(
-        x, eye, strides, padding, rhs_dilation=dilation,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      x, eye, strides, padding, rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
   return np.asarray(out).reshape(-1, kh * kw * c)
 
 
-@pytest.mark.parametrize("kernel_size,strides,padding,dilation", [
+@pytest.mark.parametrize(
+  "kernel_size,strides,padding,dilation",
+  [
     ((3, 3), (1, 1), "SAME", (1, 1)),
     ((3, 2), (2, 1), "VALID", (1, 1)),
     ((2, 3), (2, 2), "SAME", (1, 1)),
     ((3, 3), (1, 2), ((2, 0), (1, 3)), (2, 1)),
-], ids=str)
+  ],
+  ids=str,
+)
 def test_patch_covariance_matches_the_conv(rng, kernel_size, strides, padding, dilation):
   x = rng.standard_normal((2, 7, 6, 3))
-  stats = patch_covariance(x, kernel_size, strides=strides, padding=padding,
-                           kernel_dilation=dilation)
+  stats = patch_covariance(
+    x, kernel_size, strides=strides, padding=padding, kernel_dilation=dilation
+  )
   ref = _conv_patches(x, kernel_size, strides, padding, dilation)
   assert stats.count == ref.shape[0]
   np.testing.assert_allclose(stats.sum, ref.T @ ref, rtol=1e-12, atol=1e-12)
@@ -57,13 +62,15 @@ def test_patch_covariance_gives_the_conv_output_energy(rng):
     stats = patch_covariance(image[None], 3, padding="SAME", running=stats)
   k = kernel.reshape(-1, 5)
   with jax.enable_x64(True):
-    y = np.asarray(jax.lax.conv_general_dilated(
-        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
-  np.testing.assert_allclose(np.trace(k.T @ stats.sum @ k), np.sum(y ** 2), rtol=1e-10)
+    y = np.asarray(
+      jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+      )
+    )
+  np.testing.assert_allclose(np.trace(k.T @ stats.sum @ k), np.sum(y**2), rtol=1e-10)
 
 
 class TestErrors:
-
   def test_running_of_another_size(self, rng):
     stats = input_covariance(rng.standard_normal((4, 3)))
     with pytest.raises(ValueError, match="x has 5 features per row but running"):

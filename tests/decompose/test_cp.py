@@ -22,11 +22,15 @@ def _exact(seed, ms, ns, rank):
   return np_kron(factors)
 
 
-@pytest.mark.parametrize("seed,ms,ns,rank", [
+@pytest.mark.parametrize(
+  "seed,ms,ns,rank",
+  [
     (276, (3, 4, 2), (1, 4, 2), 3),  # the reproduction
     (2, (2, 2, 2, 2), (2, 1, 2, 3), 3),
     (3, (1, 3, 3), (3, 2, 1), 3),
-], ids=str)
+  ],
+  ids=str,
+)
 def test_recovers_exactly_low_rank_weights(seed, ms, ns, rank):
   w = _exact(seed, ms, ns, rank)
   dec = kfc_jax.nearest_kronecker(w, ms, ns, rank)
@@ -60,8 +64,10 @@ def test_gevd_start_is_exact_without_sweeps(rng):
 
 def test_error_never_increases_with_more_sweeps(rng):
   w = rng.standard_normal((12, 12))
-  errors = [kfc_jax.nearest_kronecker(w, (2, 3, 2), (3, 2, 2), 3, max_sweeps=k).relative_error
-            for k in (1, 2, 5, 20, 100)]
+  errors = [
+    kfc_jax.nearest_kronecker(w, (2, 3, 2), (3, 2, 2), 3, max_sweeps=k).relative_error
+    for k in (1, 2, 5, 20, 100)
+  ]
   assert all(b <= a + 1e-15 for a, b in itertools.pairwise(errors))
   assert errors[-1] < errors[0]
 

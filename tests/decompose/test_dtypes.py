@@ -23,7 +23,6 @@ def _same(result, reference):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 class TestLowPrecisionWeights:
-
   def test_low_rank(self, rng, dtype):
     w = jnp.asarray(rng.standard_normal((8, 6)), dtype)
     wide = np.asarray(w, np.float64)
@@ -31,8 +30,10 @@ class TestLowPrecisionWeights:
     assert dec.u.dtype == np.float64
     _same(dec, kfc_jax.low_rank(wide, 2))
     cov = jnp.asarray(np.eye(8) + 0.2, dtype)
-    _same(kfc_jax.low_rank(w, 2, input_cov=cov),
-          kfc_jax.low_rank(wide, 2, input_cov=np.asarray(cov, np.float64)))
+    _same(
+      kfc_jax.low_rank(w, 2, input_cov=cov),
+      kfc_jax.low_rank(wide, 2, input_cov=np.asarray(cov, np.float64)),
+    )
 
   @pytest.mark.parametrize("ms,ns", [((2, 4), (3, 2)), ((2, 2, 2), (1, 3, 2))], ids=str)
   def test_nearest_kronecker(self, rng, dtype, ms, ns):
@@ -45,21 +46,25 @@ class TestLowPrecisionWeights:
   def test_nearest_kronecker_tensor(self, rng, dtype):
     t = jnp.asarray(rng.standard_normal((2, 3, 4)), dtype)
     dec = kfc_jax.nearest_kronecker_tensor(t, [(0,), (1, 2)])
-    _same(dec.factors, kfc_jax.nearest_kronecker_tensor(
-        np.asarray(t, np.float64), [(0,), (1, 2)]).factors)
+    _same(
+      dec.factors,
+      kfc_jax.nearest_kronecker_tensor(np.asarray(t, np.float64), [(0,), (1, 2)]).factors,
+    )
 
   def test_gkpd(self, rng, dtype):
     k = jnp.asarray(rng.standard_normal((3, 3, 4, 4)), dtype)
     dec = kfc_jax.gkpd(k, (3, 3, 2, 2), (1, 1, 2, 2), 2)
-    _same(dec.factors, kfc_jax.gkpd(np.asarray(k, np.float64), (3, 3, 2, 2),
-                                    (1, 1, 2, 2), 2).factors)
+    _same(
+      dec.factors, kfc_jax.gkpd(np.asarray(k, np.float64), (3, 3, 2, 2), (1, 1, 2, 2), 2).factors
+    )
 
   def test_nearest_kronecker_sum(self, rng, dtype):
     w = jnp.asarray(rng.standard_normal((6, 4)), dtype)
     terms = [((2, 3), (2, 2), ((0, 2), (1, 3)))]
     dec = kfc_jax.nearest_kronecker_sum(w, terms)
-    _same(dec.factors[0], kfc_jax.nearest_kronecker_sum(
-        np.asarray(w, np.float64), terms).factors[0])
+    _same(
+      dec.factors[0], kfc_jax.nearest_kronecker_sum(np.asarray(w, np.float64), terms).factors[0]
+    )
 
 
 def test_non_float_dtypes_still_rejected():

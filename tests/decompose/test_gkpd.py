@@ -12,11 +12,11 @@ import kfc_jax
 
 # (kernel shape, a_shape, b_shape): neither factor 1 spatially in the first three.
 SPLITS = [
-    ((4, 4, 6, 4), (2, 2, 2, 2), (2, 2, 3, 2)),
-    ((9, 9, 4, 4), (3, 3, 2, 1), (3, 3, 2, 4)),
-    ((6, 3, 4, 6), (2, 3, 2, 3), (3, 1, 2, 2)),
-    ((3, 3, 16, 16), (3, 3, 4, 4), (1, 1, 4, 4)),
-    ((3, 3, 8, 8), (1, 1, 8, 2), (3, 3, 1, 4)),
+  ((4, 4, 6, 4), (2, 2, 2, 2), (2, 2, 3, 2)),
+  ((9, 9, 4, 4), (3, 3, 2, 1), (3, 3, 2, 4)),
+  ((6, 3, 4, 6), (2, 3, 2, 3), (3, 1, 2, 2)),
+  ((3, 3, 16, 16), (3, 3, 4, 4), (1, 1, 4, 4)),
+  ((3, 3, 8, 8), (1, 1, 8, 2), (3, 3, 1, 4)),
 ]
 
 
@@ -48,7 +48,7 @@ def test_error_is_the_discarded_singular_values(rng, shape, a_shape, b_shape):
   for rank in (1, 2, 4):
     dec = kfc_jax.gkpd(kernel, a_shape, b_shape, rank)
     s = dec.singular_values
-    expected = np.sqrt((s[rank:] ** 2).sum() / (s ** 2).sum())
+    expected = np.sqrt((s[rank:] ** 2).sum() / (s**2).sum())
     actual = np.linalg.norm(kernel - np_kernel(*dec.factors)) / np.linalg.norm(kernel)
     np.testing.assert_allclose(dec.relative_error, expected, rtol=1e-10)
     np.testing.assert_allclose(actual, expected, rtol=1e-10)
@@ -65,8 +65,11 @@ def test_singular_values_are_the_rearranged_kernels(rng):
     ia = [i // bs for i, bs in zip(idx, b_shape, strict=True)]
     ib = [i % bs for i, bs in zip(idx, b_shape, strict=True)]
     m[np.ravel_multi_index(ia, a_shape), np.ravel_multi_index(ib, b_shape)] = kernel[idx]
-  np.testing.assert_allclose(kfc_jax.gkpd(kernel, a_shape, b_shape).singular_values,
-                             np.linalg.svd(m, compute_uv=False), rtol=1e-10)
+  np.testing.assert_allclose(
+    kfc_jax.gkpd(kernel, a_shape, b_shape).singular_values,
+    np.linalg.svd(m, compute_uv=False),
+    rtol=1e-10,
+  )
 
 
 def test_optimal_against_perturbations(rng):
@@ -91,7 +94,6 @@ def test_flax_kernel_and_float32_accepted(rng):
 
 
 class TestSuggest:
-
   @pytest.mark.parametrize("channels", [16, 64, 256])
   @pytest.mark.parametrize("prefer", ["params", "flops"])
   def test_meets_the_budget(self, channels, prefer):
@@ -126,38 +128,55 @@ class TestSuggest:
     assert kfc_jax.gkpd(kernel, q.a_shape, q.b_shape, q.rank).relative_error > 10 * err
 
   def test_errors(self):
-    with pytest.raises(ValueError, match=r"kernel_shape must be \(kh, kw, C_in, C_out\)"
-                       r".*\(3, 3, 4\)"):
+    with pytest.raises(
+      ValueError,
+      match=r"kernel_shape must be \(kh, kw, C_in, C_out\)"
+      r".*\(3, 3, 4\)",
+    ):
       kfc_jax.suggest_conv_factors((3, 3, 4))
-    with pytest.raises(ValueError, match=r"compression must be a finite number > 1"
-                       r" \(dense / compressed parameters\), got 1"):
+    with pytest.raises(
+      ValueError,
+      match=r"compression must be a finite number > 1"
+      r" \(dense / compressed parameters\), got 1",
+    ):
       kfc_jax.suggest_conv_factors((3, 3, 4, 4), compression=1)
     with pytest.raises(ValueError, match="one of compression and max_params"):
       kfc_jax.suggest_conv_factors((3, 3, 4, 4), compression=None)
-    with pytest.raises(ValueError, match=r"prefer must be 'error', 'params' or 'flops',"
-                       r" got 'speed'"):
+    with pytest.raises(
+      ValueError,
+      match=r"prefer must be 'error', 'params' or 'flops',"
+      r" got 'speed'",
+    ):
       kfc_jax.suggest_conv_factors((3, 3, 4, 4), prefer="speed")
     with pytest.raises(ValueError, match="prefer='error' needs the kernel"):
       kfc_jax.suggest_conv_factors((3, 3, 4, 4), prefer="error")
     with pytest.raises(ValueError, match=r"kernel must have shape kernel_shape = \(3, 3, 4, 4\)"):
       kfc_jax.suggest_conv_factors((3, 3, 4, 4), kernel=np.ones((3, 3, 4, 2)))
-    with pytest.raises(ValueError, match=r"no Kronecker split of kernel_shape \(1, 1, 2, 2\)"
-                       r" fits max_params=1; the smallest split has 4 parameters per rank"):
+    with pytest.raises(
+      ValueError,
+      match=r"no Kronecker split of kernel_shape \(1, 1, 2, 2\)"
+      r" fits max_params=1; the smallest split has 4 parameters per rank",
+    ):
       kfc_jax.suggest_conv_factors((1, 1, 2, 2), max_params=1)
 
 
 class TestErrors:
-
   def test_split_does_not_multiply(self):
-    with pytest.raises(ValueError, match=r"a_shape \(3, 3, 4, 4\) and b_shape \(1, 1, 2, 4\)"
-                       r" must multiply to the kernel shape \(3, 3, 8, 8\).*on out_channels"
-                       r" 4 \* 4 = 16 != 8; valid \(a, b\) pairs for 8: \[\(1, 8\), \(2, 4\),"
-                       r" \(4, 2\), \(8, 1\)\]"):
+    with pytest.raises(
+      ValueError,
+      match=r"a_shape \(3, 3, 4, 4\) and b_shape \(1, 1, 2, 4\)"
+      r" must multiply to the kernel shape \(3, 3, 8, 8\).*on out_channels"
+      r" 4 \* 4 = 16 != 8; valid \(a, b\) pairs for 8: \[\(1, 8\), \(2, 4\),"
+      r" \(4, 2\), \(8, 1\)\]",
+    ):
       kfc_jax.gkpd(np.ones((3, 3, 8, 8)), (3, 3, 4, 4), (1, 1, 2, 4))
 
   def test_split_wrong_length(self):
-    with pytest.raises(ValueError, match=r"a_shape must be \(h, w, in, out\), 4 positive"
-                       r" ints, got \(3, 3, 4\)"):
+    with pytest.raises(
+      ValueError,
+      match=r"a_shape must be \(h, w, in, out\), 4 positive"
+      r" ints, got \(3, 3, 4\)",
+    ):
       kfc_jax.gkpd(np.ones((3, 3, 8, 8)), (3, 3, 4), (1, 1, 2, 2))
 
   def test_split_not_ints(self):
@@ -175,9 +194,12 @@ class TestErrors:
       kfc_jax.gkpd(k, (3, 3, 1, 1), (1, 1, 2, 2))
 
   def test_rank_too_high(self):
-    with pytest.raises(ValueError, match=r"rank must be at most min\(prod\(a_shape\),"
-                       r" prod\(b_shape\)\) = 4 for a_shape \(3, 3, 2, 2\) and b_shape"
-                       r" \(1, 1, 2, 2\), got rank=5"):
+    with pytest.raises(
+      ValueError,
+      match=r"rank must be at most min\(prod\(a_shape\),"
+      r" prod\(b_shape\)\) = 4 for a_shape \(3, 3, 2, 2\) and b_shape"
+      r" \(1, 1, 2, 2\), got rank=5",
+    ):
       kfc_jax.gkpd(np.ones((3, 3, 4, 4)), (3, 3, 2, 2), (1, 1, 2, 2), rank=5)
 
   def test_rank_not_positive(self):

@@ -15,8 +15,7 @@ def _rearrange(w, m1, m2, n1, n2):
 
 
 @pytest.mark.parametrize("rank", [1, 2, 5])
-@pytest.mark.parametrize("shape", [((3, 4), (5, 2)), ((1, 6), (4, 1)), ((4, 4), (4, 4))],
-                         ids=str)
+@pytest.mark.parametrize("shape", [((3, 4), (5, 2)), ((1, 6), (4, 1)), ((4, 4), (4, 4))], ids=str)
 def test_recovers_exact_kronecker_sum(rng, rank, shape):
   (m1, m2), (n1, n2) = shape
   rank = min(rank, m1 * n1, m2 * n2)
@@ -56,8 +55,7 @@ def test_factors_are_balanced(rng):
 
 
 @pytest.mark.parametrize("rank", [1, 2])
-@pytest.mark.parametrize("shape", [((2, 3, 2), (3, 2, 2)), ((2, 2, 2, 2), (2, 1, 2, 3))],
-                         ids=str)
+@pytest.mark.parametrize("shape", [((2, 3, 2), (3, 2, 2)), ((2, 2, 2, 2), (2, 1, 2, 3))], ids=str)
 def test_more_factors_recover_exact_sums(rng, rank, shape):
   ms, ns = shape
   w = np_kron(random_factors(rng, ms, ns, rank))
@@ -93,17 +91,16 @@ def test_tensor_form_with_arbitrary_groups(rng):
 
 
 class TestLowRank:
-
   @pytest.mark.parametrize("rank", [1, 3, 6])
   def test_truncated_svd(self, rng, rank):
     w = rng.standard_normal((9, 6))
     u, v = kfc_jax.low_rank(w, rank)
     assert u.shape == (9, rank) and v.shape == (rank, 6)
     s = np.linalg.svd(w, compute_uv=False)
-    np.testing.assert_allclose(np.linalg.norm(w - u @ v), np.sqrt(np.sum(s[rank:] ** 2)),
-                               atol=1e-10)
-    np.testing.assert_allclose(np.linalg.norm(u, axis=0), np.linalg.norm(v, axis=1),
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+      np.linalg.norm(w - u @ v), np.sqrt(np.sum(s[rank:] ** 2)), atol=1e-10
+    )
+    np.testing.assert_allclose(np.linalg.norm(u, axis=0), np.linalg.norm(v, axis=1), rtol=1e-10)
 
   def test_exact_for_low_rank_matrix(self, rng):
     w = rng.standard_normal((8, 2)) @ rng.standard_normal((2, 7))
@@ -112,7 +109,6 @@ class TestLowRank:
 
 
 class TestErrors:
-
   def test_non_finite(self):
     w = np.ones((4, 4))
     w[1, 2] = np.nan
@@ -147,8 +143,9 @@ class TestErrors:
     with pytest.raises(exc, match="rank must be a positive integer"):
       kfc_jax.low_rank(np.ones((4, 4)), rank)
 
-  @pytest.mark.parametrize("factors,exc", [((2, -2), ValueError), ((2, 2.0), TypeError),
-                                           ((), TypeError)])
+  @pytest.mark.parametrize(
+    "factors,exc", [((2, -2), ValueError), ((2, 2.0), TypeError), ((), TypeError)]
+  )
   def test_bad_sizes(self, factors, exc):
     with pytest.raises(exc, match="in_factors"):
       kfc_jax.nearest_kronecker(np.ones((4, 4)), factors, (2, 2))

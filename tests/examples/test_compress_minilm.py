@@ -12,8 +12,7 @@ import pytest
 
 from examples.compress_minilm import corpus, models, train
 
-FIXTURES = (pathlib.Path(__file__).resolve().parents[2] / "examples"
-            / "compress_minilm" / "fixtures")
+FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "examples" / "compress_minilm" / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -103,14 +102,18 @@ def test_config_with_other_sizes():
 
 def test_different_weights_file(tmp_path):
   from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
+
   config = models.BertConfig()
   shapes = models.expected_shapes(config)
   weights = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
   models.check_weights(weights, config)  # every tensor, every shape: passes
   bad = dict(weights)
   bad["encoder.layer.3.intermediate.dense.weight"] = np.zeros((1024, 384), np.float32)
-  with pytest.raises(ValueError, match=r"'encoder.layer.3.intermediate.dense.weight'"
-                     r" has shape \(1024, 384\), needs \(1536, 384\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"'encoder.layer.3.intermediate.dense.weight'"
+    r" has shape \(1024, 384\), needs \(1536, 384\)",
+  ):
     models.check_weights(bad, config)
   missing = {k: v for k, v in weights.items() if "layer.5" not in k}
   with pytest.raises(ValueError, match="tensors are missing"):
@@ -133,8 +136,9 @@ def test_tokenizer_vocabulary_must_match_embeddings(tmp_path):
   for token in sorted(vocab, key=vocab.get)[-100:]:
     del vocab[token]
   members[models.TOKENIZER_FILE] = json.dumps(tokenizer).encode()
-  with pytest.raises(ValueError, match="vocabulary of 30422 tokens, but the "
-                     "embedding table has 30522 rows"):
+  with pytest.raises(
+    ValueError, match="vocabulary of 30422 tokens, but the embedding table has 30522 rows"
+  ):
     models.load_pretrained(_zip_with(tmp_path, members))
 
 
@@ -144,13 +148,28 @@ def test_tokenizer_vocabulary_must_match_embeddings(tmp_path):
 
 
 def test_corpus_filter_split_and_determinism():
-  text = ("Return the number of items in the container. Then X = f(y)\n\n"
-          "Short one. This sentence has enough plain words to be kept here. "
-          "This sentence has enough plain words to be kept here. "
-          "It mentions some_identifier and so it is dropped from the corpus.\n\n"
-          + " ".join(f"Sentence number {w} talks about nothing in particular."
-                     for w in ("one", "two", "three", "four", "five", "six",
-                               "seven", "eight", "nine", "ten", "eleven")))
+  text = (
+    "Return the number of items in the container. Then X = f(y)\n\n"
+    "Short one. This sentence has enough plain words to be kept here. "
+    "This sentence has enough plain words to be kept here. "
+    "It mentions some_identifier and so it is dropped from the corpus.\n\n"
+    + " ".join(
+      f"Sentence number {w} talks about nothing in particular."
+      for w in (
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+      )
+    )
+  )
   built = corpus.build_corpus([("doc/a", text)], eval_every=3)
   everything = built["distill"] + built["eval"]
   assert "Return the number of items in the container." in everything
@@ -169,8 +188,9 @@ def test_corpus_filter_split_and_determinism():
 
 
 def test_corpus_too_small_is_an_error(tmp_path):
-  (tmp_path / "corpus.json").write_text(json.dumps(
-    {"distill": ["A b c d e f."], "eval": [], "sources": {}}))
+  (tmp_path / "corpus.json").write_text(
+    json.dumps({"distill": ["A b c d e f."], "eval": [], "sources": {}})
+  )
   with pytest.raises(ValueError, match="1 distillation and 0 evaluation"):
     corpus.load_or_build(tmp_path)
 
@@ -194,8 +214,7 @@ def test_kronecker_splits_fit_the_budget_and_rank_by_error():
   # Each priced error is the optimum's, checked against a fresh SVD.
   for error, in_f, out_f, rank in ranked[:5]:
     s = np.linalg.svd(train._rearranged(w, in_f, out_f), compute_uv=False)
-    assert error == pytest.approx(np.sqrt(np.sum(s[rank:] ** 2)) / np.linalg.norm(w),
-                                  rel=1e-6)
+    assert error == pytest.approx(np.sqrt(np.sum(s[rank:] ** 2)) / np.linalg.norm(w), rel=1e-6)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,21 +230,30 @@ class TinyConfig:
   progress: bool = False
 
 
-SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.",
-             "The new movie is awesome.", "The cat sits outside.",
-             "Return the number of items in a container.",
-             "Open the file and read every line of it.",
-             "The result is cached for later calls.",
-             "Raise an error when the argument is negative."]
+SENTENCES = [
+  "A man is eating food.",
+  "A man is eating a piece of bread.",
+  "The new movie is awesome.",
+  "The cat sits outside.",
+  "Return the number of items in a container.",
+  "Open the file and read every line of it.",
+  "The result is cached for later calls.",
+  "Raise an error when the argument is negative.",
+]
 
 
 @pytest.fixture(scope="module")
 def tiny_teacher():
   """A 2-layer MiniLM with random weights: the full code path, fast."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  config = models.BertConfig(hidden_size=48, num_hidden_layers=2,
-                             num_attention_heads=4, intermediate_size=96,
-                             max_position_embeddings=64)
+
+  config = models.BertConfig(
+    hidden_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=96,
+    max_position_embeddings=64,
+  )
   return models.MiniLM(config, rngs=nnx.Rngs(0))
 
 
@@ -239,22 +267,24 @@ def test_compress_and_distil_two_steps(pretrained, tiny_teacher, method, tmp_pat
     n = np.shape(teacher.get_matrix(p).kernel[...])[0]
     assert covs[p].shape == (n, n) and np.allclose(covs[p], covs[p].T)
   row = train.Row("ffn", method, 4, "data")
-  student, infos = train.compress_model(teacher, row, covariances=covs, paths=paths,
-                                        top_splits=2, als_sweeps=0, progress=False)
+  student, infos = train.compress_model(
+    teacher, row, covariances=covs, paths=paths, top_splits=2, als_sweeps=0, progress=False
+  )
   weight_only, weight_infos = train.compress_model(
-    teacher, train.Row("ffn", method, 4, "weight"), paths=paths, progress=False)
+    teacher, train.Row("ffn", method, 4, "weight"), paths=paths, progress=False
+  )
   for p in paths:
     info = infos[p]
     assert info["params"] <= info["dense_params"] // 4
     _n_in, _n_out = np.shape(teacher.get_matrix(p).kernel[...])
     dense_kernel = np.asarray(teacher.get_matrix(p).kernel[...])
     # Data-aware: no worse on its own objective than the weight-only fit.
-    w_only = train.output_error(dense_kernel, train.materialize(weight_only.get_matrix(p)),
-                                covs[p])
+    w_only = train.output_error(dense_kernel, train.materialize(weight_only.get_matrix(p)), covs[p])
     assert info["calibration_output_error"] <= w_only + 1e-6
     assert weight_infos[p]["weight_error"] <= info["weight_error"] + 1e-6
     assert type(student.get_matrix(p)).__name__ == (
-      "LowRankLinear" if method == "low_rank" else "KroneckerLinear")
+      "LowRankLinear" if method == "low_rank" else "KroneckerLinear"
+    )
   assert models.count_params(student) < models.count_params(teacher)
   # The teacher is untouched.
   assert type(teacher.get_matrix(paths[0])).__name__ == "Linear"
@@ -265,15 +295,22 @@ def test_compress_and_distil_two_steps(pretrained, tiny_teacher, method, tmp_pat
   assert 0 < before["mean_cosine"] < 1
   kernel_before = train.materialize(student.get_matrix(paths[0]))
   embeddings_before = np.asarray(student.word_embeddings.embedding[...])
-  log = train.distill(student, teacher, tokenizer, SENTENCES, TinyConfig(), seed=0,
-                      checkpoint_dir=tmp_path / "state")
+  log = train.distill(
+    student, teacher, tokenizer, SENTENCES, TinyConfig(), seed=0, checkpoint_dir=tmp_path / "state"
+  )
   assert len(log["losses"]) == 2 and np.all(np.isfinite(log["losses"]))
   assert not np.allclose(train.materialize(student.get_matrix(paths[0])), kernel_before)
-  np.testing.assert_array_equal(student.word_embeddings.embedding[...],
-                                embeddings_before)  # frozen
+  np.testing.assert_array_equal(student.word_embeddings.embedding[...], embeddings_before)  # frozen
   # The checkpoint after step 1 resumes: a rerun does only the last step.
-  again = train.distill(nnx_clone(weight_only), teacher, tokenizer, SENTENCES,
-                        TinyConfig(), seed=0, checkpoint_dir=tmp_path / "state")
+  again = train.distill(
+    nnx_clone(weight_only),
+    teacher,
+    tokenizer,
+    SENTENCES,
+    TinyConfig(),
+    seed=0,
+    checkpoint_dir=tmp_path / "state",
+  )
   assert again["first_step"] == 1 and len(again["losses"]) == 1
   errors = train.matrix_output_errors(student, teacher, paths, covs)
   assert set(errors) == set(paths) and all(0 < e < 2 for e in errors.values())
@@ -281,6 +318,7 @@ def test_compress_and_distil_two_steps(pretrained, tiny_teacher, method, tmp_pat
 
 def nnx_clone(model):
   from flax import nnx  # pylint: disable=g-import-not-at-top
+
   return nnx.clone(model)
 
 
@@ -290,8 +328,10 @@ def test_embedding_metrics_against_direct_formulas():
   student = teacher + 0.3 * rng.standard_normal((50, 8))
   student[7] = teacher[3]  # sentence 7's nearest teacher embedding is 3's
   got = train.embedding_metrics(student, teacher)
-  cos = [float(s @ t / np.linalg.norm(s) / np.linalg.norm(t))
-         for s, t in zip(student, teacher, strict=True)]
+  cos = [
+    float(s @ t / np.linalg.norm(s) / np.linalg.norm(t))
+    for s, t in zip(student, teacher, strict=True)
+  ]
   assert got["mean_cosine"] == pytest.approx(np.mean(cos))
   assert got["p5_cosine"] == pytest.approx(np.percentile(cos, 5))
   own = [int(np.argmax([s @ t for t in teacher]) == i) for i, s in enumerate(student)]
@@ -317,25 +357,38 @@ def test_report_table_winners_and_plot(tmp_path):
       info.update(in_factors=[2, 3], out_factors=[4, 5])
     for seed, after in enumerate(afters):
       result = {
-        "row": {"matrices": matrices, "method": method, "compression": 4,
-                "calibration": fit},
-        "name": name, "matrices_params": 10, "matrices_dense_params": 40,
-        "model_params": 100, "dense_model_params": 130, "compress_seconds": 1.0,
+        "row": {"matrices": matrices, "method": method, "compression": 4, "calibration": fit},
+        "name": name,
+        "matrices_params": 10,
+        "matrices_dense_params": 40,
+        "model_params": 100,
+        "dense_model_params": 130,
+        "compress_seconds": 1.0,
         "matrices": {"layers/0/ffn/output": info},
-        "before": {"mean_cosine": before, "p5_cosine": before - 0.1, "top1": 0.9,
-                   "output_errors": {"layers/0/ffn/output": 0.4}},
-        "after": {"mean_cosine": after, "p5_cosine": after - 0.1, "top1": 0.95,
-                  "output_errors": {"layers/0/ffn/output": 0.3}},
+        "before": {
+          "mean_cosine": before,
+          "p5_cosine": before - 0.1,
+          "top1": 0.9,
+          "output_errors": {"layers/0/ffn/output": 0.4},
+        },
+        "after": {
+          "mean_cosine": after,
+          "p5_cosine": after - 0.1,
+          "top1": 0.95,
+          "output_errors": {"layers/0/ffn/output": 0.3},
+        },
         "distill": {"losses": [1.0, 0.5], "first_step": 0, "seconds_per_step": 0.1},
-        "seed": seed}
+        "seed": seed,
+      }
       path = tmp_path / "rows" / name / f"seed_{seed}.json"
       path.parent.mkdir(parents=True, exist_ok=True)
       path.write_text(json.dumps(result))
 
   write("ffn", "low_rank", "weight", 0.5, [0.90, 0.92])
   write("ffn", "kronecker", "weight", 0.4, [0.93])
-  (tmp_path / "timing.json").write_text(json.dumps(
-    {"median_seconds": {"dense": 0.2, "ffn-low_rank-4x": 0.1}}))
+  (tmp_path / "timing.json").write_text(
+    json.dumps({"median_seconds": {"dense": 0.2, "ffn-low_rank-4x": 0.1}})
+  )
   out = tmp_path / "out"
   report.write_report(tmp_path, out)
   rows = json.loads((out / "results.json").read_text())["rows"]

@@ -35,8 +35,10 @@ from examples.mnist import models as mnist_models
 
 
 def _split(rng, n):
-  return (rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
-          rng.integers(0, 10, n).astype(np.int32))
+  return (
+    rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+    rng.integers(0, 10, n).astype(np.int32),
+  )
 
 
 def _data(seed=0, n=16):
@@ -45,8 +47,14 @@ def _data(seed=0, n=16):
 
 
 def _config(**overrides) -> default.Config:
-  base = dict(seeds=(0,), kfc_ranks=(1,), finetune_epochs=1, batch_size=8,
-              eval_batch_size=8, baseline_epochs=1)
+  base = dict(
+    seeds=(0,),
+    kfc_ranks=(1,),
+    finetune_epochs=1,
+    batch_size=8,
+    eval_batch_size=8,
+    baseline_epochs=1,
+  )
   base.update(overrides)
   return dataclasses.replace(default.get_config(), **base)
 
@@ -74,13 +82,11 @@ def test_matched_budgets_are_equal_within_a_few_percent(baseline):
   for b in budgets[:1]:
     sizes = {}
     for method in ("kfc_nkp", "low_rank_svd", "kfc_scratch"):
-      new, report = models.build_compressed(
-          method, b, model, config=default.get_config(), seed=0)
+      new, report = models.build_compressed(method, b, model, config=default.get_config(), seed=0)
       sizes[method] = models.fc_params(new)
       if report is not None:
         assert report.rows[0].params_after == sizes[method][0]
-    assert sizes["kfc_nkp"] == sizes["kfc_scratch"] == (b.kfc_params + 256,
-                                                        b.kfc_params)
+    assert sizes["kfc_nkp"] == sizes["kfc_scratch"] == (b.kfc_params + 256, b.kfc_params)
     assert sizes["low_rank_svd"] == (b.low_rank_params + 256, b.low_rank_params)
   assert type(model.fc).__name__ == "Linear"  # Compressing copies.
 
@@ -90,8 +96,7 @@ def test_the_mnist_examples_checkpoints_fit_the_baseline(tmp_path):
   mnist = mnist_models.MnistCNN("Baseline", rngs=nnx.Rngs(3))
   params = loop.params_on_host(mnist)
   loop.save_params(tmp_path / "seed_0", params)
-  restored = models.restore_baseline(
-      models.checkpoint_path(tmp_path, 0), seed=0)
+  restored = models.restore_baseline(models.checkpoint_path(tmp_path, 0), seed=0)
   chex.assert_trees_all_equal(loop.params_on_host(restored), params)
 
 
@@ -100,35 +105,31 @@ def test_compressing_at_full_rank_keeps_the_logits(baseline):
   x = _images()
   expected = model(x)
   config = dataclasses.replace(default.get_config(), kfc_ranks=(36,))
-  full = models.Budget(kfc_rank=36, low_rank=256, kfc_params=36 * 2_084,
-                               low_rank_params=256 * 544)
+  full = models.Budget(kfc_rank=36, low_rank=256, kfc_params=36 * 2_084, low_rank_params=256 * 544)
   for method in ("kfc_nkp", "low_rank_svd"):
-    new, report = models.build_compressed(method, full, model,
-                                                  config=config, seed=0)
+    new, report = models.build_compressed(method, full, model, config=config, seed=0)
     assert report.rows[0].relative_error < 1e-5
     chex.assert_trees_all_close(new(x), expected, atol=2e-5, rtol=1e-5)
   # The head on cached features is the model's own forward pass.
-  chex.assert_trees_all_close(
-      head.head_logits(model, model.features(x)), expected, atol=1e-6)
+  chex.assert_trees_all_close(head.head_logits(model, model.features(x)), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("finetune", ["fc", "head"])
 def test_finetune_step_trains_only_what_it_should(finetune, baseline):
   budget = models.matched_budgets(_config())[0]
-  model, _ = models.build_compressed("kfc_nkp", budget, baseline,
-                                             config=_config(), seed=0)
+  model, _ = models.build_compressed("kfc_nkp", budget, baseline, config=_config(), seed=0)
   before = jax.device_get(nnx.state(model, nnx.Param))
-  optimizer = nnx.Optimizer(model, loop.adam_with_l2(1e-2, 1e-4),
-                            wrt=models.trainable(finetune))
+  optimizer = nnx.Optimizer(model, loop.adam_with_l2(1e-2, 1e-4), wrt=models.trainable(finetune))
   feats = np.asarray(model.features(_images(8)))
   labels = np.arange(8, dtype=np.int32)
   loss = head.head_train_step(model, optimizer, feats, labels)
   assert np.isfinite(loss)
   after = jax.device_get(nnx.state(model, nnx.Param))
   for name in ("convs", "fc", "classifier"):
-    changed = not all(np.array_equal(a, b) for a, b in zip(
-        jax.tree.leaves(before[name]), jax.tree.leaves(after[name]),
-        strict=True))
+    changed = not all(
+      np.array_equal(a, b)
+      for a, b in zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name]), strict=True)
+    )
     frozen = name == "convs" or (name == "classifier" and finetune == "fc")
     assert changed != frozen, (name, finetune)
   # "all" trains every parameter, the conv stack included.
@@ -151,9 +152,14 @@ def test_sweep_end_to_end_then_again_from_its_checkpoint(tmp_path, capsys):
   assert base["trained_here"] and Path(base["checkpoint"]).is_dir()
   assert base["finetuned"]["steps"] == 2  # The control: dense, fine-tuned alike.
   assert {(v["kfc_rank"], v["method"]) for v in saved["summary"]["vs_dense"]} == {
-      (1, "kfc_nkp"), (1, "low_rank_svd"), (1, "kfc_scratch")}
+    (1, "kfc_nkp"),
+    (1, "low_rank_svd"),
+    (1, "kfc_scratch"),
+  }
   assert {(p["kfc_rank"], p["versus"]) for p in saved["summary"]["paired"]} == {
-      (1, "low_rank_svd"), (1, "kfc_scratch")}
+    (1, "low_rank_svd"),
+    (1, "kfc_scratch"),
+  }
   table = (tmp_path / "own" / "table.md").read_text()
   assert "| KFC, NKP init" in table and "2,340 (96.8%)" in table  # 2,084 + 256.
   assert "| Low rank, SVD init" in table and "2,432 (96.7%)" in table  # k = 4.
@@ -165,9 +171,12 @@ def test_sweep_end_to_end_then_again_from_its_checkpoint(tmp_path, capsys):
   # The baseline's orbax checkpoint, loaded: the same errors before fine-tuning.
   checkpoints = str(Path(base["checkpoint"]).parent)  # .../Baseline/seed_0
   again = train.run_sweep(
-      dataclasses.replace(config, baseline_checkpoint=checkpoints,
-                          methods=("kfc_nkp",), finetune_baseline=False),
-      tmp_path / "loaded", data=data)
+    dataclasses.replace(
+      config, baseline_checkpoint=checkpoints, methods=("kfc_nkp",), finetune_baseline=False
+    ),
+    tmp_path / "loaded",
+    data=data,
+  )
   assert again["baselines"][0]["test_error"] == base["test_error"]
   assert again["runs"][0]["before_test_error"] == saved["runs"][0]["before_test_error"]
 
@@ -178,12 +187,17 @@ def test_command_line_rejects_bad_settings(tmp_path, capsys):
   assert cm_main.main([f"--workdir={tmp_path}", "--kfc_ranks=37"]) == 2
   assert "rank" in capsys.readouterr().err
   (tmp_path / "ckpt" / "seed_0").mkdir(parents=True)
-  assert cm_main.main([f"--workdir={tmp_path}", "--seeds=0,1",
-                       f"--baseline_checkpoint={tmp_path / 'ckpt'}"]) == 2
+  assert (
+    cm_main.main(
+      [f"--workdir={tmp_path}", "--seeds=0,1", f"--baseline_checkpoint={tmp_path / 'ckpt'}"]
+    )
+    == 2
+  )
   err = capsys.readouterr().err
   assert "seed 1" in err and "seed_0" in err
   with pytest.raises(ValueError, match="finetune"):
     train.check_config(_config(finetune="conv"))
-  assert isinstance(models.policy_for(
-      "low_rank_svd", models.matched_budgets(_config())[0], _config()),
-                    kfc_jax.CompressionPolicy)
+  assert isinstance(
+    models.policy_for("low_rank_svd", models.matched_budgets(_config())[0], _config()),
+    kfc_jax.CompressionPolicy,
+  )

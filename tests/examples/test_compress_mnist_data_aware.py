@@ -19,21 +19,36 @@ from examples.compress_mnist import data_aware, models  # noqa: E402
 
 
 def _split(rng, n):
-  return (rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
-          rng.integers(0, 10, n).astype(np.int32))
+  return (
+    rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+    rng.integers(0, 10, n).astype(np.int32),
+  )
 
 
-def test_methods_run_and_the_data_aware_fit_lowers_the_output_error(
-    monkeypatch, tmp_path):
+def test_methods_run_and_the_data_aware_fit_lowers_the_output_error(monkeypatch, tmp_path):
   rng = np.random.default_rng(0)
   data = tfds_data.Splits(_split(rng, 64), _split(rng, 32), _split(rng, 16))
   baseline = models.create_baseline(seed=0)
   monkeypatch.setattr(models, "restore_baseline", lambda *a, **k: baseline)
   monkeypatch.setattr(models, "checkpoint_path", lambda *a, **k: tmp_path)
-  args = data_aware.parse_args([
-      "--workdir", str(tmp_path), "--baseline_checkpoint", str(tmp_path),
-      "--kfc_ranks", "2", "--finetune_epochs", "1", "--batch_size", "16",
-      "--calibration_images", "64", "--methods", "kfc_nkp,kfc_nkp_data,auto"])
+  args = data_aware.parse_args(
+    [
+      "--workdir",
+      str(tmp_path),
+      "--baseline_checkpoint",
+      str(tmp_path),
+      "--kfc_ranks",
+      "2",
+      "--finetune_epochs",
+      "1",
+      "--batch_size",
+      "16",
+      "--calibration_images",
+      "64",
+      "--methods",
+      "kfc_nkp,kfc_nkp_data,auto",
+    ]
+  )
   results = data_aware.run(args, data=data)
   rows = {r["method"]: r for r in results["rows"]}
   assert sorted(rows) == ["auto", "kfc_nkp", "kfc_nkp_data"]

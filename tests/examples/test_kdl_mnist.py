@@ -30,8 +30,10 @@ from examples.kdl_mnist.configs import default, paper
 
 
 def _split(rng, n):
-  return (rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
-          rng.integers(0, 10, n).astype(np.int32))
+  return (
+    rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+    rng.integers(0, 10, n).astype(np.int32),
+  )
 
 
 def _config(**overrides) -> default.Config:
@@ -53,8 +55,7 @@ def test_param_counts_are_the_papers():
 def test_unknown_variant_lists_the_valid_ones(capsys, tmp_path):
   with pytest.raises(ValueError, match="Valid variants: Dense, KDL-Rank-<r>"):
     models.MLP("KDL-Rank-0", rngs=nnx.Rngs(0))
-  assert kdl_main.main(["--workdir", str(tmp_path), "--variants",
-                        "Dense,KFC"]) == 2
+  assert kdl_main.main(["--workdir", str(tmp_path), "--variants", "Dense,KFC"]) == 2
   assert "Unknown variant 'KFC'" in capsys.readouterr().err
   for config in (default.get_config(), paper.get_config()):
     train.check_config(config)
@@ -68,15 +69,13 @@ def test_train_step_and_eval(variant):
   optimizer = train.create_optimizer(model, _config(learning_rate=1e-2))
   train.replicate((model, optimizer), mesh)
   images, labels = _split(np.random.default_rng(0), 16)
-  batch = jax.device_put({"image": images, "label": labels},
-                         pipeline.batch_sharding(mesh))
+  batch = jax.device_put({"image": images, "label": labels}, pipeline.batch_sharding(mesh))
   before = train.evaluate(model, images, labels, batch_size=8, mesh=mesh)
   params = jax.device_get(nnx.state(model, nnx.Param))
   sums = jax.device_get(train.train_step(model, optimizer, batch))
   assert sums["count"] == 16 and np.isfinite(sums["loss"])
   moved = jax.device_get(nnx.state(model, nnx.Param))
-  for old, new in zip(jax.tree.leaves(params), jax.tree.leaves(moved),
-                      strict=True):
+  for old, new in zip(jax.tree.leaves(params), jax.tree.leaves(moved), strict=True):
     assert not np.allclose(old, new)  # Every factor and bias is trained.
   for _ in range(15):
     train.train_step(model, optimizer, batch)
@@ -87,10 +86,10 @@ def test_train_step_and_eval(variant):
 
 def test_train_and_evaluate_writes_the_report(tmp_path):
   rng = np.random.default_rng(1)
-  data = tfds_data.Splits(train=_split(rng, 16), validation=_split(rng, 8),
-                          test=_split(rng, 12))
+  data = tfds_data.Splits(train=_split(rng, 16), validation=_split(rng, 8), test=_split(rng, 12))
   results = train.train_and_evaluate(
-      _config(variants=("KDL-Rank-1",), epochs=2), tmp_path, data=data)
+    _config(variants=("KDL-Rank-1",), epochs=2), tmp_path, data=data
+  )
   on_disk = json.loads((tmp_path / "results.json").read_text())
   assert on_disk["summary"] == results["summary"]
   (run,) = on_disk["runs"]

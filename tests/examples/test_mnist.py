@@ -48,27 +48,27 @@ pytestmark = pytest.mark.usefixtures("real_mnist_job")
 # 23,008 parameters; the classifier 256 * 10 + 10 (Cut-96: 96 * 10 + 10).
 # KFC factor counts follow docs/DESIGN.md ("KFC formulations") for a 3x3x32 map, O = 256.
 EXPECTED_PARAMS = {
-    "Baseline": (288 * 256 + 256, 288 * 256, 99_562),
-    "Cut-96": (288 * 96 + 96, 288 * 96, 23_008 + 27_744 + 970),
-    "LowRank-96": (288 * 96 + 96 * 256 + 256, 288 * 96 + 96 * 256,
-                   23_008 + 52_480 + 2_570),
-    "KFC-I": (32 * 256 + 9 + 256, 32 * 256 + 9, 23_008 + 8_457 + 2_570),
-    "KFC-II": (2_084 + 256, 2_084, 23_008 + 2_340 + 2_570),
-    "KFC-III": (96 * 128 + 3 * 2 + 256, 12_294, 23_008 + 12_550 + 2_570),
-    "KFC-IV": (96 * 128 + 3 * 2 + 256, 12_294, 23_008 + 12_550 + 2_570),
-    "KFC-Combined": (26_672 + 256, 26_672, 23_008 + 26_928 + 2_570),
-    "KFC-Rank-10": (10 * 2_084 + 256, 20_840, 23_008 + 21_096 + 2_570),
+  "Baseline": (288 * 256 + 256, 288 * 256, 99_562),
+  "Cut-96": (288 * 96 + 96, 288 * 96, 23_008 + 27_744 + 970),
+  "LowRank-96": (288 * 96 + 96 * 256 + 256, 288 * 96 + 96 * 256, 23_008 + 52_480 + 2_570),
+  "KFC-I": (32 * 256 + 9 + 256, 32 * 256 + 9, 23_008 + 8_457 + 2_570),
+  "KFC-II": (2_084 + 256, 2_084, 23_008 + 2_340 + 2_570),
+  "KFC-III": (96 * 128 + 3 * 2 + 256, 12_294, 23_008 + 12_550 + 2_570),
+  "KFC-IV": (96 * 128 + 3 * 2 + 256, 12_294, 23_008 + 12_550 + 2_570),
+  "KFC-Combined": (26_672 + 256, 26_672, 23_008 + 26_928 + 2_570),
+  "KFC-Rank-10": (10 * 2_084 + 256, 20_840, 23_008 + 21_096 + 2_570),
 }
 
 
 def _images(rng, n):
-  return {"image": rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
-          "label": rng.integers(0, 10, n).astype(np.int32)}
+  return {
+    "image": rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+    "label": rng.integers(0, 10, n).astype(np.int32),
+  }
 
 
 def _config(**overrides) -> default.Config:
-  base = dict(progress=False, save_checkpoints=False, batch_size=8,
-              eval_batch_size=8, log_every=1)
+  base = dict(progress=False, save_checkpoints=False, batch_size=8, eval_batch_size=8, log_every=1)
   base.update(overrides)
   return dataclasses.replace(default.get_config(), **base)
 
@@ -98,8 +98,7 @@ def _count_compilations():
 @pytest.mark.parametrize("variant", list(EXPECTED_PARAMS))
 def test_param_counts(variant):
   counts = train.param_counts(variant)
-  assert (counts["layer"], counts["layer_weights"],
-          counts["model"]) == EXPECTED_PARAMS[variant]
+  assert (counts["layer"], counts["layer_weights"], counts["model"]) == EXPECTED_PARAMS[variant]
 
 
 def test_baseline_matches_the_paper_and_kfc_reaches_its_reductions():
@@ -116,8 +115,9 @@ def test_baseline_matches_the_paper_and_kfc_reaches_its_reductions():
 
 # One variant per kind of FC layer (every variant is built in
 # test_param_counts; the layers themselves are tested with the library).
-@pytest.mark.parametrize("variant", ["Baseline", "Cut-96", "LowRank-96",
-                                     "KFC-Combined", "KFC-Rank-2"])
+@pytest.mark.parametrize(
+  "variant", ["Baseline", "Cut-96", "LowRank-96", "KFC-Combined", "KFC-Rank-2"]
+)
 def test_forward_shapes_and_dropout(variant):
   model = train.create_model(variant, seed=0)
   x = train.preprocess(_images(np.random.default_rng(0), 4)["image"])
@@ -129,15 +129,23 @@ def test_forward_shapes_and_dropout(variant):
   assert not np.allclose(model(x, train=True), logits)  # Training: dropout.
 
 
-@pytest.mark.parametrize("name", ["KFC-V", "Cut-0", "baseline", "KFC-Rank-",
-                                  "LowRank-96x"])
+@pytest.mark.parametrize("name", ["KFC-V", "Cut-0", "baseline", "KFC-Rank-", "LowRank-96x"])
 def test_unknown_variant_lists_the_valid_ones(name):
   with pytest.raises(ValueError, match="Unknown variant") as info:
     models.MnistCNN(name, rngs=nnx.Rngs(0))
   message = str(info.value)
   assert repr(name) in message
-  for valid in ("Baseline", "Cut-<k>", "LowRank-<k>", "KFC-I", "KFC-II",
-                "KFC-III", "KFC-IV", "KFC-Combined", "KFC-Rank-<r>"):
+  for valid in (
+    "Baseline",
+    "Cut-<k>",
+    "LowRank-<k>",
+    "KFC-I",
+    "KFC-II",
+    "KFC-III",
+    "KFC-IV",
+    "KFC-Combined",
+    "KFC-Rank-<r>",
+  ):
     assert valid in message
 
 
@@ -168,8 +176,7 @@ def test_optimizer_is_adam_with_coupled_weight_decay():
     tx = train.make_tx(1e-2, 0.1, schedule, 10)
     updates, _ = tx.update(grads, tx.init(params), params)
     coupled = grads["w"] + 0.1 * params["w"]
-    np.testing.assert_allclose(updates["w"], -1e-2 * np.sign(coupled),
-                               rtol=1e-4)
+    np.testing.assert_allclose(updates["w"], -1e-2 * np.sign(coupled), rtol=1e-4)
   # Cached, so that new optimizers do not retrace the steps.
   assert train.make_tx(1e-3, 1e-4) is train.make_tx(1e-3, 1e-4)
   cosine = train.make_tx(1.0, 0.0, "cosine", 4)
@@ -195,8 +202,7 @@ def test_train_step_updates_and_fits_a_batch(variant):
   train.replicate((model, optimizer), mesh)
   host = _images(np.random.default_rng(1), 32)
   batch = jax.device_put(host, pipeline.batch_sharding(mesh))
-  masked = jax.device_put({**host, "mask": np.ones(32, np.float32)},
-                          pipeline.batch_sharding(mesh))
+  masked = jax.device_put({**host, "mask": np.ones(32, np.float32)}, pipeline.batch_sharding(mesh))
 
   before = jax.device_get(nnx.state(model, nnx.Param))
   start = train.eval_step(model, masked)
@@ -204,8 +210,9 @@ def test_train_step_updates_and_fits_a_batch(variant):
   assert sums["count"] == 32 and 0 <= sums["correct"] <= 32
   assert 0.5 < sums["loss"] / 32 < 5  # About ln(10) at initialisation.
   after = jax.device_get(nnx.state(model, nnx.Param))
-  for (path, old), new in zip(jax.tree_util.tree_leaves_with_path(before),
-                              jax.tree.leaves(after), strict=True):
+  for (path, old), new in zip(
+    jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(after), strict=True
+  ):
     assert not np.allclose(old, new), f"{path} did not move"
   assert int(optimizer.step[...]) == 1
 
@@ -229,8 +236,7 @@ def test_evaluate_counts_every_example_once():
   mesh = pipeline.make_data_mesh()
   model = train.create_model("Baseline", seed=0)
   data = _images(np.random.default_rng(2), 10)
-  got = train.evaluate(model, data["image"], data["label"], batch_size=4,
-                       mesh=mesh)
+  got = train.evaluate(model, data["image"], data["label"], batch_size=4, mesh=mesh)
   logits = np.asarray(model(train.preprocess(data["image"])), np.float64)
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   want_loss = -log_probs[np.arange(10), data["label"]].mean()
@@ -242,8 +248,7 @@ def test_evaluate_counts_every_example_once():
 
 def test_batches_cover_an_epoch_and_pad_for_evaluation():
   arrays = {"x": np.arange(10), "y": np.arange(10) * 2}
-  train_batches = list(pipeline.batches(arrays, 4,
-                                        rng=np.random.default_rng(0)))
+  train_batches = list(pipeline.batches(arrays, 4, rng=np.random.default_rng(0)))
   assert len(train_batches) == 2 == pipeline.num_batches(10, 4, True)
   seen = np.concatenate([b["x"] for b in train_batches])
   assert len(set(seen.tolist())) == 8  # A permutation, remainder dropped.
@@ -259,8 +264,7 @@ def test_batches_cover_an_epoch_and_pad_for_evaluation():
 def test_prefetch_keeps_order_and_reraises():
   mesh = pipeline.make_data_mesh()
   items = [{"a": np.full(2, i)} for i in range(5)]
-  got = list(pipeline.prefetch_to_mesh(iter(items), pipeline.batch_sharding(
-      mesh)))
+  got = list(pipeline.prefetch_to_mesh(iter(items), pipeline.batch_sharding(mesh)))
   assert [int(g["a"][0]) for g in got] == list(range(5))
   assert all(isinstance(g["a"], jax.Array) for g in got)
 
@@ -337,15 +341,22 @@ def test_sharded_train_step_on_8_fake_devices(tmp_path):
   """Batch split 8 ways, state replicated, same numbers as on one device."""
   script = tmp_path / "sharded.py"
   script.write_text(_SHARDED_SCRIPT)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, str(script), str(REPO)], env=env,
-                        capture_output=True, text=True, timeout=600,
-                        check=False)
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    "JAX_PLATFORMS": "cpu",
+  }
+  proc = subprocess.run(
+    [sys.executable, str(script), str(REPO)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
-  line = [text for text in proc.stdout.splitlines()
-          if text.startswith("RESULT ")][-1]
-  result = json.loads(line[len("RESULT "):])
+  line = [text for text in proc.stdout.splitlines() if text.startswith("RESULT ")][-1]
+  result = json.loads(line[len("RESULT ") :])
   assert result["devices"] == 8
   assert result["replicated"]
   np.testing.assert_allclose(result["loss8"], result["loss1"], rtol=1e-5)
@@ -364,13 +375,17 @@ def test_train_and_evaluate_on_mock_tfds(tmp_path, monkeypatch):
   tfds = tfds_data.import_tfds()
   # Mocked TFDS never downloads; this only gets past our offline check.
   monkeypatch.setattr(tfds_data, "network_available", lambda *a, **k: True)
-  config = _config(variants=("Cut-96",), seeds=(0,), epochs=2,
-                   save_checkpoints=True, data_dir=str(tmp_path / "tfds"),
-                   manual_dir=str(tmp_path / "no_files"))
+  config = _config(
+    variants=("Cut-96",),
+    seeds=(0,),
+    epochs=2,
+    save_checkpoints=True,
+    data_dir=str(tmp_path / "tfds"),
+    manual_dir=str(tmp_path / "no_files"),
+  )
   workdir = tmp_path / "work"
   with tfds.testing.mock_data(num_examples=24):
-    data = mnist_data.load_mnist(data_dir=config.data_dir,
-                                     manual_dir=config.manual_dir)
+    data = mnist_data.load_mnist(data_dir=config.data_dir, manual_dir=config.manual_dir)
   # Loading (above) is the tested part of TFDS; reuse it (each mocked load
   # costs seconds of tf.data tracing).
   results = train.train_and_evaluate(config, workdir, data=data)
@@ -391,7 +406,8 @@ def test_train_and_evaluate_on_mock_tfds(tmp_path, monkeypatch):
   assert r["history"][r["best_epoch"] - 1]["val_error"] == best
   assert 0 <= r["test_error"] <= 100
   assert (r["test_error"] * 24 / 100) == pytest.approx(
-      round(r["test_error"] * 24 / 100))  # k/24 of the mocked test set.
+    round(r["test_error"] * 24 / 100)
+  )  # k/24 of the mocked test set.
   assert r["train_time_per_epoch_s"] > 0
   table = (workdir / "table.md").read_text()
   assert "| Cut-96" in table and "27.7K (62.5%)" in table
@@ -402,18 +418,17 @@ def test_train_and_evaluate_on_mock_tfds(tmp_path, monkeypatch):
   # The orbax checkpoint holds the best-validation parameters: restored, they
   # give the reported test error again.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   model = train.create_model("Cut-96", seed=123)
   abstract = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
   with ocp.StandardCheckpointer() as checkpointer:
     restored = checkpointer.restore(r["checkpoint"], abstract)
   nnx.update(model, restored)
-  got = train.evaluate(model, *data.test, batch_size=8,
-                       mesh=pipeline.make_data_mesh())
+  got = train.evaluate(model, *data.test, batch_size=8, mesh=pipeline.make_data_mesh())
   assert got["error"] == pytest.approx(r["test_error"])
 
 
-def test_demo_says_what_it_is_and_ends_beside_the_committed_results(
-    tmp_path, capsys):
+def test_demo_says_what_it_is_and_ends_beside_the_committed_results(tmp_path, capsys):
   """`make demo`: a shortened run that ends with the committed full table."""
   committed = reporting.load_json(train.COMMITTED_RESULTS)
   assert committed is not None, f"{train.COMMITTED_RESULTS} is missing"
@@ -432,12 +447,15 @@ def test_demo_says_what_it_is_and_ends_beside_the_committed_results(
   results = train.train_and_evaluate(config, tmp_path, data=data)
   out = capsys.readouterr().out
   assert out.startswith("This run: 2 variants x 1 seed(s) x 1 epochs")
-  final = out[out.index("Beside the committed full results"):]
+  final = out[out.index("Beside the committed full results") :]
   assert "`make paper12`" in final
   ours = {s["variant"]: s for s in results["summary"]}
   theirs = {s["variant"]: s for s in committed["summary"]}
-  rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-          for line in final.splitlines()[3:] if line.startswith("| ")}
+  rows = {
+    line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+    for line in final.splitlines()[3:]
+    if line.startswith("| ")
+  }
   assert set(rows) == set(theirs)  # Every committed variant, ours among them.
   for variant, (this_run, full, paper_error) in rows.items():
     if variant in ours:
@@ -445,8 +463,7 @@ def test_demo_says_what_it_is_and_ends_beside_the_committed_results(
     else:
       assert this_run == "—"
     t = theirs[variant]
-    assert full == (f"{t['test_error_mean']:.2f} ± "
-                    f"{t['test_error_std']:.2f}")
+    assert full == (f"{t['test_error_mean']:.2f} ± {t['test_error_std']:.2f}")
     assert paper_error == f"{reference.PAPER[variant]['test_error']:.2f}"
 
 
@@ -462,8 +479,7 @@ def test_make_paper_reproduces_the_committed_config():
   committed = reporting.load_json(train.COMMITTED_RESULTS)["config"]
   args = mnist_main.parse_args(_make_recipe("paper12"))
   config = configs.load_config_module(args.config, "mnist").get_config()
-  config = dataclasses.replace(config,
-                               **cli.overrides(args, cli.VARIANT_FIELDS))
+  config = dataclasses.replace(config, **cli.overrides(args, cli.VARIANT_FIELDS))
   ours = json.loads(json.dumps(dataclasses.asdict(config)))
   differ = {k for k in committed if ours.get(k) != committed[k]}
   assert differ <= {"progress"}, differ  # The bar is off in the logged runs.
@@ -479,8 +495,7 @@ def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch, capsys):
   (empty / mnist_data.MNIST_FILES[0]).write_bytes(b"")
   (empty / mnist_data.MNIST_FILES[3]).write_bytes(b"")
   with pytest.raises(tfds_data.DatasetUnavailableError) as info:
-    mnist_data.load_mnist(data_dir=tmp_path / "tfds", manual_dir=empty,
-                              download=False)
+    mnist_data.load_mnist(data_dir=tmp_path / "tfds", manual_dir=empty, download=False)
   message = str(info.value)
   assert "downloading is disabled" in message
   assert str(empty) in message and "network" in message
@@ -491,29 +506,35 @@ def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch, capsys):
   assert mnist_data.MNIST_FILES[0] not in lacks
 
   monkeypatch.setattr(tfds_data, "network_available", lambda *a, **k: False)
-  with pytest.raises(tfds_data.DatasetUnavailableError,
-                     match="there is no network"):
+  with pytest.raises(tfds_data.DatasetUnavailableError, match="there is no network"):
     mnist_data.load_mnist(data_dir=tmp_path / "tfds", manual_dir=empty)
 
   # The command line prints the message and exits with 2, no stack trace.
-  status = mnist_main.main([
-      "--workdir", str(tmp_path / "work"), "--data_dir",
-      str(tmp_path / "tfds"), "--manual_dir", str(empty), "--no_download",
-      "--variants", "Baseline", "--no_progress"])
+  status = mnist_main.main(
+    [
+      "--workdir",
+      str(tmp_path / "work"),
+      "--data_dir",
+      str(tmp_path / "tfds"),
+      "--manual_dir",
+      str(empty),
+      "--no_download",
+      "--variants",
+      "Baseline",
+      "--no_progress",
+    ]
+  )
   err = capsys.readouterr().err
   assert status == 2
   assert "is not prepared" in err and "Traceback" not in err
 
 
 def test_command_line_rejects_bad_arguments(tmp_path, capsys):
-  assert mnist_main.main(["--workdir", str(tmp_path), "--variants",
-                          "Baseline,KFC-V"]) == 2
+  assert mnist_main.main(["--workdir", str(tmp_path), "--variants", "Baseline,KFC-V"]) == 2
   assert "Unknown variant 'KFC-V'" in capsys.readouterr().err
-  assert mnist_main.main(["--workdir", str(tmp_path), "--config",
-                          "nope"]) == 2
+  assert mnist_main.main(["--workdir", str(tmp_path), "--config", "nope"]) == 2
   assert "Unknown config 'nope'" in capsys.readouterr().err
-  assert mnist_main.main(["--workdir", str(tmp_path), "--batch_size",
-                          "0"]) == 2
+  assert mnist_main.main(["--workdir", str(tmp_path), "--batch_size", "0"]) == 2
   assert "batch_size must be a positive multiple" in capsys.readouterr().err
 
 
@@ -521,11 +542,9 @@ def test_manual_dir_defaults(monkeypatch, tmp_path):
   monkeypatch.setenv(mnist_data.MANUAL_DIR_ENV, str(tmp_path))
   assert mnist_data.default_manual_dir() == tmp_path
   monkeypatch.delenv(mnist_data.MANUAL_DIR_ENV)
-  expected = (mnist_data.PROJECT_MANUAL_DIR
-              if mnist_data.PROJECT_MANUAL_DIR.is_dir() else None)
+  expected = mnist_data.PROJECT_MANUAL_DIR if mnist_data.PROJECT_MANUAL_DIR.is_dir() else None
   assert mnist_data.default_manual_dir() == expected
-  assert (
-      REPO.parent / "shared" / "data" / "mnist") == mnist_data.PROJECT_MANUAL_DIR
+  assert (REPO.parent / "shared" / "data" / "mnist") == mnist_data.PROJECT_MANUAL_DIR
 
 
 # The label counts of the original MNIST files.
@@ -594,9 +613,10 @@ def real_mnist_job(tmp_path_factory):
     return
   with open(root / "log.txt", "w") as log:
     proc = subprocess.Popen(
-        [sys.executable, "-c", _REAL_MNIST_SCRIPT, str(REPO),
-         str(root / "tfds"), str(summary)], stdout=log,
-        stderr=subprocess.STDOUT)
+      [sys.executable, "-c", _REAL_MNIST_SCRIPT, str(REPO), str(root / "tfds"), str(summary)],
+      stdout=log,
+      stderr=subprocess.STDOUT,
+    )
     yield summary
     try:
       proc.wait(timeout=600)
@@ -623,8 +643,7 @@ def test_real_mnist_prepares_offline_with_the_paper_split(real_mnist_job):
     assert 30 < split["mean"] < 37  # MNIST's mean pixel is about 33.3.
     assert sum(split["label_counts"]) == n
   assert summary["test"]["label_counts"] == _TEST_COUNTS
-  train_and_val = np.add(summary["train"]["label_counts"],
-                         summary["validation"]["label_counts"])
+  train_and_val = np.add(summary["train"]["label_counts"], summary["validation"]["label_counts"])
   assert train_and_val.tolist() == _TRAIN_COUNTS
   # Validation is held out: none of its images is also a training image.
   assert summary["validation_in_train"] == 0

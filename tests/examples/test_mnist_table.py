@@ -29,25 +29,35 @@ from examples.mnist.configs import _ablation, default, paper, paper12
 
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-ARMS = {"epochs20": {"epochs": 20}, "epochs40": {"epochs": 40},
-        "mean": {"input_scaling": "mean"},
-        "valid_stack": {"conv_stack": "valid"},
-        "lecun_init": {"kernel_init": "lecun_normal"},
-        "gaussian_init": {"kernel_init": "gaussian_0.01"}}
+ARMS = {
+  "epochs20": {"epochs": 20},
+  "epochs40": {"epochs": 40},
+  "mean": {"input_scaling": "mean"},
+  "valid_stack": {"conv_stack": "valid"},
+  "lecun_init": {"kernel_init": "lecun_normal"},
+  "gaussian_init": {"kernel_init": "gaussian_0.01"},
+}
 
 
 def test_paper_config_has_the_nine_rows_and_paper12_the_committed_table():
   config = paper.get_config()
-  assert config.variants == ("Baseline", "Cut-96", "LowRank-96", "KFC-I",
-                             "KFC-II", "KFC-III", "KFC-IV", "KFC-Combined",
-                             "KFC-Rank-10")
-  assert (config.seeds, config.epochs, config.lr_schedule) == (
-      (0, 1, 2), 20, "cosine")
+  assert config.variants == (
+    "Baseline",
+    "Cut-96",
+    "LowRank-96",
+    "KFC-I",
+    "KFC-II",
+    "KFC-III",
+    "KFC-IV",
+    "KFC-Combined",
+    "KFC-Rank-10",
+  )
+  assert (config.seeds, config.epochs, config.lr_schedule) == ((0, 1, 2), 20, "cosine")
   committed = reporting.load_json(train.COMMITTED_RESULTS)["config"]
   ours = dataclasses.asdict(paper12.get_config())
-  assert {k: v for k, v in ours.items() if k in committed and k != "progress"
-          } == {k: (tuple(v) if isinstance(v, list) else v)
-                for k, v in committed.items() if k != "progress"}
+  assert {k: v for k, v in ours.items() if k in committed and k != "progress"} == {
+    k: (tuple(v) if isinstance(v, list) else v) for k, v in committed.items() if k != "progress"
+  }
   for config in (paper.get_config(), paper12.get_config()):
     train.check_config(config)
 
@@ -58,19 +68,18 @@ def test_each_ablation_arm_changes_one_thing(arm):
   control = _ablation.arm()
   assert control.variants == ("Baseline",) and control.seeds == (0, 1, 2)
   assert control.epochs == 12
-  changed = {k: v for k, v in dataclasses.asdict(config).items()
-             if dataclasses.asdict(control)[k] != v}
+  changed = {
+    k: v for k, v in dataclasses.asdict(config).items() if dataclasses.asdict(control)[k] != v
+  }
   assert changed == ARMS[arm]
   train.check_config(config)
 
 
 def test_bad_ablation_settings_are_named():
   with pytest.raises(ValueError, match="Unknown input_scaling 'zscore'"):
-    train.check_config(dataclasses.replace(default.get_config(),
-                                           input_scaling="zscore"))
+    train.check_config(dataclasses.replace(default.get_config(), input_scaling="zscore"))
   with pytest.raises(ValueError, match="Unknown conv_stack 'deep'"):
-    train.check_config(dataclasses.replace(default.get_config(),
-                                           conv_stack="deep"))
+    train.check_config(dataclasses.replace(default.get_config(), conv_stack="deep"))
 
 
 def test_valid_stack_and_mean_scaling():
@@ -82,8 +91,7 @@ def test_valid_stack_and_mean_scaling():
   model = train.create_model("KFC-II", conv_stack="valid")
   assert model.features(jnp.zeros((1, 28, 28, 1))).shape == (1, 3, 3, 32)
   images = jnp.asarray([[0, 255]], jnp.uint8)
-  np.testing.assert_allclose(train.PREPROCESS["mean"](images),
-                             [[-0.1307, 1 - 0.1307]], rtol=1e-6)
+  np.testing.assert_allclose(train.PREPROCESS["mean"](images), [[-0.1307, 1 - 0.1307]], rtol=1e-6)
 
 
 def _one_step(model, preprocess):
@@ -92,33 +100,35 @@ def _one_step(model, preprocess):
   optimizer = loop.create_optimizer(model, config)
   rng = np.random.default_rng(0)
   batch = jax.device_put(
-      {"image": rng.integers(0, 256, (8, 28, 28, 1), dtype=np.uint8),
-       "label": rng.integers(0, 10, 8).astype(np.int32)},
-      pipeline.batch_sharding(mesh))
+    {
+      "image": rng.integers(0, 256, (8, 28, 28, 1), dtype=np.uint8),
+      "label": rng.integers(0, 10, 8).astype(np.int32),
+    },
+    pipeline.batch_sharding(mesh),
+  )
   before = jax.device_get(nnx.state(model, nnx.Param))
-  sums = jax.device_get(loop.train_step(model, optimizer, batch,
-                                        preprocess=preprocess))
+  sums = jax.device_get(loop.train_step(model, optimizer, batch, preprocess=preprocess))
   assert sums["count"] == 8 and 0.5 < sums["loss"] / 8 < 5  # ~ln(10).
   after = jax.device_get(nnx.state(model, nnx.Param))
-  for (path, old), new in zip(jax.tree_util.tree_leaves_with_path(before),
-                              jax.tree.leaves(after), strict=True):
+  for (path, old), new in zip(
+    jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(after), strict=True
+  ):
     assert not np.allclose(old, new), f"{path} did not move"
 
 
 # The variants the committed 12-epoch table never trained.
-@pytest.mark.parametrize("variant", ["KFC-I", "KFC-III", "KFC-IV",
-                                     "KFC-Rank-10"])
+@pytest.mark.parametrize("variant", ["KFC-I", "KFC-III", "KFC-IV", "KFC-Rank-10"])
 def test_one_step_of_each_new_variant(variant):
   assert variant in models.ALL_VARIANTS
   _one_step(train.create_model(variant, seed=1), train.preprocess)
 
 
-@pytest.mark.parametrize("arm", ["mean", "valid_stack", "lecun_init",
-                                 "gaussian_init"])
+@pytest.mark.parametrize("arm", ["mean", "valid_stack", "lecun_init", "gaussian_init"])
 def test_one_step_of_each_ablation_option(arm):
   config = configs.load_config_module(f"ablation_{arm}", "mnist").get_config()
-  model = train.create_model("Baseline", seed=0, conv_stack=config.conv_stack,
-                             kernel_init=config.kernel_init)
+  model = train.create_model(
+    "Baseline", seed=0, conv_stack=config.conv_stack, kernel_init=config.kernel_init
+  )
   if arm == "gaussian_init":
     std = float(jnp.std(model.fc.kernel[...]))
     assert 0.009 < std < 0.011

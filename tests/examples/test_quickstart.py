@@ -34,14 +34,13 @@ def test_quickstart_runs_on_tiny_settings(tmp_path, monkeypatch):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   assert nb.metadata.kernelspec.name == "python3"  # What Colab runs.
   client = nbclient.NotebookClient(
-      nb, kernel_name="kfc-quickstart", timeout=120,
-      resources={"metadata": {"path": str(tmp_path)}})
+    nb, kernel_name="kfc-quickstart", timeout=120, resources={"metadata": {"path": str(tmp_path)}}
+  )
   client.execute()  # Raises CellExecutionError on any failing cell.
 
   code = [c for c in nb.cells if c.cell_type == "code"]
   install, out = code[0], "\n".join(_text(c) for c in code)
-  assert "pip install" in install.source and "except ImportError" in \
-      install.source
+  assert "pip install" in install.source and "except ImportError" in install.source
   assert not _text(install)  # kfc_jax is importable here: nothing installed.
   assert "logits: (2, 10)" in out
   assert "FC layer: dense 401,664 params, KFC 2,500" in out  # 2,244 + bias.

@@ -49,8 +49,7 @@ def test_matches_float64_reference(x64, rng, case, batch_shape):
   y = nnx.jit(lambda m, v: m(v))(layer, jnp.asarray(x))
   ref = case.reference(nnx_params(layer), _examples(case, x))
   chex.assert_shape(y, (*batch_shape, *ref.shape[1:]))
-  np.testing.assert_allclose(np.asarray(y).reshape(ref.shape), ref, rtol=1e-10,
-                             atol=1e-10)
+  np.testing.assert_allclose(np.asarray(y).reshape(ref.shape), ref, rtol=1e-10, atol=1e-10)
   if case.conv is None and len(case.x_shape) > 1:  # KFC also takes the flat map
     flat = x.reshape(*batch_shape, case.in_features)
     np.testing.assert_allclose(layer(jnp.asarray(flat)), y, rtol=1e-12, atol=1e-12)
@@ -63,19 +62,28 @@ TOLERANCES = {"float32": 2e-6, "bfloat16": 3e-2, "float16": 4e-3}
 def _grid():
   """dtype x param_dtype x precision: in full for the layers with the most
   code paths (KFC transposes, mixed terms), a corner of it for the others."""
-  full = itertools.product([None, jnp.float32, jnp.bfloat16, jnp.float16],
-                           [jnp.float32, jnp.bfloat16],
-                           [None, jax.lax.Precision.HIGHEST])
-  corner = [(None, jnp.float32, None), (jnp.bfloat16, jnp.bfloat16, None),
-            (jnp.float16, jnp.float32, jax.lax.Precision.HIGHEST),
-            (None, jnp.bfloat16, jax.lax.Precision.HIGHEST)]
+  full = itertools.product(
+    [None, jnp.float32, jnp.bfloat16, jnp.float16],
+    [jnp.float32, jnp.bfloat16],
+    [None, jax.lax.Precision.HIGHEST],
+  )
+  corner = [
+    (None, jnp.float32, None),
+    (jnp.bfloat16, jnp.bfloat16, None),
+    (jnp.float16, jnp.float32, jax.lax.Precision.HIGHEST),
+    (None, jnp.bfloat16, jax.lax.Precision.HIGHEST),
+  ]
   name = lambda d: "infer" if d is None else jnp.dtype(d).name
   for case in CASES:
-    grid = (full if case.id in ("kfc-combined", "linear-terms", "conv-terms-dilated")
-            else corner)
+    grid = full if case.id in ("kfc-combined", "linear-terms", "conv-terms-dilated") else corner
     for dtype, param_dtype, precision in grid:
-      yield pytest.param(case, dtype, param_dtype, precision, id=(
-          f"{case.id}-{name(dtype)}-p{name(param_dtype)}-{precision}"))
+      yield pytest.param(
+        case,
+        dtype,
+        param_dtype,
+        precision,
+        id=(f"{case.id}-{name(dtype)}-p{name(param_dtype)}-{precision}"),
+      )
 
 
 @pytest.mark.parametrize("case,dtype,param_dtype,precision", list(_grid()))
@@ -90,8 +98,9 @@ def test_dtype_grid(rng, case, dtype, param_dtype, precision):
     assert value.dtype == jnp.dtype(param_dtype), name
   # Reference from what the computation actually sees: x in the compute dtype.
   x_seen = np.asarray(jnp.asarray(x, compute), np.float64)
-  params = {k: np.asarray(jnp.asarray(v, compute), np.float64)
-            for k, v in nnx_params(layer).items()}
+  params = {
+    k: np.asarray(jnp.asarray(v, compute), np.float64) for k, v in nnx_params(layer).items()
+  }
   assert _rel(y, case.reference(params, x_seen)) < TOLERANCES[compute.name]
 
 
@@ -111,8 +120,9 @@ def test_gradients(x64, rng, case):
   if case.linear and case.conv is None:
     w = case.kernel(nnx_params(layer))
     gx = jax.grad(lambda v: f(state, v).sum())(x)
-    np.testing.assert_allclose(np.asarray(gx).reshape(3, -1),
-                               np.tile(w.sum(axis=1), (3, 1)), rtol=1e-10)
+    np.testing.assert_allclose(
+      np.asarray(gx).reshape(3, -1), np.tile(w.sum(axis=1), (3, 1)), rtol=1e-10
+    )
 
 
 @cases
@@ -158,8 +168,7 @@ def test_linen_twin_matches_nnx(rng, case):
   copied = {"params": {k: jnp.asarray(v) for k, v in nnx_params(layer).items()}}
   np.testing.assert_array_equal(twin.apply(copied, x), layer(x))
   if case.linear:
-    np.testing.assert_array_equal(twin.apply(copied, method="materialize"),
-                                  layer.materialize())
+    np.testing.assert_array_equal(twin.apply(copied, method="materialize"), layer.materialize())
   assert twin.cost_for_input(4, x.shape) == layer.cost_for_input(4, x.shape)
 
 
@@ -193,8 +202,7 @@ def test_param_count_matches_cost(case):
   assert cost.dense_params == case.kernel_size + bias
   assert cost.dense_flops == 2 * case.kernel_size
   assert cost.flops > 0
-  twin_params = case.linen().init(jax.random.key(0),
-                                  jnp.ones((1, *case.x_shape)))["params"]
+  twin_params = case.linen().init(jax.random.key(0), jnp.ones((1, *case.x_shape)))["params"]
   assert sum(v.size for v in jax.tree.leaves(twin_params)) == count
 
 
@@ -209,19 +217,21 @@ def test_is_a_kronecker_layer(case):
 
 @cases
 def test_materialize_is_the_effective_kernel(x64, rng, case):
-  layer = case.nnx(param_dtype=jnp.float64, use_bias=False,
-                   **({} if case.linear else {"activation": None}))
+  layer = case.nnx(
+    param_dtype=jnp.float64, use_bias=False, **({} if case.linear else {"activation": None})
+  )
   randomize(layer, rng)
   x = _x(rng, case, (4,))
   w = np.asarray(layer.materialize())
   if case.linear:
-    np.testing.assert_allclose(w, case.kernel(nnx_params(layer)), rtol=1e-12,
-                               atol=1e-12)
-  chex.assert_shape(w, (*layer.kernel_size, *case.args[:2]) if case.conv
-                    else (case.in_features, case.args[1]))
+    np.testing.assert_allclose(w, case.kernel(nnx_params(layer)), rtol=1e-12, atol=1e-12)
+  chex.assert_shape(
+    w, (*layer.kernel_size, *case.args[:2]) if case.conv else (case.in_features, case.args[1])
+  )
   y = np.asarray(layer(jnp.asarray(x)))
-  np.testing.assert_allclose(y.reshape(-1), case.apply_kernel(x, w).reshape(-1),
-                             rtol=1e-10, atol=1e-10)
+  np.testing.assert_allclose(
+    y.reshape(-1), case.apply_kernel(x, w).reshape(-1), rtol=1e-10, atol=1e-10
+  )
 
 
 @cases
@@ -240,14 +250,22 @@ def test_every_layer_is_in_the_table():
   assert {c.linen_cls for c in CASES} == modules
 
 
-@pytest.mark.parametrize("strides,padding,dilation", [
-    (1, "SAME", 1), (2, "SAME", 1), (2, "VALID", 1), (1, "SAME", 2),
-    ((2, 1), ((1, 0), (2, 1)), 1)], ids=str)
+@pytest.mark.parametrize(
+  "strides,padding,dilation",
+  [(1, "SAME", 1), (2, "SAME", 1), (2, "VALID", 1), (1, "SAME", 2), ((2, 1), ((1, 0), (2, 1)), 1)],
+  ids=str,
+)
 def test_numpy_conv_reference_is_lax_conv(x64, rng, strides, padding, dilation):
   x, w = rng.standard_normal((2, 9, 8, 3)), rng.standard_normal((2, 3, 3, 4))
   pair = lambda v: (v, v) if isinstance(v, int) else v
   expected = jax.lax.conv_general_dilated(
-      x, w, pair(strides), padding, rhs_dilation=pair(dilation),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  np.testing.assert_allclose(np_conv(x, w, strides, padding, dilation), expected,
-                             rtol=1e-12, atol=1e-12)
+    x,
+    w,
+    pair(strides),
+    padding,
+    rhs_dilation=pair(dilation),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
+  np.testing.assert_allclose(
+    np_conv(x, w, strides, padding, dilation), expected, rtol=1e-12, atol=1e-12
+  )

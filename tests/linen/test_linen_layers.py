@@ -24,20 +24,23 @@ def _dense_params(rng, kernel, bias=True):
 
 
 def _dense_apply(variables, x):
-  return nn.Dense(variables["params"]["kernel"].shape[1],
-                  use_bias="bias" in variables["params"]).apply(variables, x)
+  return nn.Dense(
+    variables["params"]["kernel"].shape[1], use_bias="bias" in variables["params"]
+  ).apply(variables, x)
 
 
 def test_kronecker_linear_from_exact_dense_params(x64, rng):
   w = np_kron(random_factors(rng, (3, 4), (5, 2), 2))
   dense = _dense_params(rng, w)
   conv = kfc_jax.linen.KroneckerLinear.from_dense_params(
-      dense, in_factors=(3, 4), out_factors=(5, 2), rank=2)
+    dense, in_factors=(3, 4), out_factors=(5, 2), rank=2
+  )
   assert conv.relative_error < 1e-12
   assert set(conv.params) == {"bias", "factor_0_0", "factor_0_1"}
   x = jnp.asarray(rng.standard_normal((4, 12)))
-  np.testing.assert_allclose(conv.module.apply({"params": conv.params}, x),
-                             _dense_apply(dense, x), rtol=1e-11, atol=1e-11)
+  np.testing.assert_allclose(
+    conv.module.apply({"params": conv.params}, x), _dense_apply(dense, x), rtol=1e-11, atol=1e-11
+  )
 
 
 def test_linen_and_nnx_conversions_agree(x64, rng):
@@ -52,17 +55,18 @@ def test_linen_and_nnx_conversions_agree(x64, rng):
   layer = kfc_jax.nnx.KFC.from_linear(linear, (3, 4, 5), terms, sweeps=5)
   assert conv.relative_error == pytest.approx(layer.relative_error, rel=1e-12)
   x = jnp.asarray(rng.standard_normal((2, 3, 4, 5)))
-  np.testing.assert_allclose(conv.module.apply({"params": conv.params}, x), layer(x),
-                             rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(
+    conv.module.apply({"params": conv.params}, x), layer(x), rtol=1e-12, atol=1e-12
+  )
 
 
 def test_low_rank_from_dense_params_without_bias(x64, rng):
   w = rng.standard_normal((12, 10))
-  conv = kfc_jax.linen.LowRankLinear.from_dense_params(
-      _dense_params(rng, w, bias=False), rank=3)
+  conv = kfc_jax.linen.LowRankLinear.from_dense_params(_dense_params(rng, w, bias=False), rank=3)
   s = np.linalg.svd(w, compute_uv=False)
-  np.testing.assert_allclose(conv.relative_error,
-                             np.sqrt(np.sum(s[3:] ** 2)) / np.linalg.norm(w), rtol=1e-9)
+  np.testing.assert_allclose(
+    conv.relative_error, np.sqrt(np.sum(s[3:] ** 2)) / np.linalg.norm(w), rtol=1e-9
+  )
   assert not conv.module.use_bias and set(conv.params) == {"u", "v"}
 
 
@@ -72,15 +76,29 @@ def test_from_dense_params_accepts_bare_param_dict(rng):
   assert conv.params["factor_0_0"].dtype == jnp.float32
 
 
-@pytest.mark.parametrize("build,error,fragments", [
-    (lambda: kfc_jax.linen.KroneckerLinear.from_dense_params({"w": 1}), TypeError,
-     ["Linen Dense param dict", r"\['w'\]"]),
-    (lambda: kfc_jax.linen.KroneckerLinear.from_dense_params(
-        {"kernel": jnp.ones((3,))}), ValueError, [r"params\['kernel'\] must be 2-D"]),
-    (lambda: kfc_jax.linen.KFC.from_dense_params(
-        {"kernel": jnp.ones((100, 4))}, (3, 3, 32), ["II"]), ValueError,
-     [r"H\*W\*C = 288", "in_features=100"]),
-], ids=["not-dense", "kernel-rank", "in-shape"])
+@pytest.mark.parametrize(
+  "build,error,fragments",
+  [
+    (
+      lambda: kfc_jax.linen.KroneckerLinear.from_dense_params({"w": 1}),
+      TypeError,
+      ["Linen Dense param dict", r"\['w'\]"],
+    ),
+    (
+      lambda: kfc_jax.linen.KroneckerLinear.from_dense_params({"kernel": jnp.ones((3,))}),
+      ValueError,
+      [r"params\['kernel'\] must be 2-D"],
+    ),
+    (
+      lambda: kfc_jax.linen.KFC.from_dense_params(
+        {"kernel": jnp.ones((100, 4))}, (3, 3, 32), ["II"]
+      ),
+      ValueError,
+      [r"H\*W\*C = 288", "in_features=100"],
+    ),
+  ],
+  ids=["not-dense", "kernel-rank", "in-shape"],
+)
 def test_conversion_errors(build, error, fragments):
   with pytest.raises(error) as info:
     build()
@@ -100,9 +118,13 @@ def test_bad_arguments_raise_at_first_call_naming_the_argument():
 def test_sharding_metadata_boxes_every_factor():
   names = (None, None, "model")
   layer = kfc_jax.linen.KroneckerLinear(
-      12, 10, terms=[((3, 4), (5, 2)), ((2, 2, 3), (1, 2, 5))],
-      factor_metadata={"out_sharding": names}, bias_metadata={"out_sharding": ("model",)},
-      **FAST_INIT)
+    12,
+    10,
+    terms=[((3, 4), (5, 2)), ((2, 2, 3), (1, 2, 5))],
+    factor_metadata={"out_sharding": names},
+    bias_metadata={"out_sharding": ("model",)},
+    **FAST_INIT,
+  )
   params = layer.init(jax.random.key(0), jnp.ones((1, 12)))["params"]
   for name, value in params.items():
     assert isinstance(value, nn.Partitioned), name
@@ -112,4 +134,5 @@ def test_sharding_metadata_boxes_every_factor():
   assert y.shape == (2, 10)
   with pytest.raises(ValueError, match=r"accept only a sharding.*'tag'"):
     kfc_jax.linen.KroneckerLinear(12, 10, factor_metadata={"tag": 1}).init(
-        jax.random.key(0), jnp.ones((1, 12)))
+      jax.random.key(0), jnp.ones((1, 12))
+    )

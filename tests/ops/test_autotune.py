@@ -37,30 +37,31 @@ def test_autotune_is_exact_and_cached(rng, cache_dir, monkeypatch):
   x, factors = _case(rng)
   calls = []
   real = _autotune.time_strategies
-  monkeypatch.setattr(_autotune, "time_strategies",
-                      lambda *a, **k: calls.append(a[3]) or real(*a, **k))
-  y = kfc_jax.kron_matmul(jnp.asarray(x), [jnp.asarray(f) for f in factors],
-                          strategy="autotune")
+  monkeypatch.setattr(
+    _autotune, "time_strategies", lambda *a, **k: calls.append(a[3]) or real(*a, **k)
+  )
+  y = kfc_jax.kron_matmul(jnp.asarray(x), [jnp.asarray(f) for f in factors], strategy="autotune")
   np.testing.assert_allclose(y, x @ np_kron(factors), rtol=1e-4, atol=1e-4)
   # Timed once, every order and (W is small here) forming W.
   assert len(calls) == 1 and set(calls[0]) == {(0, 1), (1, 0), "materialize"}
   # Cached: in memory, and on disk for later processes.
-  kfc_jax.kron_matmul(jnp.asarray(x), [jnp.asarray(f) for f in factors],
-                      strategy="autotune")
+  kfc_jax.kron_matmul(jnp.asarray(x), [jnp.asarray(f) for f in factors], strategy="autotune")
   assert len(calls) == 1
   entries = json.loads((cache_dir / "autotune.json").read_text())
   (entry,) = entries.values()
   assert set(entry["seconds"]) == {"01", "10", "materialize"}
   assert min(entry["seconds"], key=entry["seconds"].get) == (
-      "".join(map(str, entry["strategy"])) if isinstance(entry["strategy"], list)
-      else entry["strategy"])
+    "".join(map(str, entry["strategy"]))
+    if isinstance(entry["strategy"], list)
+    else entry["strategy"]
+  )
   _autotune.clear_cache(memory=True)  # a new process: reads the disk cache
-  plan = kfc_jax.kron_matmul_plan(x.shape, [f.shape for f in factors],
-                                  strategy="autotune")
+  plan = kfc_jax.kron_matmul_plan(x.shape, [f.shape for f in factors], strategy="autotune")
   assert len(calls) == 1
   expected = entry["strategy"]
-  assert (plan.strategy == "materialize" if expected == "materialize"
-          else plan.order == tuple(expected))
+  assert (
+    plan.strategy == "materialize" if expected == "materialize" else plan.order == tuple(expected)
+  )
 
 
 def test_autotune_under_jit_and_grad(rng, cache_dir):
@@ -71,9 +72,9 @@ def test_autotune_under_jit_and_grad(rng, cache_dir):
   @jax.jit
   def loss(x, fs):
     return jnp.sum(kfc_jax.kron_matmul(x, fs, strategy="autotune") ** 2)
+
   grads = jax.grad(loss, (0, 1))(jnp.asarray(x), fs)
-  want = jax.grad(lambda x, fs: jnp.sum((x @ kfc_jax.kron(fs)) ** 2), (0, 1))(
-      jnp.asarray(x), fs)
+  want = jax.grad(lambda x, fs: jnp.sum((x @ kfc_jax.kron(fs)) ** 2), (0, 1))(jnp.asarray(x), fs)
   for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-3)
   assert (cache_dir / "autotune.json").exists()
@@ -82,11 +83,11 @@ def test_autotune_under_jit_and_grad(rng, cache_dir):
 def test_autotune_falls_back_to_the_cost_model(rng, cache_dir, monkeypatch, caplog):
   def broken(*args, **kwargs):
     raise RuntimeError("no timer here")
+
   monkeypatch.setattr(_autotune, "time_strategies", broken)
   x, factors = _case(rng)
   with caplog.at_level(logging.WARNING, logger="kfc_jax"):
-    plan = kfc_jax.kron_matmul_plan(x.shape, [f.shape for f in factors],
-                                    strategy="autotune")
+    plan = kfc_jax.kron_matmul_plan(x.shape, [f.shape for f in factors], strategy="autotune")
   auto = kfc_jax.kron_matmul_plan(x.shape, [f.shape for f in factors])
   assert plan.chosen == auto.chosen
   assert "cost model" in caplog.text and "no timer here" in caplog.text
@@ -102,9 +103,9 @@ def test_autotune_candidates_respect_the_memory_rule():
 
 def test_autotune_strategy_only_for_matmul():
   with pytest.raises(ValueError, match="strategy"):
-    kfc_jax.kron_conv(jnp.ones((1, 4, 4, 4)), (jnp.ones((1, 1, 2, 2)),
-                                               jnp.ones((1, 1, 2, 2))),
-                      strategy="autotune")
+    kfc_jax.kron_conv(
+      jnp.ones((1, 4, 4, 4)), (jnp.ones((1, 1, 2, 2)), jnp.ones((1, 1, 2, 2))), strategy="autotune"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -114,12 +115,19 @@ def test_autotune_strategy_only_for_matmul():
 
 def _synthetic(model, sweep, dtype=jnp.float32):
   """Measurements whose times follow the additive model exactly."""
-  weights = np.array([1 / model.flops_per_second, 1 / model.bytes_per_second,
-                      1 / model.cache_bytes_per_second, model.overhead_seconds])
+  weights = np.array(
+    [
+      1 / model.flops_per_second,
+      1 / model.bytes_per_second,
+      1 / model.cache_bytes_per_second,
+      model.overhead_seconds,
+    ]
+  )
   out = []
   for batch, ms, ns, r in sweep:
-    plan = kfc_jax.kron_matmul_plan((batch, math.prod(ms)),
-                                    [(r, m, n) for m, n in zip(ms, ns, strict=True)])
+    plan = kfc_jax.kron_matmul_plan(
+      (batch, math.prod(ms)), [(r, m, n) for m, n in zip(ms, ns, strict=True)]
+    )
     strategies = [c.order for c in plan.candidates if c.strategy == "factored"]
     for s in [*strategies, "materialize"]:
       m = calibrate.Measurement(batch, ms, ns, r, s, 0.0)
@@ -129,16 +137,27 @@ def _synthetic(model, sweep, dtype=jnp.float32):
 
 
 def test_fit_recovers_known_constants():
-  truth = kfc_jax.CostModel(flops_per_second=3e11, bytes_per_second=4e10,
-                            overhead_seconds=2e-5, full_speed_dim=64,
-                            chunk_bytes=2**20, cache_bytes_per_second=9e10)
+  truth = kfc_jax.CostModel(
+    flops_per_second=3e11,
+    bytes_per_second=4e10,
+    overhead_seconds=2e-5,
+    full_speed_dim=64,
+    chunk_bytes=2**20,
+    cache_bytes_per_second=9e10,
+  )
   measurements = _synthetic(truth, calibrate.SWEEP)
-  model, report = calibrate.fit(measurements, kfc_jax.default_cost_model("cpu"),
-                                full_speed_dims=(64,))
-  for field in ("flops_per_second", "bytes_per_second", "cache_bytes_per_second",
-                "overhead_seconds"):
-    np.testing.assert_allclose(getattr(model, field), getattr(truth, field),
-                               rtol=1e-6, err_msg=field)
+  model, report = calibrate.fit(
+    measurements, kfc_jax.default_cost_model("cpu"), full_speed_dims=(64,)
+  )
+  for field in (
+    "flops_per_second",
+    "bytes_per_second",
+    "cache_bytes_per_second",
+    "overhead_seconds",
+  ):
+    np.testing.assert_allclose(
+      getattr(model, field), getattr(truth, field), rtol=1e-6, err_msg=field
+    )
   assert report["full_speed_dim"] == 64
 
 
@@ -151,7 +170,8 @@ def test_calibration_file_feeds_default_cost_model(tmp_path, monkeypatch):
   # Entries of another kind of device are ignored.
   data = json.loads((tmp_path / "cost_model.json").read_text())
   (tmp_path / "cost_model.json").write_text(
-      json.dumps({"gpu:some other device": data[_autotune.device_key()]}))
+    json.dumps({"gpu:some other device": data[_autotune.device_key()]})
+  )
   assert kfc_jax.default_cost_model() == builtin
 
 

@@ -23,18 +23,18 @@ def convs_traced(fn, *args) -> int:
 
 
 class TestPlan:
-
   def test_flops_match_the_two_convs(self):
     # 3x3 (x) 3x3 at stride 1, SAME: B runs on every padded pixel of each
     # input group, A on every output pixel of each output group.
     r, (ah, aw, ai, ao), (bh, bw, bi, bo) = 2, (3, 3, 4, 5), (3, 3, 2, 3)
     n, h, w = 4, 10, 12
-    plan = kfc_jax.kron_conv_plan((n, h, w, ai * bi), [(r, ah, aw, ai, ao),
-                                                      (r, bh, bw, bi, bo)],
-                                  strategy="factored")
-    h1, w1 = h + 8 - 2, w + 8 - 2   # padded by 4 each side, minus B's 3x3
-    assert plan.chosen.flops == (2 * n * ai * h1 * w1 * bh * bw * bi * r * bo
-                                 + 2 * n * bo * h * w * ah * aw * ai * r * ao)
+    plan = kfc_jax.kron_conv_plan(
+      (n, h, w, ai * bi), [(r, ah, aw, ai, ao), (r, bh, bw, bi, bo)], strategy="factored"
+    )
+    h1, w1 = h + 8 - 2, w + 8 - 2  # padded by 4 each side, minus B's 3x3
+    assert plan.chosen.flops == (
+      2 * n * ai * h1 * w1 * bh * bw * bi * r * bo + 2 * n * bo * h * w * ah * aw * ai * r * ao
+    )
     assert plan.dense_flops == 2 * n * h * w * 81 * (ai * bi) * (ao * bo)
     assert plan.out_shape == (n, h, w, ao * bo)
     assert plan.kernel_shape == (9, 9, ai * bi, ao * bo)
@@ -45,8 +45,7 @@ class TestPlan:
     # A is 1x1: the conv by B takes the whole stride (a quarter of the FLOPs).
     shapes = [(1, 1, 4, 4), (3, 3, 4, 4)]
     s1 = kfc_jax.kron_conv_plan((2, 16, 16, 16), shapes, strategy="factored")
-    s2 = kfc_jax.kron_conv_plan((2, 16, 16, 16), shapes, strides=2,
-                                strategy="factored")
+    s2 = kfc_jax.kron_conv_plan((2, 16, 16, 16), shapes, strides=2, strategy="factored")
     assert s2.chosen.flops * 4 == s1.chosen.flops
 
   def test_forced_and_auto(self):
@@ -74,7 +73,7 @@ class TestPlan:
     fast_compute = kfc_jax.CostModel(1e15, 1e9, 0.0, full_speed_dim=1)
     a = kfc_jax.kron_conv_plan((8, 16, 16, 64), shapes, cost_model=fast_memory)
     b = kfc_jax.kron_conv_plan((8, 16, 16, 64), shapes, cost_model=fast_compute)
-    assert a.strategy == "factored"     # fewer FLOPs wins when bytes are free
+    assert a.strategy == "factored"  # fewer FLOPs wins when bytes are free
     assert b.strategy == "materialize"  # fewer bytes wins when FLOPs are free
 
 
@@ -89,9 +88,10 @@ class TestSumPlan:
     plan = kfc_jax.kron_conv_sum_plan((n, h, w, 8), self.SHAPES, strategy="factored")
     expected = 0
     for (r, ah, aw, ai, ao), (_, bh, bw, bi, bo) in self.SHAPES:
-      h1, w1 = h + 2 - bh + 1, w + 2 - bw + 1   # B on the SAME-padded input
-      expected += (2 * n * ai * h1 * w1 * bh * bw * bi * r * bo
-                   + 2 * n * bo * h * w * ah * aw * ai * r * ao)
+      h1, w1 = h + 2 - bh + 1, w + 2 - bw + 1  # B on the SAME-padded input
+      expected += (
+        2 * n * ai * h1 * w1 * bh * bw * bi * r * bo + 2 * n * bo * h * w * ah * aw * ai * r * ao
+      )
     assert plan.strategy == "factored"
     assert plan.flops == expected
     assert plan.dense_flops == 2 * n * h * w * 9 * 8 * 8
@@ -99,8 +99,7 @@ class TestSumPlan:
     assert [t.kernel_shape for t in plan.terms] == [(3, 3, 8, 8)] * 2
 
   def test_materialized_flops_are_one_dense_conv(self):
-    plan = kfc_jax.kron_conv_sum_plan((2, 10, 12, 8), self.SHAPES,
-                                      strategy="materialize")
+    plan = kfc_jax.kron_conv_sum_plan((2, 10, 12, 8), self.SHAPES, strategy="materialize")
     k_size = 9 * 8 * 8
     # Forming the first kernel (2 r FLOPs an entry), then one dense conv.
     assert plan.flops == 2 * 1 * k_size + plan.dense_flops
@@ -109,8 +108,9 @@ class TestSumPlan:
   def test_what_runs_is_the_plan(self, x64, rng, model):
     x = rng.standard_normal((2, 10, 12, 8))
     terms = [random_term(rng, self.A1, self.B1, 1), random_term(rng, self.A2, self.B2, 2)]
-    plan = kfc_jax.kron_conv_sum_plan(x.shape, [(a.shape, b.shape) for a, b in terms],
-                                      cost_model=model)
+    plan = kfc_jax.kron_conv_sum_plan(
+      x.shape, [(a.shape, b.shape) for a, b in terms], cost_model=model
+    )
     fn = lambda x, terms: kfc_jax.kron_conv_sum(x, terms, cost_model=model)
     expected_convs = 1 if plan.strategy == "materialize" else 2 * len(terms)
     assert convs_traced(fn, x, terms) == expected_convs
@@ -120,9 +120,10 @@ class TestSumPlan:
   def test_the_models_disagree(self):
     # The two models above must reach both decisions, or the test above
     # checks one path only.
-    strategies = {kfc_jax.kron_conv_sum_plan((2, 10, 12, 8), self.SHAPES,
-                                             cost_model=m).strategy
-                  for m in (FAST_MEMORY, FAST_COMPUTE)}
+    strategies = {
+      kfc_jax.kron_conv_sum_plan((2, 10, 12, 8), self.SHAPES, cost_model=m).strategy
+      for m in (FAST_MEMORY, FAST_COMPUTE)
+    }
     assert strategies == {"factored", "materialize"}
 
   def test_one_term_is_kron_conv_plan(self):
@@ -134,10 +135,12 @@ class TestSumPlan:
       assert (one.strategy, one.flops) == (plan.strategy, plan.chosen.flops)
 
   def test_terms_of_different_kernels(self):
-    with pytest.raises(ValueError, match=r"terms\[0\] gives \(3, 3, 8, 8\) but"
-                       r" terms\[1\] gives \(3, 3, 8, 4\)"):
-      kfc_jax.kron_conv_sum_plan((1, 8, 8, 8), [self.SHAPES[0],
-                                                ((3, 1, 2, 2), (1, 3, 4, 2))])
+    with pytest.raises(
+      ValueError,
+      match=r"terms\[0\] gives \(3, 3, 8, 8\) but"
+      r" terms\[1\] gives \(3, 3, 8, 4\)",
+    ):
+      kfc_jax.kron_conv_sum_plan((1, 8, 8, 8), [self.SHAPES[0], ((3, 1, 2, 2), (1, 3, 4, 2))])
     with pytest.raises(TypeError, match="terms must be a non-empty sequence"):
       kfc_jax.kron_conv_sum_plan((1, 8, 8, 8), [])
 
@@ -153,8 +156,7 @@ def test_kron_conv_takes_a_cost_model(x64, rng, model):
 
 
 def test_circular_plan_reads_the_wrapped_input():
-  plan = kfc_jax.kron_conv_plan((2, 8, 10, 4), [(3, 3, 2, 2), (1, 1, 2, 2)],
-                                padding="CIRCULAR")
+  plan = kfc_jax.kron_conv_plan((2, 8, 10, 4), [(3, 3, 2, 2), (1, 1, 2, 2)], padding="CIRCULAR")
   same = kfc_jax.kron_conv_plan((2, 8, 10, 4), [(3, 3, 2, 2), (1, 1, 2, 2)])
   assert plan.x_shape == (2, 10, 12, 4) and plan.padding == ((0, 0), (0, 0))
   assert plan.out_shape == same.out_shape == (2, 8, 10, 4)
@@ -162,6 +164,9 @@ def test_circular_plan_reads_the_wrapped_input():
 
 
 def test_conv_strategy_is_a_name():
-  with pytest.raises(ValueError, match=r"strategy must be one of \('auto', 'factored',"
-                     r" 'materialize'\), got \(0, 1\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"strategy must be one of \('auto', 'factored',"
+    r" 'materialize'\), got \(0, 1\)",
+  ):
     kfc_jax.kron_conv_plan((1, 8, 8, 4), [(3, 3, 2, 2), (1, 1, 2, 2)], strategy=(0, 1))

@@ -20,11 +20,14 @@ class TestCostModel:
   def test_gemm_step_slows_down_with_short_contractions(self, contraction, seconds):
     assert self.MODEL.step_seconds(1e9, 0, contraction) == pytest.approx(seconds)
 
-  @pytest.mark.parametrize("cin,cout,seconds", [
-      (128, 256, 1.0),           # min(cin, cout) >= 2 * 64: full speed
-      (32, 256, 2.0),            # sqrt(32 / 128) = 1/2 of full speed
-      (256, 8, 4.0),             # sqrt(8 / 128) = 1/4
-  ])
+  @pytest.mark.parametrize(
+    "cin,cout,seconds",
+    [
+      (128, 256, 1.0),  # min(cin, cout) >= 2 * 64: full speed
+      (32, 256, 2.0),  # sqrt(32 / 128) = 1/2 of full speed
+      (256, 8, 4.0),  # sqrt(8 / 128) = 1/4
+    ],
+  )
   def test_conv_step_slows_down_with_few_channels(self, cin, cout, seconds):
     assert self.MODEL.conv_step_seconds(1e9, 0, cin, cout) == pytest.approx(seconds)
 
@@ -40,7 +43,6 @@ class TestCostModel:
 
 
 class TestPlan:
-
   def test_flops_match_design_formula(self):
     m1, m2, n1, n2, r, batch = 6, 8, 5, 7, 3, 11
     plan = kfc_jax.kron_matmul_plan((batch, m1 * m2), [(r, m1, n1), (r, m2, n2)])
@@ -63,8 +65,7 @@ class TestPlan:
     # factored steps (contracting 64) look slower than one GEMM by W, so only
     # the memory rule can keep auto from forming W.
     long_k = kfc_jax.CostModel(1e12, 1e15, overhead_seconds=0.0, full_speed_dim=4096)
-    plan = kfc_jax.kron_matmul_plan((batch, 4096), [(64, 64), (64, 64)],
-                                    cost_model=long_k)
+    plan = kfc_jax.kron_matmul_plan((batch, 4096), [(64, 64), (64, 64)], cost_model=long_k)
     assert plan.candidates[0].strategy == "materialize"
     w_fits = batch * (4096 + 4096) >= 4096 * 4096  # from batch 2048 on
     assert plan.strategy == ("materialize" if w_fits else "factored")
@@ -91,5 +92,3 @@ class TestPlan:
     b = kfc_jax.kron_matmul_plan((64, 16), shapes, cost_model=fast_compute)
     assert a.strategy == "factored"  # fewer FLOPs wins when bytes are free
     assert b.strategy == "materialize"  # fewer bytes wins when FLOPs are free
-
-

@@ -19,11 +19,11 @@ import kfc_jax
 
 # (in_factors, out_factors): rectangular, size-1 and k = 1..4.
 SHAPES = [
-    ((5,), (3,)),
-    ((2, 3), (4, 5)),
-    ((1, 4), (3, 1)),
-    ((3, 2, 4), (2, 5, 1)),
-    ((2, 1, 3, 2), (2, 3, 1, 2)),
+  ((5,), (3,)),
+  ((2, 3), (4, 5)),
+  ((1, 4), (3, 1)),
+  ((3, 2, 4), (2, 5, 1)),
+  ((2, 1, 3, 2), (2, 3, 1, 2)),
 ]
 
 
@@ -32,19 +32,18 @@ def _check_strategies(rng, in_factors, out_factors, rank, batch_shape, strategie
   x = rng.standard_normal((*batch_shape, math.prod(in_factors)))
   expected = x @ np_kron(factors)
   for strategy in strategies:
-    y = kfc_jax.kron_matmul(jnp.asarray(x), [jnp.asarray(f) for f in factors],
-                            strategy=strategy)
+    y = kfc_jax.kron_matmul(jnp.asarray(x), [jnp.asarray(f) for f in factors], strategy=strategy)
     chex.assert_shape(y, (*batch_shape, math.prod(out_factors)))
-    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10,
-                               err_msg=f"strategy={strategy}")
+    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10, err_msg=f"strategy={strategy}")
 
 
 @pytest.mark.parametrize("in_factors,out_factors", SHAPES, ids=str)
 @pytest.mark.parametrize("rank", [1, 2, 8])
 @pytest.mark.parametrize("batch_shape", [(), (4,), (2, 3), (2, 1, 3)], ids=str)
 def test_matches_np_kron(x64, rng, in_factors, out_factors, rank, batch_shape):
-  _check_strategies(rng, in_factors, out_factors, rank, batch_shape,
-                    ["auto", "factored", "materialize"])
+  _check_strategies(
+    rng, in_factors, out_factors, rank, batch_shape, ["auto", "factored", "materialize"]
+  )
 
 
 @pytest.mark.parametrize("in_factors,out_factors", SHAPES[1:], ids=str)
@@ -56,8 +55,7 @@ def test_every_contraction_order(x64, rng, in_factors, out_factors):
 def test_two_dimensional_factor_means_rank_one(x64, rng):
   a, b = rng.standard_normal((3, 4)), rng.standard_normal((2, 5))
   x = rng.standard_normal((7, 6))
-  np.testing.assert_allclose(kfc_jax.kron_matmul(x, [a, b]),
-                             x @ np.kron(a, b), rtol=1e-12)
+  np.testing.assert_allclose(kfc_jax.kron_matmul(x, [a, b]), x @ np.kron(a, b), rtol=1e-12)
 
 
 @pytest.mark.parametrize("in_factors,out_factors", SHAPES, ids=str)
@@ -79,8 +77,12 @@ def test_dtypes(rng, dtype, strategy, precision):
   factors = random_factors(rng, in_factors, out_factors, rank)
   x = rng.standard_normal((16, 24))
   expected = x @ np_kron(factors)
-  y = kfc_jax.kron_matmul(jnp.asarray(x, dtype), [jnp.asarray(f, dtype) for f in factors],
-                          strategy=strategy, precision=precision)
+  y = kfc_jax.kron_matmul(
+    jnp.asarray(x, dtype),
+    [jnp.asarray(f, dtype) for f in factors],
+    strategy=strategy,
+    precision=precision,
+  )
   assert y.dtype == dtype
   # Inputs are rounded to dtype too, so compare with the reference relative
   # to the output's scale.
@@ -93,8 +95,7 @@ def test_preferred_element_type_accumulates_wider(rng, strategy):
   factors = [jnp.asarray(f, jnp.bfloat16) for f in random_factors(rng, (8, 8), (8, 8), 4)]
   x = jnp.asarray(rng.standard_normal((32, 64)), jnp.bfloat16)
   expected = np.asarray(x, np.float64) @ np_kron(factors)
-  y = kfc_jax.kron_matmul(x, factors, preferred_element_type=jnp.float32,
-                          strategy=strategy)
+  y = kfc_jax.kron_matmul(x, factors, preferred_element_type=jnp.float32, strategy=strategy)
   assert y.dtype == jnp.float32
   err = np.abs(np.asarray(y) - expected).max() / np.abs(expected).max()
   assert err < 1e-5, err  # only the inputs were rounded, not the sums
@@ -108,8 +109,7 @@ def test_mixed_dtypes_promote(rng):
 
 @pytest.mark.parametrize("strategy", ["factored", "materialize", (0, 2, 1)])
 @pytest.mark.parametrize("rank", [1, 3])
-@pytest.mark.parametrize("backward,modes", [("autodiff", ["fwd", "rev"]),
-                                            ("planned", ["rev"])])
+@pytest.mark.parametrize("backward,modes", [("autodiff", ["fwd", "rev"]), ("planned", ["rev"])])
 def test_gradients(x64, rng, strategy, rank, backward, modes):
   # The planned backward is a custom_vjp: reverse mode (any order) only.
   factors = tuple(jnp.asarray(f) for f in random_factors(rng, (2, 3, 2), (3, 2, 2), rank))
@@ -155,8 +155,12 @@ def test_jit_vmap_and_no_retracing(rng):
 
 
 # Every float dtype of the dtype policy, with its unit roundoff.
-FLOAT_DTYPES = {jnp.float16: 2.0**-11, jnp.bfloat16: 2.0**-8,
-                jnp.float32: 2.0**-24, jnp.float64: 2.0**-53}
+FLOAT_DTYPES = {
+  jnp.float16: 2.0**-11,
+  jnp.bfloat16: 2.0**-8,
+  jnp.float32: 2.0**-24,
+  jnp.float64: 2.0**-53,
+}
 
 
 @settings(max_examples=60, deadline=None)
@@ -169,19 +173,18 @@ def test_property_random_shapes(data):
   # Sizes from 0: empty batches (x: [0, m], [3, 0, m]) give empty results.
   batch = data.draw(st.lists(st.integers(0, 3), max_size=2), label="batch")
   dtype = data.draw(st.sampled_from(list(FLOAT_DTYPES)), label="dtype")
-  strategy = data.draw(st.sampled_from(["auto", "factored", "materialize"]),
-                       label="strategy")
+  strategy = data.draw(st.sampled_from(["auto", "factored", "materialize"]), label="strategy")
   seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
   rng = np.random.default_rng(seed)
   with jax.enable_x64(True):
     # The reference multiplies the inputs as rounded to dtype, in float64.
-    factors = [np.asarray(jnp.asarray(f, dtype), np.float64)
-               for f in random_factors(rng, ms, ns, rank)]
-    x = np.asarray(jnp.asarray(rng.standard_normal((*batch, math.prod(ms))), dtype),
-                   np.float64)
-    y = kfc_jax.kron_matmul(jnp.asarray(x, dtype),
-                            [jnp.asarray(f, dtype) for f in factors],
-                            strategy=strategy)
+    factors = [
+      np.asarray(jnp.asarray(f, dtype), np.float64) for f in random_factors(rng, ms, ns, rank)
+    ]
+    x = np.asarray(jnp.asarray(rng.standard_normal((*batch, math.prod(ms))), dtype), np.float64)
+    y = kfc_jax.kron_matmul(
+      jnp.asarray(x, dtype), [jnp.asarray(f, dtype) for f in factors], strategy=strategy
+    )
   assert y.dtype == dtype
   chex.assert_shape(y, (*batch, math.prod(ns)))
   # Rounding bound: each of the k contractions (and the stored intermediates)
@@ -195,18 +198,19 @@ def test_property_random_shapes(data):
 @given(data=st.data())
 def test_property_zero_size_factor_is_a_clear_error(data):
   k = data.draw(st.integers(1, 3), label="k")
-  dims = data.draw(st.lists(st.integers(0, 3), min_size=2 * k, max_size=2 * k)
-                   .filter(lambda d: 0 in d), label="dims")
+  dims = data.draw(
+    st.lists(st.integers(0, 3), min_size=2 * k, max_size=2 * k).filter(lambda d: 0 in d),
+    label="dims",
+  )
   batch = data.draw(st.integers(0, 3), label="batch")
   factors = [jnp.ones((dims[2 * t], dims[2 * t + 1])) for t in range(k)]
-  bad = next(t for t in range(k) if 0 in dims[2 * t:2 * t + 2])
+  bad = next(t for t in range(k) if 0 in dims[2 * t : 2 * t + 2])
   x = jnp.ones((batch, math.prod(dims[0::2])))
   with pytest.raises(ValueError, match=rf"factors\[{bad}\] must have sizes m, n >= 1"):
     kfc_jax.kron_matmul(x, factors)
 
 
 class TestErrors:
-
   def test_x_size_mismatch(self):
     with pytest.raises(ValueError, match=r"x must have shape \[\*batch, 6\].*\(2, 3\).*\(4, 5\)"):
       kfc_jax.kron_matmul(jnp.ones((4, 5)), [jnp.ones((2, 2)), jnp.ones((3, 3))])
@@ -236,15 +240,15 @@ class TestErrors:
       kfc_jax.kron_matmul(jnp.ones((1, 4)), [])
 
   def test_integer_factors(self):
-    with pytest.raises(TypeError,
-                       match=r"factors\[0\] must have a real floating dtype .*, got int32"):
+    with pytest.raises(
+      TypeError, match=r"factors\[0\] must have a real floating dtype .*, got int32"
+    ):
       kfc_jax.kron_matmul(jnp.ones((1, 4)), [jnp.ones((4, 4), jnp.int32)])
 
   @pytest.mark.parametrize("strategy", ["fast", (0, 0), (0, 1, 2)])
   def test_bad_strategy(self, strategy):
     with pytest.raises(ValueError, match="strategy must be one of"):
-      kfc_jax.kron_matmul(jnp.ones((1, 4)), [jnp.ones((2, 2)), jnp.ones((2, 2))],
-                          strategy=strategy)
+      kfc_jax.kron_matmul(jnp.ones((1, 4)), [jnp.ones((2, 2)), jnp.ones((2, 2))], strategy=strategy)
 
   def test_plan_bad_shapes(self):
     with pytest.raises(ValueError, match=r"x_shape must end in prod\(m_t\) = 6"):
@@ -261,8 +265,9 @@ def test_chunked_plan_matches_reference(x64, rng, batch):
   model = kfc_jax.CostModel(1e9, 1e9, 0.0, chunk_bytes=256, cache_bytes_per_second=4e9)
   factors = [jnp.asarray(f) for f in random_factors(rng, (2, 3, 2), (3, 2, 2), 2)]
   x = jnp.asarray(rng.standard_normal((batch, 12)))
-  plan = kfc_jax.kron_matmul_plan(x.shape, [f.shape for f in factors],
-                                  dtype=jnp.float64, strategy="factored", cost_model=model)
+  plan = kfc_jax.kron_matmul_plan(
+    x.shape, [f.shape for f in factors], dtype=jnp.float64, strategy="factored", cost_model=model
+  )
   assert (plan.chosen.chunk_rows is not None) == (batch > 1)
   f = lambda x, fs: kfc_jax.kron_matmul(x, fs, strategy="factored", cost_model=model)
   np.testing.assert_allclose(f(x, factors), np.asarray(x) @ np_kron(factors), rtol=1e-10)

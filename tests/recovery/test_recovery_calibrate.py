@@ -24,7 +24,7 @@ def _np_patches(x, kh, kw, stride, pad):
   for b in range(n):
     for i in range(oh):
       for j in range(ow):
-        rows.append(x[b, i * stride:i * stride + kh, j * stride:j * stride + kw, :].ravel())
+        rows.append(x[b, i * stride : i * stride + kh, j * stride : j * stride + kw, :].ravel())
   return np.asarray(rows, np.float64)
 
 
@@ -48,8 +48,7 @@ class ConvNet(nnx.Module):
 
 
 def _batches(rng, n=3, shape=(5, 9, 9, 3), shift=1.0):
-  return [jnp.asarray(rng.normal(size=shape) * [0.5, 1, 2] + shift, jnp.float32)
-          for _ in range(n)]
+  return [jnp.asarray(rng.normal(size=shape) * [0.5, 1, 2] + shift, jnp.float32) for _ in range(n)]
 
 
 def test_nnx_input_covariances_match_numpy(rng):
@@ -59,8 +58,7 @@ def test_nnx_input_covariances_match_numpy(rng):
   assert sorted(covs) == ["conv", "fc"]
   x = np.concatenate([np.asarray(b, np.float64) for b in batches])
   patches = _np_patches(x, 3, 3, 2, ((1, 1), (1, 1)))
-  np.testing.assert_allclose(covs["conv"], patches.T @ patches / len(patches),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(covs["conv"], patches.T @ patches / len(patches), rtol=1e-5, atol=1e-5)
   # The FC layer's input, recomputed from the model's own layers.
   kernel = np.asarray(model.conv.kernel[...], np.float64)
   h = _np_conv(x, kernel, 2, ((1, 1), (1, 1))) + np.asarray(model.conv.bias[...])
@@ -73,15 +71,21 @@ def test_nnx_input_covariances_match_numpy(rng):
 def test_nnx_patch_order_is_the_kernels(rng):
   # patches @ kernel.reshape(-1, out) is the convolution itself.
   from kfc_jax.recovery._taps import conv_patches
+
   x = rng.normal(size=(2, 7, 8, 4)).astype(np.float32)
   k = rng.normal(size=(3, 2, 4, 5)).astype(np.float32)
   for strides, padding in [(1, "SAME"), (2, "VALID"), ((2, 1), ((1, 2), (0, 1)))]:
-    ref = jax.lax.conv_general_dilated(x, k, strides if isinstance(strides, tuple)
-                                       else (strides,) * 2, padding,
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ref = jax.lax.conv_general_dilated(
+      x,
+      k,
+      strides if isinstance(strides, tuple) else (strides,) * 2,
+      padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     p = conv_patches(jnp.asarray(x), (3, 2), strides=strides, padding=padding)
-    np.testing.assert_allclose(np.asarray(p @ k.reshape(-1, 5)),
-                               np.asarray(ref).reshape(-1, 5), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+      np.asarray(p @ k.reshape(-1, 5)), np.asarray(ref).reshape(-1, 5), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_linen_input_covariances_match_numpy(rng):
@@ -96,8 +100,7 @@ def test_linen_input_covariances_match_numpy(rng):
   covs = recovery.collect_linen_input_covariances(Net(), variables, batches)
   x = np.concatenate([np.asarray(b, np.float64) for b in batches])
   patches = _np_patches(x, 3, 3, 2, ((0, 0), (0, 0)))
-  np.testing.assert_allclose(covs["conv"], patches.T @ patches / len(patches),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(covs["conv"], patches.T @ patches / len(patches), rtol=1e-5, atol=1e-5)
   params = variables["params"]
   h = _np_conv(x, np.asarray(params["conv"]["kernel"], np.float64), 2, ((0, 0), (0, 0)))
   h = np.maximum(h + np.asarray(params["conv"]["bias"]), 0).reshape(len(x), -1)
@@ -123,27 +126,28 @@ def test_recalibration_restores_batch_statistics_after_conv_weights_change(rng):
   np.testing.assert_allclose(np.asarray(new.bn.var[...]), h.var(0), rtol=1e-4, atol=1e-5)
   assert np.abs(np.asarray(changed.bn.mean[...]) - h.mean(0)).max() > 1.0
   # Nothing else moved, and the input model is as it was.
-  jax.tree.map(np.testing.assert_array_equal, before,
-               jax.tree.map(np.asarray, nnx.state(changed)))
+  jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, nnx.state(changed)))
   for name in ("conv", "fc"):
-    jax.tree.map(np.testing.assert_array_equal,
-                 jax.tree.map(np.asarray, nnx.state(getattr(changed, name))),
-                 jax.tree.map(np.asarray, nnx.state(getattr(new, name))))
-  np.testing.assert_array_equal(np.asarray(new.bn.scale[...]),
-                                np.asarray(changed.bn.scale[...]))
+    jax.tree.map(
+      np.testing.assert_array_equal,
+      jax.tree.map(np.asarray, nnx.state(getattr(changed, name))),
+      jax.tree.map(np.asarray, nnx.state(getattr(new, name))),
+    )
+  np.testing.assert_array_equal(np.asarray(new.bn.scale[...]), np.asarray(changed.bn.scale[...]))
   assert new.bn.use_running_average is True
 
 
 def test_recalibration_is_an_exact_pooled_average_not_an_ema(rng):
-  model = nnx.Sequential(nnx.Linear(3, 2, rngs=nnx.Rngs(0)),
-                         nnx.BatchNorm(2, momentum=0.9, rngs=nnx.Rngs(0)))
+  model = nnx.Sequential(
+    nnx.Linear(3, 2, rngs=nnx.Rngs(0)), nnx.BatchNorm(2, momentum=0.9, rngs=nnx.Rngs(0))
+  )
   sizes = [4, 16, 7]
-  batches = [jnp.asarray(rng.normal(size=(s, 3)) + i, jnp.float32)
-             for i, s in enumerate(sizes)]
+  batches = [jnp.asarray(rng.normal(size=(s, 3)) + i, jnp.float32) for i, s in enumerate(sizes)]
   new = recovery.recalibrate_batchnorm(model, batches)
   x = np.concatenate([np.asarray(b, np.float64) for b in batches])
   h = x @ np.asarray(model.layers[0].kernel[...], np.float64) + np.asarray(
-      model.layers[0].bias[...])
+    model.layers[0].bias[...]
+  )
   np.testing.assert_allclose(np.asarray(new.layers[1].mean[...]), h.mean(0), rtol=1e-5)
   np.testing.assert_allclose(np.asarray(new.layers[1].var[...]), h.var(0), rtol=1e-4)
 
@@ -159,17 +163,18 @@ def test_linen_recalibration_restores_batch_statistics(rng):
   batches = _batches(rng)
   variables = Net().init(jax.random.key(0), batches[0])
   params = jax.tree.map(lambda p: p, variables["params"])
-  params = {**params, "conv": {**params["conv"],
-                               "kernel": params["conv"]["kernel"] * 2 - 0.1}}
+  params = {**params, "conv": {**params["conv"], "kernel": params["conv"]["kernel"] * 2 - 0.1}}
   changed = {**variables, "params": params}
   new = recovery.recalibrate_linen_batchnorm(Net(), changed, batches)
   x = np.concatenate([np.asarray(b, np.float64) for b in batches])
   h = _np_conv(x, np.asarray(params["conv"]["kernel"], np.float64), 1, ((1, 1), (1, 1)))
   h = (h + np.asarray(params["conv"]["bias"])).reshape(-1, 5)
-  np.testing.assert_allclose(np.asarray(new["batch_stats"]["bn"]["mean"]), h.mean(0),
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(new["batch_stats"]["bn"]["var"]), h.var(0),
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(new["batch_stats"]["bn"]["mean"]), h.mean(0), rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    np.asarray(new["batch_stats"]["bn"]["var"]), h.var(0), rtol=1e-4, atol=1e-5
+  )
   assert new["params"] is changed["params"]
   np.testing.assert_array_equal(np.asarray(changed["batch_stats"]["bn"]["mean"]), 0.0)
 

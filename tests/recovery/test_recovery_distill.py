@@ -39,8 +39,9 @@ def test_distill_lowers_the_loss_and_leaves_models_alone(rng):
   student = _student(teacher)
   teacher_before, student_before = _states(teacher), _states(student)
   data = _data(rng)
-  result = recovery.distill(student, teacher, data, epochs=8, temperature=2.0,
-                            optimizer=optax.adam(3e-3))
+  result = recovery.distill(
+    student, teacher, data, epochs=8, temperature=2.0, optimizer=optax.adam(3e-3)
+  )
   assert len(result.losses) == 8 * len(data)
   assert np.mean(result.losses[-4:]) < 0.75 * np.mean(result.losses[:4])
   jax.tree.map(np.testing.assert_array_equal, teacher_before, _states(teacher))
@@ -51,22 +52,31 @@ def test_distill_lowers_the_loss_and_leaves_models_alone(rng):
 def test_distill_trains_only_the_filtered_params(rng):
   teacher = MLP(nnx.Rngs(1))
   student = _student(teacher)
-  result = recovery.distill(student, teacher, _data(rng), epochs=2, target="features",
-                            train="factors", optimizer=optax.adam(1e-2))
-  assert not np.allclose(np.asarray(result.model.fc1.u[...]),
-                         np.asarray(student.fc1.u[...]))
+  result = recovery.distill(
+    student,
+    teacher,
+    _data(rng),
+    epochs=2,
+    target="features",
+    train="factors",
+    optimizer=optax.adam(1e-2),
+  )
+  assert not np.allclose(np.asarray(result.model.fc1.u[...]), np.asarray(student.fc1.u[...]))
   # Biases and the dense layer stayed as they were.
-  np.testing.assert_array_equal(np.asarray(result.model.fc1.bias[...]),
-                                np.asarray(student.fc1.bias[...]))
-  np.testing.assert_array_equal(np.asarray(result.model.fc2.kernel[...]),
-                                np.asarray(student.fc2.kernel[...]))
+  np.testing.assert_array_equal(
+    np.asarray(result.model.fc1.bias[...]), np.asarray(student.fc1.bias[...])
+  )
+  np.testing.assert_array_equal(
+    np.asarray(result.model.fc2.kernel[...]), np.asarray(student.fc2.kernel[...])
+  )
   head_only = nnx.All(nnx.Param, nnx.PathContains("fc2"))
-  result = recovery.distill(student, teacher, _data(rng), train=head_only,
-                            optimizer=optax.adam(1e-2))
-  np.testing.assert_array_equal(np.asarray(result.model.fc1.u[...]),
-                                np.asarray(student.fc1.u[...]))
-  assert not np.allclose(np.asarray(result.model.fc2.kernel[...]),
-                         np.asarray(student.fc2.kernel[...]))
+  result = recovery.distill(
+    student, teacher, _data(rng), train=head_only, optimizer=optax.adam(1e-2)
+  )
+  np.testing.assert_array_equal(np.asarray(result.model.fc1.u[...]), np.asarray(student.fc1.u[...]))
+  assert not np.allclose(
+    np.asarray(result.model.fc2.kernel[...]), np.asarray(student.fc2.kernel[...])
+  )
 
 
 def test_distill_with_labels_and_a_function_teacher(rng):
@@ -74,8 +84,7 @@ def test_distill_with_labels_and_a_function_teacher(rng):
   student = _student(teacher)
   data = [(x, jnp.asarray(rng.integers(0, 5, size=len(x)))) for x in _data(rng)]
   logits = nnx.jit(lambda m, x: m(x))
-  result = recovery.distill(student, lambda x: logits(teacher, x), data, epochs=2,
-                            label_weight=0.5)
+  result = recovery.distill(student, lambda x: logits(teacher, x), data, epochs=2, label_weight=0.5)
   assert all(np.isfinite(result.losses))
   with pytest.raises(ValueError, match="needs \\(x, y\\) batches"):
     recovery.distill(student, teacher, _data(rng), label_weight=0.5)
@@ -99,8 +108,7 @@ def test_match_layers_lowers_each_layers_output_error(rng):
   student = _student(teacher, rank=4)
   data = _data(rng)
   before = _states(student)
-  result = recovery.match_layers(student, teacher, data, steps=300,
-                                 optimizer=optax.adam(3e-3))
+  result = recovery.match_layers(student, teacher, data, steps=300, optimizer=optax.adam(3e-3))
   assert [m.path for m in result.layers] == ["fc1"]
   match = result.layers[0]
   # The weight-optimal SVD is not output-optimal on anisotropic inputs.
@@ -110,7 +118,8 @@ def test_match_layers_lowers_each_layers_output_error(rng):
   old = np.asarray(teacher.fc1(x), np.float64)
   new = np.asarray(result.model.fc1(x), np.float64)
   assert np.linalg.norm(new - old) / np.linalg.norm(old) == pytest.approx(
-      match.error_after, rel=1e-4)
+    match.error_after, rel=1e-4
+  )
   jax.tree.map(np.testing.assert_array_equal, before, _states(student))
 
 

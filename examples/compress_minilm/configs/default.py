@@ -59,12 +59,20 @@ class Config:
   compressions: tuple[int, ...] = (2, 4, 8)
   calibrations: tuple[str, ...] = ("weight", "data")
   distill_order: tuple[tuple[str, int], ...] = (
-    ("ffn", 4), ("ffn", 2), ("ffn", 8), ("attention", 4), ("attention", 2),
-    ("attention", 8))
+    ("ffn", 4),
+    ("ffn", 2),
+    ("ffn", 8),
+    ("attention", 4),
+    ("attention", 2),
+    ("attention", 8),
+  )
   seeds: tuple[int, ...] = (0,)
   extra_seed_rows: tuple[str, ...] = (
-    "ffn-low_rank-4x-weight", "ffn-low_rank-4x-data", "ffn-kronecker-4x-weight",
-    "ffn-kronecker-4x-data")
+    "ffn-low_rank-4x-weight",
+    "ffn-low_rank-4x-data",
+    "ffn-kronecker-4x-weight",
+    "ffn-kronecker-4x-data",
+  )
   extra_seeds: tuple[int, ...] = (1, 2)
   calibration_sentences: int = 512
   calibration_max_len: int = 64

@@ -30,5 +30,10 @@ from examples.kconv.configs import default
 def get_config() -> default.Config:
   """The full protocol."""
   return dataclasses.replace(
-      default.get_config(), seeds=(0, 1, 2), epochs=12, lr_schedule="cosine",
-      train_subset=None, time_rounds=31)
+    default.get_config(),
+    seeds=(0, 1, 2),
+    epochs=12,
+    lr_schedule="cosine",
+    train_subset=None,
+    time_rounds=31,
+  )

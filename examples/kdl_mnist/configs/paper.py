@@ -17,5 +17,4 @@ from examples.kdl_mnist.configs import default
 
 def get_config() -> default.Config:
   """The full protocol."""
-  return dataclasses.replace(default.get_config(), epochs=20,
-                             seeds=(0, 1, 2), lr_schedule="cosine")
+  return dataclasses.replace(default.get_config(), epochs=20, seeds=(0, 1, 2), lr_schedule="cosine")

@@ -22,5 +22,4 @@ from examples.mnist.configs import paper12
 
 def arm(**changes):
   """The control with ``changes`` (config fields) applied."""
-  return dataclasses.replace(paper12.get_config(), variants=("Baseline",),
-                             **changes)
+  return dataclasses.replace(paper12.get_config(), variants=("Baseline",), **changes)

@@ -37,9 +37,9 @@ from examples.mnist.configs import default
 def get_config() -> default.Config:
   """The full protocol."""
   return dataclasses.replace(
-      default.get_config(),
-      variants=models.ALL_VARIANTS,
-      seeds=(0, 1, 2),
-      epochs=20,
-      lr_schedule="cosine",
+    default.get_config(),
+    variants=models.ALL_VARIANTS,
+    seeds=(0, 1, 2),
+    epochs=20,
+    lr_schedule="cosine",
   )

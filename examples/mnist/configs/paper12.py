@@ -21,5 +21,4 @@ from examples.mnist.configs import paper
 
 def get_config():
   """``paper`` at 12 epochs, for the paper's five variants."""
-  return dataclasses.replace(paper.get_config(),
-                             variants=models.PAPER_VARIANTS, epochs=12)
+  return dataclasses.replace(paper.get_config(), variants=models.PAPER_VARIANTS, epochs=12)

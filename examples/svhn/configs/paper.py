@@ -21,6 +21,9 @@ from examples.svhn.configs import default
 def get_config() -> default.Config:
   """The full protocol."""
   return dataclasses.replace(
-      default.get_config(),
-      variants=(*default.models.PAPER_VARIANTS, "Cut-128"),
-      seeds=(0, 1, 2), epochs=20, lr_schedule="cosine")
+    default.get_config(),
+    variants=(*default.models.PAPER_VARIANTS, "Cut-128"),
+    seeds=(0, 1, 2),
+    epochs=20,
+    lr_schedule="cosine",
+  )
