@@ -52,18 +52,22 @@ def pad_to_32(images: np.ndarray) -> np.ndarray:
     ValueError: ``images`` is not 4-D or larger than 32x32.
   """
   if images.ndim != 4 or max(images.shape[1:3]) > IMAGE_SIZE:
-    raise ValueError(f"images must be [N, H, W, C] with H, W <= {IMAGE_SIZE}; "
-                     f"got shape {images.shape}.")
+    raise ValueError(
+      f"images must be [N, H, W, C] with H, W <= {IMAGE_SIZE}; got shape {images.shape}."
+    )
   dh, dw = IMAGE_SIZE - images.shape[1], IMAGE_SIZE - images.shape[2]
-  return np.pad(images, ((0, 0), (dh // 2, dh - dh // 2),
-                         (dw // 2, dw - dw // 2), (0, 0)))
+  return np.pad(images, ((0, 0), (dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2), (0, 0)))
 
 
-def load(dataset: str, *, num_train: int | None = None,
-         num_test: int | None = None,
-         data_dir: str | os.PathLike[str] | None = None,
-         manual_dir: str | os.PathLike[str] | None = None,
-         download: bool = True) -> Splits:
+def load(
+  dataset: str,
+  *,
+  num_train: int | None = None,
+  num_test: int | None = None,
+  data_dir: str | os.PathLike[str] | None = None,
+  manual_dir: str | os.PathLike[str] | None = None,
+  download: bool = True,
+) -> Splits:
   """Loads (preparing if needed) ``dataset`` into memory.
 
   Args:
@@ -92,8 +96,10 @@ def load(dataset: str, *, num_train: int | None = None,
   for name, n in (("num_train", num_train), ("num_test", num_test)):
     if n is not None and (not isinstance(n, int) or n < 1):
       raise ValueError(f"{name} must be a positive int or None; got {n!r}.")
-  splits = {"train": "train" if num_train is None else f"train[:{num_train}]",
-            "test": "test" if num_test is None else f"test[:{num_test}]"}
+  splits = {
+    "train": "train" if num_train is None else f"train[:{num_train}]",
+    "test": "test" if num_test is None else f"test[:{num_test}]",
+  }
   if dataset == "mnist":
     if manual_dir is None:
       manual_dir = mnist_data.default_manual_dir()
@@ -101,20 +107,30 @@ def load(dataset: str, *, num_train: int | None = None,
   else:
     if manual_dir is None and os.environ.get(CIFAR10_MANUAL_DIR_ENV):
       manual_dir = Path(os.environ[CIFAR10_MANUAL_DIR_ENV])
-    files, how_to_get = CIFAR10_FILES, (
-        f"  (Set it with --manual_dir or ${CIFAR10_MANUAL_DIR_ENV}.)")
+    files, how_to_get = (
+      CIFAR10_FILES,
+      (f"  (Set it with --manual_dir or ${CIFAR10_MANUAL_DIR_ENV}.)"),
+    )
   arrays = tfds_data.load_numpy_splits(
-      dataset, splits, data_dir=data_dir, manual_dir=manual_dir,
-      manual_files=files, download=download, how_to_get=how_to_get)
+    dataset,
+    splits,
+    data_dir=data_dir,
+    manual_dir=manual_dir,
+    manual_files=files,
+    download=download,
+    how_to_get=how_to_get,
+  )
   pad = pad_to_32 if dataset == "mnist" else (lambda x: x)
   # Sliced again: TFDS's mock data ignores the slices of split strings.
   sizes = {"train": num_train, "test": num_test}
-  return Splits(**{k: (pad(x[:sizes[k]]), y[:sizes[k]].astype(np.int32))
-                   for k, (x, y) in arrays.items()})
+  return Splits(
+    **{k: (pad(x[: sizes[k]]), y[: sizes[k]].astype(np.int32)) for k, (x, y) in arrays.items()}
+  )
 
 
-def augment(images: np.ndarray, rng: np.random.Generator, *,
-            flip: bool = True, pad: int = 4) -> np.ndarray:
+def augment(
+  images: np.ndarray, rng: np.random.Generator, *, flip: bool = True, pad: int = 4
+) -> np.ndarray:
   """He et al.'s CIFAR augmentation on a host batch: random crops and flips.
 
   Each image is zero-padded by ``pad`` pixels, cropped back to its size at a
@@ -124,8 +140,8 @@ def augment(images: np.ndarray, rng: np.random.Generator, *,
   padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   dy = rng.integers(0, 2 * pad + 1, n)
   dx = rng.integers(0, 2 * pad + 1, n)
-  rows = dy[:, None] + np.arange(h)[None, :]          # [n, h]
-  cols = dx[:, None] + np.arange(w)[None, :]          # [n, w]
+  rows = dy[:, None] + np.arange(h)[None, :]  # [n, h]
+  cols = dx[:, None] + np.arange(w)[None, :]  # [n, w]
   out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
   if flip:
     mirror = rng.random(n) < 0.5

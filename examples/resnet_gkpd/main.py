@@ -31,33 +31,46 @@ from examples.resnet_gkpd import input_pipeline, train
 
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-FIELDS = ("dataset", "depth", "num_train", "epochs", "finetune_epochs",
-          "batch_size", "learning_rate", "finetune_learning_rate",
-          "compression", "split", "seed", "data_dir", "manual_dir")
+FIELDS = (
+  "dataset",
+  "depth",
+  "num_train",
+  "epochs",
+  "finetune_epochs",
+  "batch_size",
+  "learning_rate",
+  "finetune_learning_rate",
+  "compression",
+  "split",
+  "seed",
+  "data_dir",
+  "manual_dir",
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   """The command line."""
-  parser = cli.parser("Train a CIFAR ResNet, compress it by GKPD, fine-tune.",
-                      "where results.json and report.md go",
-                      config_help="'default' or a path to a config file")
+  parser = cli.parser(
+    "Train a CIFAR ResNet, compress it by GKPD, fine-tune.",
+    "where results.json and report.md go",
+    config_help="'default' or a path to a config file",
+  )
   parser.add_argument("--dataset", choices=input_pipeline.DATASETS)
   parser.add_argument("--depth", type=int, help="6n+2: 20, 32, ...")
-  parser.add_argument("--num_train", type=int,
-                      help="train on the first N training images (0: all)")
+  parser.add_argument("--num_train", type=int, help="train on the first N training images (0: all)")
   parser.add_argument("--epochs", type=int)
   parser.add_argument("--finetune_epochs", type=int)
   parser.add_argument("--batch_size", type=int)
   parser.add_argument("--learning_rate", type=float)
   parser.add_argument("--finetune_learning_rate", type=float)
-  parser.add_argument("--compression", type=float,
-                      help="dense / Kronecker parameters of each block conv")
+  parser.add_argument(
+    "--compression", type=float, help="dense / Kronecker parameters of each block conv"
+  )
   parser.add_argument("--split", choices=train.SPLITS)
   parser.add_argument("--no_augment", action="store_true")
   parser.add_argument("--seed", type=int)
   cli.add_data_flags(parser, "the dataset's original files", "the dataset")
-  parser.add_argument("--no_progress", action="store_true",
-                      help="no progress bar")
+  parser.add_argument("--no_progress", action="store_true", help="no progress bar")
   return parser.parse_args(argv)
 
 
@@ -68,9 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if changes.get("num_train") == 0:
       changes["num_train"] = None
 
-  return cli.run(parse_args(argv), example="resnet_gkpd", fields=FIELDS,
-                 check=train.check_config,
-                 experiment=train.train_and_evaluate, adjust=adjust)
+  return cli.run(
+    parse_args(argv),
+    example="resnet_gkpd",
+    fields=FIELDS,
+    check=train.check_config,
+    experiment=train.train_and_evaluate,
+    adjust=adjust,
+  )
 
 
 if __name__ == "__main__":

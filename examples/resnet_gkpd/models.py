@@ -32,8 +32,7 @@ SPLITS = ("suggest", "blocks")
 _BLOCK = 4  # channel block of split="blocks"
 
 
-def he_normal(key: jax.Array, shape: tuple[int, ...],
-              dtype=jnp.float32) -> jax.Array:
+def he_normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
   """He et al.'s ``N(0, 2 / fan_in)``, ``fan_in`` = all but the last axis.
 
   Drawn flat and reshaped: on XLA:CPU the eager draw of a 4-D shape (and
@@ -46,8 +45,16 @@ def he_normal(key: jax.Array, shape: tuple[int, ...],
 
 
 def _conv(c_in: int, c_out: int, strides: int, rngs: nnx.Rngs) -> nnx.Conv:
-  return nnx.Conv(c_in, c_out, (3, 3), strides=strides, padding="SAME",
-                  use_bias=False, kernel_init=he_normal, rngs=rngs)
+  return nnx.Conv(
+    c_in,
+    c_out,
+    (3, 3),
+    strides=strides,
+    padding="SAME",
+    use_bias=False,
+    kernel_init=he_normal,
+    rngs=rngs,
+  )
 
 
 def _bn(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -68,10 +75,11 @@ class BasicBlock(nnx.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     y = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
     y = self.bn2(self.conv2(y), use_running_average=not train)
-    shortcut = x[:, ::self.strides, ::self.strides, :]
+    shortcut = x[:, :: self.strides, :: self.strides, :]
     if self.pad:
-      shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0),
-                                    (self.pad // 2, self.pad - self.pad // 2)))
+      shortcut = jnp.pad(
+        shortcut, ((0, 0), (0, 0), (0, 0), (self.pad // 2, self.pad - self.pad // 2))
+      )
     return nnx.relu(y + shortcut)
 
 
@@ -82,8 +90,7 @@ def blocks_per_stage(depth: int) -> int:
     ValueError: ``depth`` is not ``6n + 2`` for an ``n >= 1``.
   """
   if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-    raise ValueError(f"depth must be 6n+2 for n >= 1 (20, 32, 44, ...); got "
-                     f"{depth!r}.")
+    raise ValueError(f"depth must be 6n+2 for n >= 1 (20, 32, 44, ...); got {depth!r}.")
   return (depth - 2) // 6
 
 
@@ -100,12 +107,12 @@ class ResNet(nnx.Module):
     ValueError: a bad ``depth`` or ``in_channels``.
   """
 
-  def __init__(self, depth: int = 20, *, in_channels: int = 3,
-               num_classes: int = NUM_CLASSES, rngs: nnx.Rngs):
+  def __init__(
+    self, depth: int = 20, *, in_channels: int = 3, num_classes: int = NUM_CLASSES, rngs: nnx.Rngs
+  ):
     n = blocks_per_stage(depth)
     if not isinstance(in_channels, int) or in_channels < 1:
-      raise ValueError(f"in_channels must be a positive int; got "
-                       f"{in_channels!r}.")
+      raise ValueError(f"in_channels must be a positive int; got {in_channels!r}.")
     self.depth = depth
     self.stem = _conv(in_channels, STAGE_CHANNELS[0], 1, rngs)
     self.stem_bn = _bn(STAGE_CHANNELS[0], rngs)
@@ -119,8 +126,11 @@ class ResNet(nnx.Module):
     self.blocks = nnx.List(blocks)
     # Flax's default (LeCun normal, truncated), drawn flat for speed as above.
     self.head = nnx.Linear(
-        c_in, num_classes, rngs=rngs,
-        kernel_init=lambda k, s, d=jnp.float32: he_normal(k, s, d) / math.sqrt(2))
+      c_in,
+      num_classes,
+      rngs=rngs,
+      kernel_init=lambda k, s, d=jnp.float32: he_normal(k, s, d) / math.sqrt(2),
+    )
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     x = nnx.relu(self.stem_bn(self.stem(x), use_running_average=not train))
@@ -129,8 +139,7 @@ class ResNet(nnx.Module):
     return self.head(x.mean(axis=(1, 2)))
 
 
-def expected_params(depth: int, in_channels: int = 3,
-                    num_classes: int = NUM_CLASSES) -> int:
+def expected_params(depth: int, in_channels: int = 3, num_classes: int = NUM_CLASSES) -> int:
   """The parameter count of :class:`ResNet` by formula (BatchNorm included).
 
   Each 3x3 conv ``c_in -> c_out`` has ``9 c_in c_out`` weights and its
@@ -148,14 +157,12 @@ def expected_params(depth: int, in_channels: int = 3,
 
 def count_params(module: nnx.Module) -> int:
   """Scalars in the module's ``nnx.Param`` s (BatchNorm statistics excluded)."""
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(
-      nnx.state(module, nnx.Param)))
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
 def block_conv_paths(model: ResNet) -> list[str]:
   """Paths (as ``kfc_jax.compress`` spells them) of the blocks' 3x3 convs."""
-  return [f"blocks/{i}/{name}" for i in range(len(model.blocks))
-          for name in ("conv1", "conv2")]
+  return [f"blocks/{i}/{name}" for i in range(len(model.blocks)) for name in ("conv1", "conv2")]
 
 
 # ----------------------------------------------------------------------------
@@ -163,22 +170,22 @@ def block_conv_paths(model: ResNet) -> list[str]:
 # ----------------------------------------------------------------------------
 
 
-def _block_rule(path: str, kernel_shape: tuple[int, ...],
-                compression: float) -> kfc_jax.LayerRule:
+def _block_rule(path: str, kernel_shape: tuple[int, ...], compression: float) -> kfc_jax.LayerRule:
   kh, kw, c_in, c_out = kernel_shape
   if c_in % _BLOCK or c_out % _BLOCK:
-    raise ValueError(f"split='blocks' needs channels divisible by {_BLOCK}; "
-                     f"layer {path!r} has {c_in} -> {c_out}.")
+    raise ValueError(
+      f"split='blocks' needs channels divisible by {_BLOCK}; layer {path!r} has {c_in} -> {c_out}."
+    )
   a = (kh, kw, c_in // _BLOCK, c_out // _BLOCK)
   b = (1, 1, _BLOCK, _BLOCK)
   per_rank = int(np.prod(a)) + int(np.prod(b))
   rank = max(1, round(np.prod(kernel_shape) / compression / per_rank))
-  return kfc_jax.LayerRule(re.escape(path), a_shape=a, b_shape=b,
-                           rank=int(rank))
+  return kfc_jax.LayerRule(re.escape(path), a_shape=a, b_shape=b, rank=int(rank))
 
 
-def compression_policy(model: ResNet, *, compression: float = 5.0,
-                       split: str = "suggest") -> kfc_jax.CompressionPolicy:
+def compression_policy(
+  model: ResNet, *, compression: float = 5.0, split: str = "suggest"
+) -> kfc_jax.CompressionPolicy:
   """The policy that turns every block conv of ``model`` into a KroneckerConv.
 
   The stem conv (``3 -> 16`` or ``1 -> 16``: 432 or 144 weights) and the
@@ -202,7 +209,8 @@ def compression_policy(model: ResNet, *, compression: float = 5.0,
     raise ValueError(f"compression must be >= 1; got {compression!r}.")
   if split == "suggest":
     return kfc_jax.CompressionPolicy(
-        [kfc_jax.LayerRule(r"blocks/\d+/conv[12]", compression=compression)])
+      [kfc_jax.LayerRule(r"blocks/\d+/conv[12]", compression=compression)]
+    )
   rules = []
   for path in block_conv_paths(model):
     block, name = path.split("/")[1:]
@@ -213,5 +221,4 @@ def compression_policy(model: ResNet, *, compression: float = 5.0,
 
 def conv_params(model: ResNet) -> int:
   """Parameters of the block convs (dense kernels or Kronecker factors)."""
-  return sum(count_params(getattr(b, n))
-             for b in model.blocks for n in ("conv1", "conv2"))
+  return sum(count_params(getattr(b, n)) for b in model.blocks for n in ("conv1", "conv2"))

@@ -53,16 +53,20 @@ SPLITS = models.SPLITS
 # ----------------------------------------------------------------------------
 
 
-def create_model(depth: int = 20, *, in_channels: int = 3,
-                 seed: int = 0) -> models.ResNet:
+def create_model(depth: int = 20, *, in_channels: int = 3, seed: int = 0) -> models.ResNet:
   """ResNet-``depth`` for ``[B, 32, 32, in_channels]`` images."""
   return models.ResNet(depth, in_channels=in_channels, rngs=nnx.Rngs(seed))
 
 
 @functools.cache
-def make_tx(learning_rate: float, total_steps: int, *, warmup_steps: int = 0,
-            momentum: float = 0.9, weight_decay: float = 1e-4
-            ) -> optax.GradientTransformation:
+def make_tx(
+  learning_rate: float,
+  total_steps: int,
+  *,
+  warmup_steps: int = 0,
+  momentum: float = 0.9,
+  weight_decay: float = 1e-4,
+) -> optax.GradientTransformation:
   """SGD (Nesterov) with coupled L2 decay, linear warm-up, cosine to zero.
 
   Cached: ``nnx.jit`` keys its cache on the optimizer's static structure,
@@ -71,27 +75,35 @@ def make_tx(learning_rate: float, total_steps: int, *, warmup_steps: int = 0,
   warmup = min(warmup_steps, total_steps // 2)
   if warmup:
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, learning_rate, warmup, max(total_steps, warmup + 1))
+      0.0, learning_rate, warmup, max(total_steps, warmup + 1)
+    )
   else:
     schedule = optax.cosine_decay_schedule(learning_rate, max(total_steps, 1))
-  return optax.chain(optax.add_decayed_weights(weight_decay),
-                     optax.sgd(schedule, momentum=momentum, nesterov=True))
+  return optax.chain(
+    optax.add_decayed_weights(weight_decay), optax.sgd(schedule, momentum=momentum, nesterov=True)
+  )
 
 
-def create_optimizer(model: nnx.Module, config: Config, total_steps: int, *,
-                     finetune: bool = False) -> nnx.Optimizer:
+def create_optimizer(
+  model: nnx.Module, config: Config, total_steps: int, *, finetune: bool = False
+) -> nnx.Optimizer:
   """An ``nnx.Optimizer`` over every ``nnx.Param`` of ``model``."""
   lr = config.finetune_learning_rate if finetune else config.learning_rate
-  tx = make_tx(lr, total_steps, warmup_steps=config.warmup_steps,
-               momentum=config.momentum, weight_decay=config.weight_decay)
+  tx = make_tx(
+    lr,
+    total_steps,
+    warmup_steps=config.warmup_steps,
+    momentum=config.momentum,
+    weight_decay=config.weight_decay,
+  )
   return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
-def compress(model: models.ResNet, config: Config
-             ) -> tuple[models.ResNet, kfc_jax.CompressionReport]:
+def compress(
+  model: models.ResNet, config: Config
+) -> tuple[models.ResNet, kfc_jax.CompressionReport]:
   """A compressed copy of ``model`` (``model`` itself is left as it was)."""
-  policy = models.compression_policy(model, compression=config.compression,
-                                     split=config.split)
+  policy = models.compression_policy(model, compression=config.compression, split=config.split)
   return kfc_jax.compress(model, policy)
 
 
@@ -111,36 +123,65 @@ evaluate = functools.partial(loop.evaluate, preprocess=preprocess)
 replicate = pipeline.replicate  # Part of this module's train-loop API.
 
 
-def train_epoch(model: models.ResNet, optimizer: nnx.Optimizer,
-                images: np.ndarray, labels: np.ndarray, *, config: Config,
-                mesh: Mesh, rng: np.random.Generator, desc: str = ""
-                ) -> dict[str, float]:
+def train_epoch(
+  model: models.ResNet,
+  optimizer: nnx.Optimizer,
+  images: np.ndarray,
+  labels: np.ndarray,
+  *,
+  config: Config,
+  mesh: Mesh,
+  rng: np.random.Generator,
+  desc: str = "",
+) -> dict[str, float]:
   """One shuffled, augmented (``config.augment``) pass; see ``loop``."""
   augment = None
   if config.augment:
-    augment = functools.partial(input_pipeline.augment,
-                                flip=config.dataset == "cifar10")
-  return loop.train_epoch(model, optimizer, images, labels, config=config,
-                          mesh=mesh, rng=rng, preprocess=preprocess,
-                          augment=augment, desc=desc)
+    augment = functools.partial(input_pipeline.augment, flip=config.dataset == "cifar10")
+  return loop.train_epoch(
+    model,
+    optimizer,
+    images,
+    labels,
+    config=config,
+    mesh=mesh,
+    rng=rng,
+    preprocess=preprocess,
+    augment=augment,
+    desc=desc,
+  )
 
 
-def fit(model: models.ResNet, data: input_pipeline.Splits, *, config: Config,
-        mesh: Mesh, epochs: int, finetune: bool, rng: np.random.Generator,
-        name: str) -> list[dict[str, float]]:
+def fit(
+  model: models.ResNet,
+  data: input_pipeline.Splits,
+  *,
+  config: Config,
+  mesh: Mesh,
+  epochs: int,
+  finetune: bool,
+  rng: np.random.Generator,
+  name: str,
+) -> list[dict[str, float]]:
   """``epochs`` of SGD on the training images; returns per-epoch records."""
   steps = pipeline.num_batches(len(data.train[0]), config.batch_size, True)
-  optimizer = create_optimizer(model, config, epochs * steps,
-                               finetune=finetune)
+  optimizer = create_optimizer(model, config, epochs * steps, finetune=finetune)
   replicate((model, optimizer), mesh)
   history = []
   for epoch in range(1, epochs + 1):
-    record = train_epoch(model, optimizer, *data.train, config=config,
-                         mesh=mesh, rng=rng, desc=f"{name} epoch {epoch}")
+    record = train_epoch(
+      model, optimizer, *data.train, config=config, mesh=mesh, rng=rng, desc=f"{name} epoch {epoch}"
+    )
     history.append({"epoch": epoch, **record})
-    logger.info("%s epoch %d/%d: train loss %.4f accuracy %.2f%% | %.1f s",
-                name, epoch, epochs, record["loss"], record["accuracy"],
-                record["seconds"])
+    logger.info(
+      "%s epoch %d/%d: train loss %.4f accuracy %.2f%% | %.1f s",
+      name,
+      epoch,
+      epochs,
+      record["loss"],
+      record["accuracy"],
+      record["seconds"],
+    )
   return history
 
 
@@ -156,18 +197,16 @@ def check_config(config: Config, mesh: Mesh | None = None) -> None:
     ValueError: naming the bad field.
   """
   if config.dataset not in input_pipeline.DATASETS:
-    raise ValueError(f"dataset must be one of {input_pipeline.DATASETS}; got "
-                     f"{config.dataset!r}.")
+    raise ValueError(f"dataset must be one of {input_pipeline.DATASETS}; got {config.dataset!r}.")
   models.blocks_per_stage(config.depth)
-  if config.num_train is not None and (not isinstance(config.num_train, int)
-                                       or config.num_train < 1):
-    raise ValueError(f"num_train must be a positive int or None; got "
-                     f"{config.num_train!r}.")
+  if config.num_train is not None and (
+    not isinstance(config.num_train, int) or config.num_train < 1
+  ):
+    raise ValueError(f"num_train must be a positive int or None; got {config.num_train!r}.")
   if config.epochs < 1:
     raise ValueError(f"epochs must be >= 1; got {config.epochs!r}.")
   if config.finetune_epochs < 0:
-    raise ValueError(f"finetune_epochs must be >= 0; got "
-                     f"{config.finetune_epochs!r}.")
+    raise ValueError(f"finetune_epochs must be >= 0; got {config.finetune_epochs!r}.")
   if config.split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}; got {config.split!r}.")
   if not config.compression >= 1:
@@ -180,17 +219,26 @@ def check_config(config: Config, mesh: Mesh | None = None) -> None:
   pipeline.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
 
 
-def _phase(name: str, model: models.ResNet, test: dict[str, float],
-           seconds: float) -> dict[str, Any]:
-  return {"phase": name, "test_accuracy": test["accuracy"],
-          "test_loss": test["loss"], "params": models.count_params(model),
-          "conv_params": models.conv_params(model), "seconds": seconds,
-          "eval_seconds": test["seconds"]}
+def _phase(
+  name: str, model: models.ResNet, test: dict[str, float], seconds: float
+) -> dict[str, Any]:
+  return {
+    "phase": name,
+    "test_accuracy": test["accuracy"],
+    "test_loss": test["loss"],
+    "params": models.count_params(model),
+    "conv_params": models.conv_params(model),
+    "seconds": seconds,
+    "eval_seconds": test["seconds"],
+  }
 
 
-def train_and_evaluate(config: Config, workdir: str | os.PathLike[str] | None,
-                       *, data: input_pipeline.Splits | None = None
-                       ) -> dict[str, Any]:
+def train_and_evaluate(
+  config: Config,
+  workdir: str | os.PathLike[str] | None,
+  *,
+  data: input_pipeline.Splits | None = None,
+) -> dict[str, Any]:
   """Trains, compresses and fine-tunes; returns (and writes) the results.
 
   Args:
@@ -209,64 +257,92 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike[str] | None,
   mesh = pipeline.make_data_mesh()
   start = time.perf_counter()
   if data is None:
-    data = input_pipeline.load(config.dataset, num_train=config.num_train,
-                               data_dir=config.data_dir,
-                               manual_dir=config.manual_dir,
-                               download=config.download)
+    data = input_pipeline.load(
+      config.dataset,
+      num_train=config.num_train,
+      data_dir=config.data_dir,
+      manual_dir=config.manual_dir,
+      download=config.download,
+    )
   load_seconds = time.perf_counter() - start
-  logger.info("%s: %d training and %d test images (%.1f s to load)",
-              config.dataset, len(data.train[0]), len(data.test[0]),
-              load_seconds)
-  eval_kw = {"batch_size": config.eval_batch_size, "mesh": mesh,
-             "prefetch": config.prefetch}
+  logger.info(
+    "%s: %d training and %d test images (%.1f s to load)",
+    config.dataset,
+    len(data.train[0]),
+    len(data.test[0]),
+    load_seconds,
+  )
+  eval_kw = {"batch_size": config.eval_batch_size, "mesh": mesh, "prefetch": config.prefetch}
   rng = np.random.default_rng(config.seed)
 
-  model = create_model(config.depth, in_channels=data.channels,
-                       seed=config.seed)
+  model = create_model(config.depth, in_channels=data.channels, seed=config.seed)
   start = time.perf_counter()
-  dense_history = fit(model, data, config=config, mesh=mesh,
-                      epochs=config.epochs, finetune=False, rng=rng,
-                      name=f"ResNet-{config.depth}")
+  dense_history = fit(
+    model,
+    data,
+    config=config,
+    mesh=mesh,
+    epochs=config.epochs,
+    finetune=False,
+    rng=rng,
+    name=f"ResNet-{config.depth}",
+  )
   seconds = time.perf_counter() - start
-  phases = [_phase("dense", model, evaluate(model, *data.test, **eval_kw),
-                   seconds)]
+  phases = [_phase("dense", model, evaluate(model, *data.test, **eval_kw), seconds)]
 
   start = time.perf_counter()
   small, compression = compress(model, config)
   compress_seconds = time.perf_counter() - start
   logger.info("compressed in %.1f s:\n%s", compress_seconds, compression)
-  phases.append(_phase("compressed (no fine-tune)", small,
-                       evaluate(small, *data.test, **eval_kw),
-                       compress_seconds))
+  phases.append(
+    _phase(
+      "compressed (no fine-tune)", small, evaluate(small, *data.test, **eval_kw), compress_seconds
+    )
+  )
 
   finetune_history = []
   if config.finetune_epochs:
     start = time.perf_counter()
-    finetune_history = fit(small, data, config=config, mesh=mesh,
-                           epochs=config.finetune_epochs, finetune=True,
-                           rng=rng, name="fine-tune")
+    finetune_history = fit(
+      small,
+      data,
+      config=config,
+      mesh=mesh,
+      epochs=config.finetune_epochs,
+      finetune=True,
+      rng=rng,
+      name="fine-tune",
+    )
     seconds = time.perf_counter() - start
-    phases.append(_phase("fine-tuned", small,
-                         evaluate(small, *data.test, **eval_kw), seconds))
+    phases.append(_phase("fine-tuned", small, evaluate(small, *data.test, **eval_kw), seconds))
   for p in phases:
-    logger.info("%-26s test accuracy %.2f%%  params %s  block convs %s  "
-                "%.1f s", p["phase"], p["test_accuracy"], f"{p['params']:,}",
-                f"{p['conv_params']:,}", p["seconds"])
+    logger.info(
+      "%-26s test accuracy %.2f%%  params %s  block convs %s  %.1f s",
+      p["phase"],
+      p["test_accuracy"],
+      f"{p['params']:,}",
+      f"{p['conv_params']:,}",
+      p["seconds"],
+    )
 
   results = {
-      "config": dataclasses.asdict(config),
-      "environment": {
-          "device": str(jax.devices()[0].device_kind),
-          "platform": jax.default_backend(), "cpu_count": os.cpu_count(),
-          "machine": platform.machine(), "jax": jax.__version__,
-          "python": platform.python_version()},
-      "num_train": len(data.train[0]), "num_test": len(data.test[0]),
-      "load_seconds": load_seconds,
-      "phases": phases,
-      "compression": [dataclasses.asdict(r) for r in compression.rows],
-      "compression_table": compression.table(),
-      "history": {"dense": dense_history, "finetune": finetune_history},
-      "paper": report.PAPER,
+    "config": dataclasses.asdict(config),
+    "environment": {
+      "device": str(jax.devices()[0].device_kind),
+      "platform": jax.default_backend(),
+      "cpu_count": os.cpu_count(),
+      "machine": platform.machine(),
+      "jax": jax.__version__,
+      "python": platform.python_version(),
+    },
+    "num_train": len(data.train[0]),
+    "num_test": len(data.test[0]),
+    "load_seconds": load_seconds,
+    "phases": phases,
+    "compression": [dataclasses.asdict(r) for r in compression.rows],
+    "compression_table": compression.table(),
+    "history": {"dense": dense_history, "finetune": finetune_history},
+    "paper": report.PAPER,
   }
   if workdir is not None:
     workdir = Path(workdir)

@@ -51,17 +51,24 @@ def _expected(depth: int, in_channels: int) -> int:
 
 
 def _config(**overrides) -> default.Config:
-  base = dict(depth=8, progress=False, batch_size=8, eval_batch_size=8,
-              log_every=1, warmup_steps=0, prefetch=1)
+  base = dict(
+    depth=8,
+    progress=False,
+    batch_size=8,
+    eval_batch_size=8,
+    log_every=1,
+    warmup_steps=0,
+    prefetch=1,
+  )
   base.update(overrides)
   return dataclasses.replace(default.get_config(), **base)
 
 
-@pytest.mark.parametrize("depth,in_channels,count", [
-    (20, 3, 269_722), (20, 1, 269_434), (32, 3, 464_154), (8, 3, 75_290)])
+@pytest.mark.parametrize(
+  "depth,in_channels,count", [(20, 3, 269_722), (20, 1, 269_434), (32, 3, 464_154), (8, 3, 75_290)]
+)
 def test_param_counts_by_formula(depth, in_channels, count):
-  model = nnx.eval_shape(lambda: models.ResNet(
-      depth, in_channels=in_channels, rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: models.ResNet(depth, in_channels=in_channels, rngs=nnx.Rngs(0)))
   assert models.count_params(model) == _expected(depth, in_channels) == count
   assert models.expected_params(depth, in_channels) == count
   if in_channels == 3 and depth in (20, 32):
@@ -80,8 +87,7 @@ def test_forward_shapes_resnet20():
   for block in model.blocks:
     h = block(h, train=False)
     shapes.append(h.shape)
-  assert shapes == [(2, 32, 32, 16)] * 3 + [(2, 16, 16, 32)] * 3 + [
-      (2, 8, 8, 64)] * 3
+  assert shapes == [(2, 32, 32, 16)] * 3 + [(2, 16, 16, 32)] * 3 + [(2, 8, 8, 64)] * 3
   chex.assert_shape(model(x), (2, 10))
 
 
@@ -119,13 +125,13 @@ def test_full_rank_compression_is_exact():
     block, name = path.split("/")[1:]
     _, _, c_in, c_out = getattr(model.blocks[int(block)], name).kernel.shape
     # 3x3 (x) 1x1 channel blocks of 4: full rank is min(9 c_in c_out / 16, 16).
-    rules.append(kfc_jax.LayerRule(path, a_shape=(3, 3, c_in // 4, c_out // 4),
-                                   b_shape=(1, 1, 4, 4), rank=16))
+    rules.append(
+      kfc_jax.LayerRule(path, a_shape=(3, 3, c_in // 4, c_out // 4), b_shape=(1, 1, 4, 4), rank=16)
+    )
   small, report = kfc_jax.compress(model, kfc_jax.CompressionPolicy(rules))
   assert max(r.relative_error for r in report.rows) < 1e-5
   want, got = model(x), small(x)
-  np.testing.assert_allclose(got, want, rtol=1e-4,
-                             atol=1e-4 * float(jnp.abs(want).max()))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
 
 
 def test_suggest_policy_reaches_the_budget_per_layer():
@@ -147,22 +153,27 @@ def test_finetune_step_moves_every_parameter():
   train.replicate((small, optimizer), mesh)
   rng = np.random.default_rng(0)
   batch = jax.device_put(
-      {"image": rng.integers(0, 256, (8, 32, 32, 1), dtype=np.uint8),
-       "label": rng.integers(0, 10, 8).astype(np.int32)},
-      pipeline.batch_sharding(mesh))
+    {
+      "image": rng.integers(0, 256, (8, 32, 32, 1), dtype=np.uint8),
+      "label": rng.integers(0, 10, 8).astype(np.int32),
+    },
+    pipeline.batch_sharding(mesh),
+  )
   before = jax.device_get(nnx.state(small, nnx.Param))
   stats = jax.device_get(nnx.state(small, nnx.BatchStat))
   sums = jax.device_get(train.train_step(small, optimizer, batch))
   assert sums["count"] == 8 and 0.5 < sums["loss"] / 8 < 10
   after = jax.device_get(nnx.state(small, nnx.Param))
   factors = 0
-  for (path, old), new in zip(jax.tree_util.tree_leaves_with_path(before),
-                              jax.tree.leaves(after), strict=True):
+  for (path, old), new in zip(
+    jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(after), strict=True
+  ):
     assert not np.allclose(old, new), f"{path} did not move"
     factors += "conv" in jax.tree_util.keystr(path)
   assert factors == 12  # A and B of six KroneckerConvs.
-  moved = jax.tree.map(lambda a, b: not np.allclose(a, b), stats,
-                       jax.device_get(nnx.state(small, nnx.BatchStat)))
+  moved = jax.tree.map(
+    lambda a, b: not np.allclose(a, b), stats, jax.device_get(nnx.state(small, nnx.BatchStat))
+  )
   assert all(jax.tree.leaves(moved))  # BatchNorm statistics updated too.
 
 
@@ -170,13 +181,19 @@ def test_train_and_evaluate_on_mock_cifar10(tmp_path, monkeypatch):
   tfds = tfds_data.import_tfds()
   # Mocked TFDS never downloads; this only gets past our offline check.
   monkeypatch.setattr(tfds_data, "network_available", lambda *a, **k: True)
-  config = _config(dataset="cifar10", num_train=16, split="blocks", epochs=1,
-                   finetune_epochs=1, data_dir=str(tmp_path / "tfds"),
-                   manual_dir=str(tmp_path / "no_files"))
+  config = _config(
+    dataset="cifar10",
+    num_train=16,
+    split="blocks",
+    epochs=1,
+    finetune_epochs=1,
+    data_dir=str(tmp_path / "tfds"),
+    manual_dir=str(tmp_path / "no_files"),
+  )
   with tfds.testing.mock_data(num_examples=24):
-    data = input_pipeline.load("cifar10", num_train=16, num_test=8,
-                               data_dir=config.data_dir,
-                               manual_dir=config.manual_dir)
+    data = input_pipeline.load(
+      "cifar10", num_train=16, num_test=8, data_dir=config.data_dir, manual_dir=config.manual_dir
+    )
   chex.assert_shape(data.train[0], (16, 32, 32, 3))
   chex.assert_shape(data.test[0], (8, 32, 32, 3))
   for x, y in (data.train, data.test):
@@ -185,14 +202,18 @@ def test_train_and_evaluate_on_mock_cifar10(tmp_path, monkeypatch):
   results = train.train_and_evaluate(config, tmp_path / "work", data=data)
   saved = json.loads((tmp_path / "work" / "results.json").read_text())
   assert [p["phase"] for p in saved["phases"]] == [
-      "dense", "compressed (no fine-tune)", "fine-tuned"]
+    "dense",
+    "compressed (no fine-tune)",
+    "fine-tuned",
+  ]
   dense, compressed, tuned = saved["phases"]
   assert dense["params"] == 75_290
   assert 5.0 < dense["conv_params"] / compressed["conv_params"] < 5.3
   assert compressed["params"] == tuned["params"] < dense["params"]
   for p in saved["phases"]:
     assert p["test_accuracy"] * 8 / 100 == pytest.approx(
-        round(p["test_accuracy"] * 8 / 100))  # k/8 of the mocked test set.
+      round(p["test_accuracy"] * 8 / 100)
+    )  # k/8 of the mocked test set.
   assert [h["steps"] for h in saved["history"]["dense"]] == [2]
   assert results["phases"][0]["test_accuracy"] == dense["test_accuracy"]
   report = (tmp_path / "work" / "report.md").read_text()
@@ -204,9 +225,9 @@ def test_mock_mnist_is_padded_and_trains(tmp_path, monkeypatch):
   tfds = tfds_data.import_tfds()
   monkeypatch.setattr(tfds_data, "network_available", lambda *a, **k: True)
   with tfds.testing.mock_data(num_examples=16):
-    data = input_pipeline.load("mnist", num_train=8,
-                               data_dir=str(tmp_path / "tfds"),
-                               manual_dir=str(tmp_path / "no_files"))
+    data = input_pipeline.load(
+      "mnist", num_train=8, data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path / "no_files")
+    )
   chex.assert_shape(data.train[0], (8, 32, 32, 1))
   chex.assert_shape(data.test[0], (16, 32, 32, 1))
   assert data.channels == 1
@@ -218,8 +239,9 @@ def test_mock_mnist_is_padded_and_trains(tmp_path, monkeypatch):
   model = train.create_model(config.depth, in_channels=1, seed=0)
   optimizer = train.create_optimizer(model, config, 1)
   train.replicate((model, optimizer), mesh)
-  record = train.train_epoch(model, optimizer, *data.train, config=config,
-                             mesh=mesh, rng=np.random.default_rng(0))
+  record = train.train_epoch(
+    model, optimizer, *data.train, config=config, mesh=mesh, rng=np.random.default_rng(0)
+  )
   assert record["steps"] == 1 and record["count"] == 8
   assert np.isfinite(record["loss"]) and 0 <= record["accuracy"] <= 100
 
@@ -230,10 +252,14 @@ def test_real_mnist_prepared_offline(tmp_path):
   them offline into a fresh data dir: ~30 s of one core)."""
   if not mnist_input.PROJECT_MANUAL_DIR.is_dir():
     pytest.skip(f"{mnist_input.PROJECT_MANUAL_DIR} does not exist")
-  data = input_pipeline.load("mnist", num_train=64, num_test=64,
-                             data_dir=str(tmp_path / "tfds"),
-                             manual_dir=str(mnist_input.PROJECT_MANUAL_DIR),
-                             download=False)
+  data = input_pipeline.load(
+    "mnist",
+    num_train=64,
+    num_test=64,
+    data_dir=str(tmp_path / "tfds"),
+    manual_dir=str(mnist_input.PROJECT_MANUAL_DIR),
+    download=False,
+  )
   chex.assert_shape(data.train[0], (64, 32, 32, 1))
   chex.assert_shape(data.test[0], (64, 32, 32, 1))
   x = data.train[0]
@@ -251,26 +277,33 @@ def test_augment_crops_and_flips():
   # Every output is a shifted (maybe mirrored) window of its padded input.
   padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
   for i in range(8):
-    hits = [(dy, dx, f) for dy in range(9) for dx in range(9)
-            for f in (False, True)
-            if np.array_equal(padded[i, dy:dy + 32, dx:dx + 32][:, ::-1]
-                              if f else padded[i, dy:dy + 32, dx:dx + 32],
-                              out[i])]
+    hits = [
+      (dy, dx, f)
+      for dy in range(9)
+      for dx in range(9)
+      for f in (False, True)
+      if np.array_equal(
+        padded[i, dy : dy + 32, dx : dx + 32][:, ::-1]
+        if f
+        else padded[i, dy : dy + 32, dx : dx + 32],
+        out[i],
+      )
+    ]
     assert hits, i
 
 
 def test_config_errors(tmp_path, capsys):
   train.check_config(default.get_config())
   for field, value, match in (
-      ("dataset", "svhn", "dataset must be one of"),
-      ("depth", 21, "depth must be 6n\\+2"),
-      ("split", "rows", "split must be one of"),
-      ("compression", 0.5, "compression must be >= 1"),
-      ("epochs", 0, "epochs must be >= 1"),
-      ("num_train", -1, "num_train must be a positive int")):
+    ("dataset", "svhn", "dataset must be one of"),
+    ("depth", 21, "depth must be 6n\\+2"),
+    ("split", "rows", "split must be one of"),
+    ("compression", 0.5, "compression must be >= 1"),
+    ("epochs", 0, "epochs must be >= 1"),
+    ("num_train", -1, "num_train must be a positive int"),
+  ):
     with pytest.raises(ValueError, match=match):
-      train.check_config(dataclasses.replace(default.get_config(),
-                                             **{field: value}))
+      train.check_config(dataclasses.replace(default.get_config(), **{field: value}))
   with pytest.raises(ValueError, match="dataset must be one of"):
     input_pipeline.load("svhn")
   with pytest.raises(ValueError, match="images must be"):
@@ -281,10 +314,19 @@ def test_config_errors(tmp_path, capsys):
 
 def test_missing_cifar10_says_how_to_get_it(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(tfds_data, "network_available", lambda *a, **k: False)
-  status = resnet_main.main([
-      "--workdir", str(tmp_path / "work"), "--dataset", "cifar10",
-      "--data_dir", str(tmp_path / "tfds"), "--manual_dir",
-      str(tmp_path / "manual"), "--no_progress"])
+  status = resnet_main.main(
+    [
+      "--workdir",
+      str(tmp_path / "work"),
+      "--dataset",
+      "cifar10",
+      "--data_dir",
+      str(tmp_path / "tfds"),
+      "--manual_dir",
+      str(tmp_path / "manual"),
+      "--no_progress",
+    ]
+  )
   err = capsys.readouterr().err
   assert status == 2
   assert "is not prepared" in err and "cifar-10-binary.tar.gz" in err
@@ -301,8 +343,9 @@ def _tiny_splits(n_train: int = 16, n_test: int = 8) -> input_pipeline.Splits:
   rng = np.random.default_rng(0)
   images = lambda n: rng.integers(0, 256, (n, 32, 32, 1), dtype=np.uint8)
   labels = lambda n: rng.integers(0, 10, n).astype(np.int32)
-  return input_pipeline.Splits(train=(images(n_train), labels(n_train)),
-                               test=(images(n_test), labels(n_test)))
+  return input_pipeline.Splits(
+    train=(images(n_train), labels(n_train)), test=(images(n_test), labels(n_test))
+  )
 
 
 def test_recalibration_sets_batchnorm_to_the_batch_statistics():
@@ -320,8 +363,7 @@ def test_recalibration_sets_batchnorm_to_the_batch_statistics():
     h = small.stem(jnp.asarray(x))
     mu, var = h.mean((0, 1, 2)), h.var((0, 1, 2))
     bn = small.stem_bn
-    h = nnx.relu((h - mu) / jnp.sqrt(var + bn.epsilon) * bn.scale[...]
-                 + bn.bias[...])
+    h = nnx.relu((h - mu) / jnp.sqrt(var + bn.epsilon) * bn.scale[...] + bn.bias[...])
     outs.append(np.asarray(small.blocks[0].conv1(h), np.float64))
   z = np.concatenate(outs).reshape(-1, 16)
   bn1 = new.blocks[0].bn1
@@ -338,8 +380,9 @@ def _first_block_only(monkeypatch):
   policy = models.compression_policy
 
   def first_block(model, **kwargs):
-    rules = [dataclasses.replace(r, pattern=r"blocks/0/conv[12]")
-             for r in policy(model, **kwargs).rules]
+    rules = [
+      dataclasses.replace(r, pattern=r"blocks/0/conv[12]") for r in policy(model, **kwargs).rules
+    ]
     return kfc_jax.CompressionPolicy(rules)
 
   monkeypatch.setattr(models, "compression_policy", first_block)
@@ -352,44 +395,48 @@ def test_data_aware_output_error_is_at_most_weight_only(monkeypatch):
   dense = train.create_model(8, in_channels=1, seed=0)
   calibration = recovery.calibration_batches(config, data.train[0])
   covs = kfc_jax.recovery.collect_input_covariances(
-      dense, calibration, models.block_conv_paths(dense))
+    dense, calibration, models.block_conv_paths(dense)
+  )
   weight_only, weight_report = recovery.compress_gkpd(dense, config)
   # At the same splits and ranks (the fast path): only the objective differs.
   aware, report = kfc_jax.compress(
-      dense, recovery.same_splits_policy(weight_only), calibration=calibration)
-  assert [r.after for r in report.rows] == [
-      r.after for r in weight_report.rows]
+    dense, recovery.same_splits_policy(weight_only), calibration=calibration
+  )
+  assert [r.after for r in report.rows] == [r.after for r in weight_report.rows]
   before = recovery.output_errors(dense, weight_only, covs)
   after = recovery.output_errors(dense, aware, covs)
-  assert sorted(before) == sorted(after) == ["blocks/0/conv1",
-                                             "blocks/0/conv2"]
+  assert sorted(before) == sorted(after) == ["blocks/0/conv1", "blocks/0/conv2"]
   for path in before:
     assert 0 < after[path] <= before[path] * (1 + 1e-6), path
   assert sum(after.values()) < sum(before.values())
   # Same budget: the same factor shapes, 5.5x on each of the two convs.
   assert models.conv_params(aware) == models.conv_params(weight_only)
-  assert models.count_params(dense.blocks[0].conv1) / models.count_params(
-      aware.blocks[0].conv1) >= 5
+  assert (
+    models.count_params(dense.blocks[0].conv1) / models.count_params(aware.blocks[0].conv1) >= 5
+  )
 
 
 def test_recovery_stages_run_and_resume(tmp_path, monkeypatch):
   _first_block_only(monkeypatch)
-  config = _config(epochs=1, num_train=16, calibration_batches=2,
-                   distill_steps=1, eval_batch_size=8,
-                   data_aware_splits="weight-only")
+  config = _config(
+    epochs=1,
+    num_train=16,
+    calibration_batches=2,
+    distill_steps=1,
+    eval_batch_size=8,
+    data_aware_splits="weight-only",
+  )
   data = _tiny_splits()
   results = recovery.run(config, tmp_path, data=data)
   names = [r["stage"] for r in results["stages"]]
-  assert names == ["dense"] + [v + s for v in recovery.variants(config)
-                               for s in recovery.STEPS]
+  assert names == ["dense"] + [v + s for v in recovery.variants(config) for s in recovery.STEPS]
   assert names[4] == "data-aware GKPD (weight-only splits)"
   dense = results["stages"][0]
   # Only blocks/0 compressed, at the same shapes in both variants.
   assert len({r["conv_params"] for r in results["stages"][1:]}) == 1
   for r in results["stages"][1:]:
     assert r["conv_params"] < dense["conv_params"] - 2 * 2_304 * 0.8
-    assert r["test_accuracy"] * 8 / 100 == pytest.approx(
-        round(r["test_accuracy"] * 8 / 100))
+    assert r["test_accuracy"] * 8 / 100 == pytest.approx(round(r["test_accuracy"] * 8 / 100))
   bn_only = results["stages"][2]
   assert bn_only["params"] == results["stages"][1]["params"]
   table = (tmp_path / "recovery.md").read_text()
