@@ -94,7 +94,7 @@ def measure(
   for row in sweep:
     x_shape, factor_shapes = _shapes(row)
     plan = ops.kron_matmul_plan(x_shape, factor_shapes, dtype=dtype)
-    strategies = [c.order for c in plan.candidates if c.strategy == "factored"]
+    strategies: list[Any] = [c.order for c in plan.candidates if c.strategy == "factored"]
     strategies.append("materialize")
     times = _autotune.time_strategies(
       x_shape, factor_shapes, dtype, strategies, repeats=repeats, objective="fwd"
@@ -190,6 +190,7 @@ def fit(
     }
     if best is None or score < best[0]:
       best = (score, model, report)
+  assert best is not None  # at least one full_speed_dim is tried
   return best[1], best[2]
 
 
@@ -208,7 +209,7 @@ def write(model: ops.CostModel, report: dict[str, Any], path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="fewer shapes")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

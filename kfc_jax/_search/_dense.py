@@ -148,7 +148,7 @@ def _dense_split(w, cov, cand, ms, ns) -> _Split:
   )
 
 
-def _kfc_splits(w, cov, in_shape, budget, fixed) -> list[_Split]:
+def _kfc_splits(w, cov: np.ndarray | None, in_shape, budget, fixed) -> list[_Split]:
   from kfc_jax import formulations as _formulations  # formulations imports decompose
 
   if len(in_shape) != 3:
@@ -183,6 +183,7 @@ def _kfc_splits(w, cov, in_shape, budget, fixed) -> list[_Split]:
         return t.reshape(p1, p2, n1, n2)
 
       def cov4(perm=perm, p1=p1, p2=p2):
+        assert cov is not None  # cov4 is kept only when cov is given
         c = cov.reshape(*in_shape, *in_shape).transpose(*perm, *(3 + p for p in perm))
         return c.reshape(p1, p2, p1, p2)
 

@@ -175,7 +175,7 @@ def _ordered_pairs(n: int) -> list[tuple[int, int]]:
 
 def _score_splits(
   w: np.ndarray,
-  cov: np.ndarray | None,
+  cov: _covariance.Covariance | None,
   splits: list[_Split],
   low_rank_rank: int,
   keep: int,
@@ -253,6 +253,7 @@ def _score_splits(
 
 
 def _whitening(split: _Split) -> tuple[np.ndarray, np.ndarray]:
+  assert split.cov4 is not None  # whitened only when scoring under a covariance
   c1, c2 = _kron_factor_cov(split.cov4())
   # Factors of a regularised covariance are positive definite up to rounding.
   floor = _covariance.DEFAULT_COV_REG

@@ -288,6 +288,7 @@ def build_layers(
       cost = new_layer.cost(batch)
       data_error = None
       if layer.input_cov is not None and materialize is not None:
+        assert layer.kernel is not None  # a layer with an input_cov has a kernel
         data_error = _auto.output_error(layer.kernel, materialize(value), layer.input_cov)
     except (ValueError, TypeError) as e:
       raise _layer_error(layer, index, rule, e) from e

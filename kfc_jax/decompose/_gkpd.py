@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -245,17 +245,20 @@ def suggest_conv_factors(
     r = rank if rank is not None else min(limit, max_params // per_rank)
     if r < 1 or r > limit or r * per_rank > max_params:
       continue
-    s = KronConvShape(shape, a, b, r)
+    s = KronConvShape(
+      shape, cast(tuple[int, int, int, int], a), cast(tuple[int, int, int, int], b), r
+    )
     imbalance = abs(math.log(a[2] * b[3] / max(1, a[3] * b[2])))
-    key = {
+    keys: dict[str, tuple[Any, ...] | Callable[[], tuple[Any, ...]]] = {
       "params": (s.params, -s.flops_per_pixel),
       "flops": (-s.flops_per_pixel, s.params),
       "error": lambda a=a, b=b, r=r, s=s: (
-        -_gkpd_error(kernel, a, b, r),
+        -_gkpd_error(cast(np.ndarray, kernel), a, b, r),
         -s.flops_per_pixel,
         s.params,
       ),
-    }[prefer]
+    }
+    key = keys[prefer]
     key = (key() if callable(key) else key) + (-imbalance, a, b)
     if best is None or key > best[0]:
       best = (key, s)

@@ -126,7 +126,7 @@ def candidate_strategies(x_shape, factor_shapes, dtype) -> list[Any]:
   from kfc_jax import ops  # lazily: ops imports this module
 
   plan = ops.kron_matmul_plan(x_shape, factor_shapes, dtype=dtype)
-  out = [c.order for c in plan.candidates if c.strategy == "factored"]
+  out: list[Any] = [c.order for c in plan.candidates if c.strategy == "factored"]
   w_size = math.prod(plan.in_factors) * math.prod(plan.out_factors)
   if w_size <= plan.batch * (math.prod(plan.in_factors) + math.prod(plan.out_factors)):
     out.append("materialize")
@@ -233,7 +233,7 @@ def autotune(
     pet=preferred_element_type,
     repeats=repeats,
   )
-  best = min(times, key=times.get)
+  best = min(times, key=lambda s: times[s])
   entry = {
     "strategy": list(best) if isinstance(best, tuple) else best,
     "seconds": {("".join(map(str, s)) if isinstance(s, tuple) else s): t for s, t in times.items()},

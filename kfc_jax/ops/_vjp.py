@@ -180,6 +180,7 @@ def backward_plan(
     flops = sum(batch * f for f, _, _ in steps)
     if best is None or seconds < best.seconds:
       best = BackwardPlan(tuple(o), keep, chunk_rows, int(flops), float(seconds))
+  assert best is not None  # ``orders`` is never empty
   return best
 
 
@@ -249,7 +250,7 @@ def _backward_block(x, dy, kept, fs, order, precision, pet, acc_dtype):
       _step(*q_chain[-1], fs[order[k - s]], order[k - s], False, s == k, precision, pet, x.dtype)
     )
   dx = q_chain[k][0]
-  grads = [None] * k
+  grads: list[Any] = [None] * k
   for j in range(1, k + 1):
     i = order[j - 1]
     (p, p_axes), (q, q_axes) = p_chain[j - 1], q_chain[k - j]
@@ -317,7 +318,7 @@ def _planned_bwd(config, residuals, dy):
   order = config.backward.order  # the forward's when its intermediates are kept
   dtype = x.dtype
   acc_dtype = jnp.promote_types(config.pet or dtype, jnp.float32)
-  kept_axes = None
+  kept_axes: list[list[Any]] = []  # read only when the P_j are kept
   if kept_arrays is not None:
     # The axes of P_1..P_{k-1}, as _forward_chain labels them.
     axes, kept_axes = _x_axes(k), []

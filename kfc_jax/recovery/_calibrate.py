@@ -10,8 +10,8 @@ model, Linen functions new variables.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -93,7 +93,7 @@ def _linen_input_stat(selected: Any) -> Callable[[str, nn.Module], Any]:
       return None
     if isinstance(m, nn.Dense):
       return _taps.linear_input_stat
-    if isinstance(m, nn.Conv) and len(m.kernel_size) == 2:
+    if isinstance(m, nn.Conv) and len(cast(Sequence[int], m.kernel_size)) == 2:
       return _taps.linen_conv_input_stat
     return None
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -128,10 +128,11 @@ def distill(
   student_call = student_call or (lambda m, x: m(x))
   teacher_call = teacher_call or (lambda t, x: t(x))
   # A function teacher runs as given (jit it yourself if it is pure).
-  teacher_fn = (
+  teacher_fn = cast(
+    Callable[..., Any],
     nnx.jit(teacher_call)
     if isinstance(teacher, nnx.Module)
-    else (lambda x: teacher_call(teacher, x))
+    else (lambda x: teacher_call(teacher, x)),
   )
 
   def loss_fn(m, x, t_out, labels):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -382,7 +382,7 @@ def linen_conv_input_stat(layer: nn.Conv, x: jax.Array) -> dict[str, jax.Array]:
   return _second_moment(
     conv_patches(
       x,
-      tuple(layer.kernel_size),
+      tuple(cast(Sequence[int], layer.kernel_size)),
       strides=layer.strides,
       padding=layer.padding,
       kernel_dilation=layer.kernel_dilation,
