@@ -152,14 +152,13 @@ class ConvLayout:
   ) -> tuple[dict[str, np.ndarray], float]:
     """Params nearest to a conv ``(kernel, bias)``, by name, and the error.
 
-    One term is :func:`~kfc_jax.gkpd` (optimal; with ``input_cov`` its ALS runs
-    at most ``sweeps`` sweeps); several are fitted greedily and refined
-    (:func:`~kfc_jax.nearest_kronecker_sum`).
+    One term is :func:`~kfc_jax.gkpd` (optimal); several are fitted greedily
+    and refined (:func:`~kfc_jax.nearest_kronecker_sum`).
     """
     kernel = self.check_kernel(kernel)
     if len(self.terms) == 1:
       t = self.terms[0]
-      dec = gkpd(kernel, t.a_shape, t.b_shape, t.rank, input_cov=input_cov, max_sweeps=sweeps)
+      dec = gkpd(kernel, t.a_shape, t.b_shape, t.rank, input_cov=input_cov)
       factors, error = [dec.factors], dec.relative_error
     else:
       kh, kw, c, o = kernel.shape
