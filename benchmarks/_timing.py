@@ -87,12 +87,17 @@ def write_results(path_stem: str, payload: dict[str, Any], markdown: str) -> Non
 
 def parse_args(doc: str, argv=None) -> argparse.Namespace:
   """The command line every benchmark shares (``doc``: its module docstring)."""
+  return argument_parser(doc).parse_args(argv)
+
+
+def argument_parser(doc: str) -> argparse.ArgumentParser:
+  """``parse_args``'s parser, for a benchmark that adds its own flags."""
   parser = argparse.ArgumentParser(description=doc.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="tiny grid, few repeats")
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--repeats", type=int, default=None)
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-  return parser.parse_args(argv)
+  return parser
 
 
 def run_grid(

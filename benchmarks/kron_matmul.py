@@ -18,6 +18,7 @@ Run (writes benchmarks/results/kron_matmul_<platform>_<dtype>.{json,md}):
 
   .venv/bin/python benchmarks/kron_matmul.py            # full grid, ~25 min on 2 busy CPU cores
   .venv/bin/python benchmarks/kron_matmul.py --quick    # smoke run, seconds
+  .venv/bin/python benchmarks/kron_matmul.py --rows=targets --repeats=21  # the issue's two rows
 
 Beside each time: the compiled program's temporary memory
 (``jax.jit(f).lower(...).compile().memory_analysis()``) and the achieved
@@ -299,9 +300,26 @@ def summarize(rows, env, calibrated=None) -> tuple[str, list[str]]:
   return "\n".join(lines) + "\n", failures
 
 
+def select_rows(grid, rows: str | None):
+  """The cases of ``grid`` named in ``rows`` (comma-separated; ``targets``: the issue's two)."""
+  if not rows:
+    return grid
+  names = TARGET_ROWS if rows == "targets" else tuple(n.strip() for n in rows.split(","))
+  unknown = sorted(set(names) - {c.name for c in grid})
+  if unknown:
+    raise SystemExit(
+      f"--rows: no case named {unknown}; the cases are {[c.name for c in grid]} or 'targets'."
+    )
+  return [c for c in grid if c.name in names]
+
+
 def main(argv=None):
-  args = _timing.parse_args(__doc__, argv)
-  grid = QUICK_GRID if args.quick else GRID
+  parser = _timing.argument_parser(__doc__)
+  parser.add_argument(
+    "--rows", help="comma-separated case names, or 'targets' (the issue's two rows); default all"
+  )
+  args = parser.parse_args(argv)
+  grid = select_rows(QUICK_GRID if args.quick else GRID, args.rows)
   repeats = args.repeats or (5 if args.quick else 11)
   dtype = jnp.dtype(args.dtype)
   env = _timing.environment(args.dtype)
@@ -320,7 +338,7 @@ def main(argv=None):
       flush=True,
     )
   markdown, failures = summarize(rows, env)
-  suffix = "_quick" if args.quick else ""
+  suffix = "_quick" if args.quick else "_targets" if args.rows == "targets" else ""
   stem = os.path.join(args.out, f"kron_matmul_{jax.default_backend()}_{args.dtype}{suffix}")
   _timing.write_results(stem, {"environment": env, "rows": rows, "failures": failures}, markdown)
   print(markdown)

@@ -375,7 +375,7 @@ def _save_progress(
 
 # Fields that do not change a run's numbers: a run resumes across them. (The
 # resume directory is per variant and seed, so the other runs do not count.)
-_NOT_THE_RUN = frozenset(
+NOT_THE_RUN = frozenset(
   {
     "variants",
     "seeds",
@@ -390,10 +390,10 @@ _NOT_THE_RUN = frozenset(
 )
 
 
-def _as_json(config: Any) -> Any:
+def run_settings(config: Any) -> Any:
   """The settings that make the run, as JSON values, to compare with saved."""
   fields = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
-  fields = {k: v for k, v in fields.items() if k not in _NOT_THE_RUN}
+  fields = {k: v for k, v in fields.items() if k not in NOT_THE_RUN}
   return json.loads(json.dumps(fields, default=str))
 
 
@@ -486,7 +486,7 @@ def fit(
   }
   progress = {"epoch": 0, "history": [], "best_epoch": 0, "best_val_error": float("inf")}
   best_params = None
-  settings = _as_json(config)
+  settings = run_settings(config)
   restored = (
     _restore_progress(resume_dir, model, optimizer, mesh, settings)
     if resume_dir is not None

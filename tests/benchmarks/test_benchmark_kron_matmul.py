@@ -28,3 +28,16 @@ def test_quick_run_writes_results(tmp_path, monkeypatch):
   assert row["plan"]["predicted_ms"] > 0
   markdown = stem.with_suffix(".md").read_text()
   assert "| case | batch | mode |" in markdown and "Checks:" in markdown
+
+
+def test_rows_selects_cases_by_name(monkeypatch):
+  monkeypatch.syspath_prepend(BENCHMARKS)
+  import kron_matmul
+
+  grid = kron_matmul.GRID
+  assert [c.name for c in kron_matmul.select_rows(grid, "targets")] == list(kron_matmul.TARGET_ROWS)
+  one = grid[3].name
+  assert [c.name for c in kron_matmul.select_rows(grid, one)] == [one]
+  assert kron_matmul.select_rows(grid, None) == grid
+  with pytest.raises(SystemExit, match="--rows: no case named"):
+    kron_matmul.select_rows(grid, "no such row")

@@ -133,3 +133,82 @@ def test_one_step_of_each_ablation_option(arm):
     std = float(jnp.std(model.fc.kernel[...]))
     assert 0.009 < std < 0.011
   _one_step(model, train.PREPROCESS[config.input_scaling])
+
+
+# ----------------------------------------------------------------------------
+# examples/mnist/merge.py: one table from runs made in parts.
+# ----------------------------------------------------------------------------
+
+
+def _part(variants, seeds, **config_changes):
+  """A results.json of fake runs (real parameter counts, made-up errors)."""
+  config = dataclasses.replace(paper12.get_config(), variants=tuple(variants), seeds=tuple(seeds))
+  config = dataclasses.replace(config, **config_changes)
+  baseline = train.param_counts("Baseline", config.conv_stack)
+  runs = [
+    {
+      "variant": v,
+      "seed": s,
+      **reporting.param_reductions(train.param_counts(v, config.conv_stack), baseline),
+      "test_error": 0.5 + 0.1 * i + 0.01 * s,
+      "best_epoch": 12,
+      "train_time_per_epoch_s": 30.0,
+    }
+    for i, v in enumerate(variants)
+    for s in seeds
+  ]
+  return {"config": dataclasses.asdict(config), "runs": runs}
+
+
+def test_merge_joins_parts_in_variant_order():
+  from examples.mnist import merge
+
+  config, runs = merge.merge(
+    [("b", _part(["KFC-IV", "Baseline"], [1])), ("a", _part(["Baseline"], [0, 2]))]
+  )
+  assert [(r["variant"], r["seed"]) for r in runs] == [
+    ("Baseline", 0),
+    ("Baseline", 1),
+    ("Baseline", 2),
+    ("KFC-IV", 1),
+  ]
+  assert config.variants == ("Baseline", "KFC-IV") and config.seeds == (0, 1, 2)
+  summary = reporting.summarise_variants(runs)
+  np.testing.assert_allclose(summary[0]["test_error_mean"], np.mean([0.5, 0.61, 0.52]))
+
+
+def test_merge_refuses_other_protocols_and_repeated_runs():
+  from examples.mnist import merge
+
+  with pytest.raises(ValueError, match=r"different protocol.*epochs: 12 vs 20"):
+    merge.merge([("a", _part(["Baseline"], [0])), ("b", _part(["KFC-I"], [0], epochs=20))])
+  with pytest.raises(ValueError, match=r"Baseline seed 0 is in both a and b"):
+    merge.merge([("a", _part(["Baseline"], [0])), ("b", _part(["Baseline"], [0, 1]))])
+  with pytest.raises(ValueError, match="at least one"):
+    merge.merge([])
+
+
+def test_merge_reads_a_missing_field_as_its_default():
+  from examples.mnist import merge
+
+  old = _part(["Baseline"], [0])
+  del old["config"]["input_scaling"]  # written before the field existed
+  merge.merge([("old", old), ("new", _part(["KFC-I"], [0]))])
+  with pytest.raises(ValueError, match="input_scaling: 'unit' vs 'mean'"):
+    merge.merge([("old", old), ("new", _part(["KFC-I"], [0], input_scaling="mean"))])
+
+
+def test_merge_command_writes_the_reports(tmp_path, capsys):
+  from examples.mnist import merge
+
+  paths = []
+  for name, part in {"a": _part(["Baseline"], [0]), "b": _part(["KFC-II"], [0])}.items():
+    paths.append(tmp_path / f"{name}.json")
+    reporting.write_json(paths[-1], part)
+  out = tmp_path / "merged"
+  assert merge.main([f"--workdir={out}", *map(str, paths)]) == 0
+  merged = reporting.load_json(out / "results.json")
+  assert [r["variant"] for r in merged["summary"]] == ["Baseline", "KFC-II"]
+  assert "KFC-II" in (out / "table.md").read_text()
+  assert merge.main([f"--workdir={out}", str(tmp_path / "missing.json")]) == 2
+  assert "no results.json" in capsys.readouterr().err
