@@ -223,6 +223,7 @@ def summarize(rows, env, calibrated=None) -> tuple[str, list[str]]:
     f" {env['python']}; {env['date']}.",
     f"Command: `{env['command']}`",
     f"Measured GEMM rate (2048^3, same run): {gemm:.1f} GFLOP/s.",
+    f"Cost model of `auto`: {env.get('cost_model', 'not recorded')}.",
     "",
     "Median ms per call (interleaved, after warm-up, `block_until_ready`);"
     " temporary memory of the compiled program in MiB in brackets.",
@@ -325,6 +326,9 @@ def main(argv=None):
   env = _timing.environment(args.dtype)
   env["cola"] = getattr(cola, "__version__", "not installed") if cola else "not installed"
   env["gemm_gflops"] = gemm_rate(dtype) / 1e9
+  # The constants auto planned with: calibrated ones if `python -m
+  # kfc_jax.calibrate` was run on this device, else the shipped ones.
+  env["cost_model"] = dataclasses.asdict(kfc_jax.default_cost_model())
   rows = []
   for case in grid:
     rows.append(run_case(case, dtype, repeats))
