@@ -60,7 +60,7 @@ GENERATED = DOCS / "_generated"
 def _copy_sources() -> None:
   shutil.rmtree(GENERATED, ignore_errors=True)
   GENERATED.mkdir()
-  for example in ("mnist", "kdl_mnist", "compress_mnist", "resnet_gkpd"):
+  for example in ("mnist", "kdl_mnist", "compress_mnist", "resnet_gkpd", "kconv"):
     source = ROOT / "examples" / example
     target = GENERATED / example
     target.mkdir()
