@@ -11,7 +11,9 @@ Competitors, timed interleaved (one call of each per round, shuffled):
   skipped when not installed), one product per rank term, summed.
 * ``auto``: ``kron_matmul`` with the cost model's plan and the planned backward;
   ``auto (autodiff bwd)``: the same forward, differentiated by JAX's autodiff.
-* ``autotune``: ``strategy="autotune"`` (plans timed once per shape, cached).
+* ``autotune``: ``strategy="autotune"`` (plans timed once per shape and
+  objective, cached: forward alone for inference, forward + backward under
+  ``grad``).
 * every forced plan: ``order 01`` ... and ``materialize``.
 
 Run (writes benchmarks/results/kron_matmul_<platform>_<dtype>.{json,md}):
@@ -181,7 +183,11 @@ def run_case(case: Case, dtype, repeats: int) -> dict:
     results[mode] = {
       label: {"ms": 1e3 * times[label], "temp_bytes": temps[label]} for label in table
     }
-  autotuned = kfc_jax.ops._autotune.autotune(x.shape, [f.shape for f in factors], dtype=dtype)
+  shapes = [f.shape for f in factors]
+  autotuned = {  # its picks: forward alone (inference) and forward + backward (training)
+    mode: _label(kfc_jax.ops._autotune.autotune(x.shape, shapes, dtype=dtype, objective=mode))
+    for mode in ("fwd", "fwd+bwd")
+  }
   return {
     **dataclasses.asdict(case),
     "plan": {
@@ -194,7 +200,7 @@ def run_case(case: Case, dtype, repeats: int) -> dict:
       if len(case.in_factors) > 1
       else plan.dense_flops,
     },
-    "autotune": _label(autotuned),
+    "autotune": autotuned,
     "results": results,
     "w_bytes": int(w.size * w.dtype.itemsize),
     "xy_bytes": int((x.size + case.batch * n) * x.dtype.itemsize),
@@ -257,7 +263,7 @@ def summarize(rows, env, calibrated=None) -> tuple[str, list[str]]:
         f"| {row['name']} | {row['batch']} | {mode} | {cell('dense')}"
         f" | {cell('materialized')} | {cell('einsum')} | {cell('cola')}"
         f" | {cell('auto')} ({_plan_label(row)}) | {cell('auto (autodiff bwd)')}"
-        f" | {cell('autotune')} ({row['autotune']}) | {plans[best]['ms']:.3f} ({best})"
+        f" | {cell('autotune')} ({row['autotune'][mode]}) | {plans[best]['ms']:.3f} ({best})"
         f" | {peer / auto:.2f}x | {ms('dense') / auto:.2f}x"
         f" | {gflops:.1f} ({gflops / gemm:.0%}) | {picked / plans[best]['ms']:.2f}x"
         f" | {ms('autotune') / plans[best]['ms']:.2f}x |"

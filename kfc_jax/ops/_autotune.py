@@ -3,14 +3,17 @@
 On the first use of a (shapes, dtype, precision, device), every candidate plan
 of ``kron_matmul`` (each contraction order, and forming ``W`` where the memory
 rule of ``"auto"`` allows it) is compiled, warmed up and timed on fresh random
-inputs of the same shapes, forward + backward (a training step's work; the
-planned backward follows the forward's order, so one choice serves both),
-interleaved, median of a few rounds; the candidates within 15% of the fastest
-are then timed again, for three times as many rounds and against each other
-only, so a near tie is settled by the longer measurement. The winner is cached
-in memory and, when a cache directory is set (``KFC_JAX_CACHE_DIR`` or
-:func:`set_cache_dir`), in ``<dir>/autotune.json`` so later processes reuse
-it, like XLA's autotuning cache.
+inputs of the same shapes, interleaved, median of a few rounds; the
+candidates within 15% of the fastest are then timed again, for three times as
+many rounds and against each other only, so a near tie is settled by the
+longer measurement. Two objectives are tuned, each on first need: forward +
+backward (a training step's work; the planned backward follows the forward's
+order, so one choice serves both) when ``kron_matmul`` is differentiated, and
+the forward alone when it is not (inference: the planned VJP's primal asks for
+it only then). The winners are cached in memory and, when a cache directory is
+set (``KFC_JAX_CACHE_DIR`` or :func:`set_cache_dir`), in
+``<dir>/autotune.json`` so later processes reuse them, like XLA's autotuning
+cache.
 
 Timing needs only shapes and dtypes, never the caller's values, so it also
 runs when ``kron_matmul`` is traced under ``jit``/``grad``/``vmap``: the
@@ -77,10 +80,12 @@ def _device_name() -> str:
   return f"{device.platform}:{device.device_kind}"
 
 
-def cache_key(x_shape, factor_shapes, dtype, precision, pet) -> str:
-  """The key of one autotuned plan: shapes, dtypes, precision and device."""
+def cache_key(x_shape, factor_shapes, dtype, precision, pet, objective="fwd+bwd") -> str:
+  """The key of one autotuned plan: shapes, dtypes, precision, device and objective."""
+  fields = {} if objective == "fwd+bwd" else {"objective": objective}  # old keys stay valid
   return json.dumps(
     {
+      **fields,
       "device": _device_name(),
       "x": list(map(int, x_shape)),
       "factors": [list(map(int, s)) for s in factor_shapes],
@@ -202,6 +207,7 @@ def autotune(
   precision=None,
   preferred_element_type=None,
   repeats: int = 5,
+  objective: str = "fwd+bwd",
 ) -> Any:
   """The measured-fastest strategy of ``kron_matmul`` for these shapes.
 
@@ -215,6 +221,9 @@ def autotune(
     precision: as for ``kron_matmul``.
     preferred_element_type: as for ``kron_matmul``.
     repeats: timed rounds per candidate (after warm-up).
+    objective: ``"fwd+bwd"`` (a training step's work: what ``kron_matmul``
+      uses when it is differentiated) or ``"fwd"`` (inference: what its
+      planned VJP's primal uses when it is not).
 
   Returns:
     A strategy ``kron_matmul`` accepts: a contraction order (tuple) or
@@ -222,7 +231,9 @@ def autotune(
   """
   x_shape = (math.prod(x_shape[:-1]), int(x_shape[-1]))
   factor_shapes = [tuple(int(d) for d in s) for s in factor_shapes]
-  key = cache_key(x_shape, factor_shapes, dtype, precision, preferred_element_type)
+  if objective not in ("fwd", "fwd+bwd"):
+    raise ValueError(f'objective must be "fwd" or "fwd+bwd", got {objective!r}.')
+  key = cache_key(x_shape, factor_shapes, dtype, precision, preferred_element_type, objective)
   with _lock:
     if key not in _memory_cache:
       entry = _load_disk().get(key)
@@ -233,21 +244,31 @@ def autotune(
   strategies = candidate_strategies(x_shape, factor_shapes, dtype)
   if len(strategies) <= 1:
     return strategies[0] if strategies else "auto"
-  timing = dict(precision=precision, pet=preferred_element_type)
-  times = time_strategies(x_shape, factor_shapes, dtype, strategies, repeats=repeats, **timing)
+
+  def timed(candidates, rounds):
+    return time_strategies(
+      x_shape,
+      factor_shapes,
+      dtype,
+      candidates,
+      precision=precision,
+      pet=preferred_element_type,
+      repeats=rounds,
+      objective=objective,
+    )
+
+  times = timed(strategies, repeats)
   # Plans within the timing noise of the leader (on a shared machine, medians
   # of a few rounds move by 5-15%) are timed again, longer, against each other.
   close = [s for s in strategies if times[s] <= REFINE_WITHIN * min(times.values())]
   if len(close) > 1:
-    times.update(
-      time_strategies(x_shape, factor_shapes, dtype, close, repeats=3 * repeats, **timing)
-    )
+    times.update(timed(close, 3 * repeats))
   best = min(close, key=lambda s: times[s])
   entry = {
     "strategy": list(best) if isinstance(best, tuple) else best,
     "seconds": {_label(s): t for s, t in times.items()},
     "refined": [_label(s) for s in close] if len(close) > 1 else [],
-    "objective": "fwd+bwd",
+    "objective": objective,
     "date": time.strftime("%Y-%m-%d %H:%M:%S"),
   }
   with _lock:
@@ -257,11 +278,18 @@ def autotune(
   return best
 
 
-def autotuned_strategy(x_shape, factor_shapes, dtype, precision, pet) -> Any:
+def autotuned_strategy(
+  x_shape, factor_shapes, dtype, precision, pet, objective: str = "fwd+bwd"
+) -> Any:
   """``autotune``, or the cost model's ``"auto"`` (logged) if timing fails."""
   try:
     return autotune(
-      x_shape, factor_shapes, dtype=dtype, precision=precision, preferred_element_type=pet
+      x_shape,
+      factor_shapes,
+      dtype=dtype,
+      precision=precision,
+      preferred_element_type=pet,
+      objective=objective,
     )
   except Exception as e:
     _LOG.warning(

@@ -172,6 +172,9 @@ def kron_matmul(
       intermediates (a materialised ``W`` included) are held in it.
     strategy: ``"auto"``, ``"factored"``, ``"materialize"``, ``"autotune"``
       or a permutation of factor indices; see :func:`kron_matmul_plan`.
+      ``"autotune"`` runs the plan measured fastest forward + backward when
+      differentiated, and (planned backward) the one measured fastest
+      forward alone when not.
     cost_model: device model for the plan; defaults to
       :func:`default_cost_model`.
     backward: ``"planned"`` (default): a factored plan gets a custom VJP whose
@@ -223,7 +226,13 @@ def kron_matmul(
     y = _dot(x2, w, (((1,), (0,)), ((), ())), precision, preferred_element_type)
   elif backward == "planned":
     y = _vjp.planned_matmul(
-      x2, fs, plan, precision, preferred_element_type, cost_model or default_cost_model()
+      x2,
+      fs,
+      plan,
+      precision,
+      preferred_element_type,
+      cost_model or default_cost_model(),
+      tune_inference=strategy == "autotune",
     )
   elif plan.chosen.chunk_rows:
     y = _chunked(

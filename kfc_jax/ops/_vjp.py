@@ -274,6 +274,9 @@ class _Config:
   backward: BackwardPlan
   precision: Any
   pet: Any
+  # strategy="autotune": the order above is the fastest forward + backward;
+  # when not differentiated, run the fastest forward alone instead.
+  tune_inference: bool = False
 
 
 def _forward(config, x, fs):
@@ -300,7 +303,27 @@ def planned_factored(config: _Config, x, fs):
     x: ``[M, prod(m_t)]``.
     fs: tuple of ``k >= 2`` factors ``[r, m_t, n_t]``, all of ``x``'s dtype.
   """
+  # JAX traces this primal only when nothing differentiates it (a gradient
+  # traces _planned_fwd instead), so here the forward alone is what counts.
+  if config.tune_inference:
+    return _inference_forward(config, x, fs)
   return _forward(config, x, fs)
+
+
+def _inference_forward(config, x, fs):
+  """The plan ``autotune`` measured fastest for the forward alone."""
+  from kfc_jax.ops import _autotune, _cost, _kron  # ops imports this module
+
+  shapes = [f.shape for f in fs]
+  strategy = _autotune.autotuned_strategy(
+    x.shape, shapes, x.dtype, config.precision, config.pet, objective="fwd"
+  )
+  plan = _cost.kron_matmul_plan(x.shape, shapes, dtype=x.dtype, strategy=strategy)
+  if plan.strategy == "materialize":
+    w = _kron.kron(list(fs), precision=config.precision, preferred_element_type=config.pet)
+    return _kron._dot(x, w, (((1,), (0,)), ((), ())), config.precision, config.pet)
+  tuned = dataclasses.replace(config, order=plan.order, forward_chunk_rows=plan.chosen.chunk_rows)
+  return _forward(tuned, x, fs)
 
 
 def _planned_fwd(config, x, fs):
@@ -371,7 +394,7 @@ def _planned_bwd(config, residuals, dy):
 planned_factored.defvjp(_planned_fwd, _planned_bwd)
 
 
-def planned_matmul(x, fs, plan, precision, pet, model) -> jax.Array:
+def planned_matmul(x, fs, plan, precision, pet, model, tune_inference=False) -> jax.Array:
   """Runs the factored ``plan`` (a ``KronMatmulPlan``) with the planned VJP.
 
   Args:
@@ -382,6 +405,8 @@ def planned_matmul(x, fs, plan, precision, pet, model) -> jax.Array:
     pet: ``preferred_element_type`` of every contraction (``None``: ``x``'s
       dtype); the factor gradients accumulate in at least float32.
     model: the ``CostModel`` that planned the forward; it plans the backward.
+    tune_inference: ``plan`` is autotune's forward + backward pick; when not
+      differentiated, run autotune's forward-only pick instead.
   """
   backward = backward_plan(
     plan.batch,
@@ -399,6 +424,7 @@ def planned_matmul(x, fs, plan, precision, pet, model) -> jax.Array:
     backward,
     precision,
     None if pet is None else jnp.dtype(pet),
+    tune_inference,
   )
   try:
     return planned_factored(config, x, tuple(fs))

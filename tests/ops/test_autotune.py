@@ -91,6 +91,44 @@ def test_autotune_times_near_ties_again_and_longer(cache_dir, monkeypatch):
   assert len(calls) == 1
 
 
+def test_autotune_tunes_inference_and_training_apart(rng, cache_dir, monkeypatch):
+  # Training (differentiated) runs the fwd+bwd pick; inference the fwd pick.
+  x, factors = _case(rng, rows=48)
+  xj, fj = jnp.asarray(x), [jnp.asarray(f) for f in factors]
+  picks = {"fwd+bwd": (1, 0), "fwd": "materialize"}
+  asked = []
+
+  def fake(x_shape, factor_shapes, *, objective="fwd+bwd", **kw):
+    asked.append(objective)
+    return picks[objective]
+
+  monkeypatch.setattr(_autotune, "autotune", fake)
+  loss = lambda x, fs: jnp.sum(kfc_jax.kron_matmul(x, fs, strategy="autotune") ** 2)
+  dx = jax.grad(loss)(xj, fj)
+  assert "fwd" not in asked  # the primal is not traced under grad
+  w = np_kron(factors)
+  np.testing.assert_allclose(dx, 2 * (x @ w) @ w.T, rtol=1e-4, atol=1e-3)
+  asked.clear()
+  y = jax.jit(lambda x, fs: kfc_jax.kron_matmul(x, fs, strategy="autotune"))(xj, fj)
+  assert asked == ["fwd+bwd", "fwd"]
+  np.testing.assert_allclose(y, x @ w, rtol=1e-4, atol=1e-4)
+  # The forward pick runs: forming W shows as a dot of the factors.
+  jaxpr = str(jax.make_jaxpr(lambda x, fs: kfc_jax.kron_matmul(x, fs, strategy="autotune"))(xj, fj))
+  picks["fwd"] = (0, 1)
+  factored = str(
+    jax.make_jaxpr(lambda x, fs: kfc_jax.kron_matmul(x, fs, strategy="autotune"))(xj, fj)
+  )
+  assert jaxpr != factored
+
+
+def test_autotune_objective_is_checked_and_keyed(cache_dir, monkeypatch):
+  with pytest.raises(ValueError, match='objective must be "fwd" or "fwd\\+bwd", got \'bwd\''):
+    _autotune.autotune((8, 32), [(4, 8), (8, 4)], objective="bwd")
+  args = ((8, 32), [(1, 4, 8), (1, 8, 4)], jnp.float32, None, None)
+  assert _autotune.cache_key(*args) != _autotune.cache_key(*args, "fwd")
+  assert _autotune.cache_key(*args) == _autotune.cache_key(*args, "fwd+bwd")
+
+
 def test_autotune_under_jit_and_grad(rng, cache_dir):
   """Timing needs shapes only, so it runs while kron_matmul is traced."""
   x, factors = _case(rng, rows=16)
