@@ -6,11 +6,11 @@ rule of ``"auto"`` allows it) is compiled, warmed up and timed on fresh random
 inputs of the same shapes, interleaved, median of a few rounds; the
 candidates within 15% of the fastest are then timed again, for three times as
 many rounds and against each other only, so a near tie is settled by the
-longer measurement. Two objectives are tuned, each on first need: forward +
-backward (a training step's work; the planned backward follows the forward's
-order, so one choice serves both) when ``kron_matmul`` is differentiated, and
-the forward alone when it is not (inference: the planned VJP's primal asks for
-it only then). The winners are cached in memory and, when a cache directory is
+longer measurement. Two objectives are tuned: forward + backward (a training
+step's work; the planned backward follows the forward's order, so one choice
+serves both) on the first call, and the forward alone on the first call that
+nothing differentiates (inference: the planned VJP's primal, which JAX traces
+only then, asks for it). The winners are cached in memory and, when a cache directory is
 set (``KFC_JAX_CACHE_DIR`` or :func:`set_cache_dir`), in
 ``<dir>/autotune.json`` so later processes reuse them, like XLA's autotuning
 cache.
