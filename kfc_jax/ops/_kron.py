@@ -219,7 +219,12 @@ def kron_matmul(
   plan = kron_matmul_plan(
     x2.shape, [f.shape for f in fs], dtype=dtype, strategy=strategy, cost_model=cost_model
   )
-  if plan.strategy == "materialize":
+  if plan.strategy == "materialize" and strategy == "autotune" and backward == "planned":
+    # Forming W was fastest forward + backward; undifferentiated, the
+    # forward-only pick runs (it may be factored).
+    config = _vjp.inference_config(precision, preferred_element_type, len(fs))
+    y = _vjp.tuned_materialized(config, x2, tuple(fs))
+  elif plan.strategy == "materialize":
     # W is an intermediate like any other: held in the accumulation dtype, so
     # every plan rounds the same way.
     w = kron(fs, precision=precision, preferred_element_type=preferred_element_type)

@@ -320,10 +320,52 @@ def _inference_forward(config, x, fs):
   )
   plan = _cost.kron_matmul_plan(x.shape, shapes, dtype=x.dtype, strategy=strategy)
   if plan.strategy == "materialize":
-    w = _kron.kron(list(fs), precision=config.precision, preferred_element_type=config.pet)
-    return _kron._dot(x, w, (((1,), (0,)), ((), ())), config.precision, config.pet)
+    return _materialized(config.precision, config.pet, x, fs)
   tuned = dataclasses.replace(config, order=plan.order, forward_chunk_rows=plan.chosen.chunk_rows)
   return _forward(tuned, x, fs)
+
+
+def _materialized(precision, pet, x, fs):
+  from kfc_jax.ops import _kron  # ops imports this module
+
+  w = _kron.kron(list(fs), precision=precision, preferred_element_type=pet)
+  return _kron._dot(x, w, (((1,), (0,)), ((), ())), precision, pet)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def tuned_materialized(config: _Config, x, fs):
+  """``strategy="autotune"`` when forming ``W`` was fastest forward + backward.
+
+  Differentiated, it forms ``W`` (JAX's VJP of ``x @ kron(fs)``); not
+  differentiated, it runs the forward-only pick, which may be a factored
+  order: the two objectives are tuned apart whichever one forms ``W``.
+  """
+  return _inference_forward(config, x, fs)
+
+
+def _tuned_materialized_fwd(config, x, fs):
+  return jax.vjp(functools.partial(_materialized, config.precision, config.pet), x, fs)
+
+
+def _tuned_materialized_bwd(config, vjp, dy):
+  del config
+  return vjp(dy)
+
+
+tuned_materialized.defvjp(_tuned_materialized_fwd, _tuned_materialized_bwd)
+
+
+def inference_config(precision, pet, num_factors: int) -> _Config:
+  """The ``_Config`` of :func:`tuned_materialized` (only its forward-only pick runs)."""
+  no_backward = BackwardPlan(tuple(range(num_factors)), False, None, 0, 0.0)
+  return _Config(
+    tuple(range(num_factors)),
+    None,
+    no_backward,
+    precision,
+    None if pet is None else jnp.dtype(pet),
+    tune_inference=True,
+  )
 
 
 def _planned_fwd(config, x, fs):

@@ -38,18 +38,26 @@ def test_autotune_is_exact_and_cached(rng, cache_dir, monkeypatch):
   calls = []
   real = _autotune.time_strategies
   monkeypatch.setattr(
-    _autotune, "time_strategies", lambda *a, **k: calls.append(a[3]) or real(*a, **k)
+    _autotune,
+    "time_strategies",
+    lambda *a, **k: calls.append((k["objective"], a[3])) or real(*a, **k),
   )
   y = kfc_jax.kron_matmul(jnp.asarray(x), [jnp.asarray(f) for f in factors], strategy="autotune")
   np.testing.assert_allclose(y, x @ np_kron(factors), rtol=1e-4, atol=1e-4)
-  # Timed every order and (W is small here) forming W; near ties once more.
-  assert set(calls[0]) == {(0, 1), (1, 0), "materialize"} and len(calls) <= 2
+  # A plain call plans for training (fwd+bwd) and runs the inference (fwd)
+  # pick: each objective times every order and (W is small here) forming W,
+  # then its near ties once more.
+  for objective in ("fwd+bwd", "fwd"):
+    rounds = [s for o, s in calls if o == objective]
+    assert set(rounds[0]) == {(0, 1), (1, 0), "materialize"} and len(rounds) <= 2
+  assert {o for o, _ in calls} == {"fwd+bwd", "fwd"}
   timed = len(calls)
   # Cached: in memory, and on disk for later processes.
   kfc_jax.kron_matmul(jnp.asarray(x), [jnp.asarray(f) for f in factors], strategy="autotune")
   assert len(calls) == timed
   entries = json.loads((cache_dir / "autotune.json").read_text())
-  (entry,) = entries.values()
+  assert sorted(e["objective"] for e in entries.values()) == ["fwd", "fwd+bwd"]
+  entry = next(e for e in entries.values() if e["objective"] == "fwd+bwd")
   assert set(entry["seconds"]) == {"01", "10", "materialize"}
   finalists = entry["refined"] or list(entry["seconds"])
   assert min(finalists, key=entry["seconds"].get) == (
@@ -119,6 +127,29 @@ def test_autotune_tunes_inference_and_training_apart(rng, cache_dir, monkeypatch
     jax.make_jaxpr(lambda x, fs: kfc_jax.kron_matmul(x, fs, strategy="autotune"))(xj, fj)
   )
   assert jaxpr != factored
+
+
+def test_autotune_forms_w_for_training_only_when_that_was_fastest(rng, cache_dir, monkeypatch):
+  # Training's pick forms W, inference's is an order: each runs where it won.
+  x, factors = _case(rng, rows=48)
+  xj, fj = jnp.asarray(x), [jnp.asarray(f) for f in factors]
+  picks = {"fwd+bwd": "materialize", "fwd": (1, 0)}
+  asked = []
+
+  def fake(x_shape, factor_shapes, *, objective="fwd+bwd", **kw):
+    asked.append(objective)
+    return picks[objective]
+
+  monkeypatch.setattr(_autotune, "autotune", fake)
+  run = lambda x, fs: kfc_jax.kron_matmul(x, fs, strategy="autotune")
+  grads = jax.grad(lambda x, fs: jnp.sum(run(x, fs) ** 2), (0, 1))(xj, fj)
+  assert asked == ["fwd+bwd"]  # the primal is not traced under grad
+  want = jax.grad(lambda x, fs: jnp.sum((x @ kfc_jax.kron(fs)) ** 2), (0, 1))(xj, fj)
+  for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-3)
+  asked.clear()
+  np.testing.assert_allclose(jax.jit(run)(xj, fj), x @ np_kron(factors), rtol=1e-4, atol=1e-4)
+  assert asked == ["fwd+bwd", "fwd"]
 
 
 def test_autotune_objective_is_checked_and_keyed(cache_dir, monkeypatch):
