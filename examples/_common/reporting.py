@@ -224,6 +224,10 @@ def variants_table(
 ) -> str:
   """The KFC paper's table for our variants, the paper's numbers beside them.
 
+  No time column: a run's wall time per epoch (kept in ``results.json``)
+  depends on what else shared the machine; compare training speed with
+  ``benchmarks/train_step.py``, which times the variants interleaved.
+
   Args:
     summary: :func:`summarise_variants`'s rows.
     paper: variant -> ``layer_params``, ``layer_reduction`` and
@@ -237,7 +241,6 @@ def variants_table(
     "Test error % (mean ± std)",
     "Seeds",
     "Best epochs",
-    "Train s/epoch",
     "Paper: layer params",
     "Paper: test error %",
   ]
@@ -253,7 +256,6 @@ def variants_table(
         format_mean_std(s["test_error_mean"], s["test_error_std"], len(s["seeds"])),
         str(len(s["seeds"])),
         ",".join(map(str, s["best_epochs"])),
-        f"{s['train_time_per_epoch_s']:.1f}",
         format_with_reduction(theirs.get("layer_params"), theirs.get("layer_reduction")),
         (f"{theirs['test_error']:.2f}" if "test_error" in theirs else "—"),
       ]
