@@ -222,8 +222,7 @@ def kron_matmul(
   if plan.strategy == "materialize" and strategy == "autotune" and backward == "planned":
     # Forming W was fastest forward + backward; undifferentiated, the
     # forward-only pick runs (it may be factored).
-    config = _vjp.inference_config(precision, preferred_element_type, len(fs))
-    y = _vjp.tuned_materialized(config, x2, tuple(fs))
+    y = _vjp.autotuned_materialize(x2, fs, precision, preferred_element_type)
   elif plan.strategy == "materialize":
     # W is an intermediate like any other: held in the accumulation dtype, so
     # every plan rounds the same way.

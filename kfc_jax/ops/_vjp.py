@@ -312,7 +312,7 @@ def planned_factored(config: _Config, x, fs):
 
 def _inference_forward(config, x, fs):
   """The plan ``autotune`` measured fastest for the forward alone."""
-  from kfc_jax.ops import _autotune, _cost, _kron  # ops imports this module
+  from kfc_jax.ops import _autotune, _cost  # ops imports this module
 
   shapes = [f.shape for f in fs]
   strategy = _autotune.autotuned_strategy(
@@ -355,17 +355,19 @@ def _tuned_materialized_bwd(config, vjp, dy):
 tuned_materialized.defvjp(_tuned_materialized_fwd, _tuned_materialized_bwd)
 
 
-def inference_config(precision, pet, num_factors: int) -> _Config:
-  """The ``_Config`` of :func:`tuned_materialized` (only its forward-only pick runs)."""
-  no_backward = BackwardPlan(tuple(range(num_factors)), False, None, 0, 0.0)
-  return _Config(
-    tuple(range(num_factors)),
+def autotuned_materialize(x, fs, precision, pet) -> jax.Array:
+  """:func:`tuned_materialized` of ``x: [M, prod(m_t)]`` and ``k`` factors ``[r, m_t, n_t]``."""
+  k = len(fs)
+  no_backward = BackwardPlan(tuple(range(k)), False, None, 0, 0.0)  # autodiff's VJP runs
+  config = _Config(
+    tuple(range(k)),
     None,
     no_backward,
     precision,
     None if pet is None else jnp.dtype(pet),
     tune_inference=True,
   )
+  return tuned_materialized(config, x, tuple(fs))
 
 
 def _planned_fwd(config, x, fs):
