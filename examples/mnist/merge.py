@@ -74,7 +74,9 @@ def merge(parts: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[default.Confi
           "drop it from one of them (pass each run once)."
         )
       runs[key] = (source, run)
-  order = {v: i for i, v in enumerate(models.VARIANTS)}
+  # The paper's table order, then any other variant.
+  names = dict.fromkeys((*models.ALL_VARIANTS, *models.VARIANTS))
+  order = {v: i for i, v in enumerate(names)}
   keys = sorted(runs, key=lambda k: (order.get(k[0], len(order)), k[0], k[1]))
   config = dataclasses.replace(
     configs[0],

@@ -164,15 +164,18 @@ def test_merge_joins_parts_in_variant_order():
   from examples.mnist import merge
 
   config, runs = merge.merge(
-    [("b", _part(["KFC-IV", "Baseline"], [1])), ("a", _part(["Baseline"], [0, 2]))]
+    [("b", _part(["KFC-IV", "Baseline"], [1])), ("a", _part(["Baseline", "Cut-96"], [0, 2]))]
   )
+  # The paper's table order (models.ALL_VARIANTS), whatever the parts' order.
   assert [(r["variant"], r["seed"]) for r in runs] == [
     ("Baseline", 0),
     ("Baseline", 1),
     ("Baseline", 2),
+    ("Cut-96", 0),
+    ("Cut-96", 2),
     ("KFC-IV", 1),
   ]
-  assert config.variants == ("Baseline", "KFC-IV") and config.seeds == (0, 1, 2)
+  assert config.variants == ("Baseline", "Cut-96", "KFC-IV") and config.seeds == (0, 1, 2)
   summary = reporting.summarise_variants(runs)
   np.testing.assert_allclose(summary[0]["test_error_mean"], np.mean([0.5, 0.61, 0.52]))
 
