@@ -19,5 +19,5 @@ def test_quick_run_writes_results(tmp_path, monkeypatch):
   stem = tmp_path / "train_step_cpu_float32_quick"
   payload = json.loads(stem.with_suffix(".json").read_text())
   (row,) = payload["rows"]
-  assert set(row["ms"]) == set(train_step.VARIANTS) and all(v > 0 for v in row["ms"].values())
+  assert set(row["ms"]) == set(train_step.QUICK_VARIANTS) and all(v > 0 for v in row["ms"].values())
   assert "KFC-II / Baseline" in stem.with_suffix(".md").read_text()
