@@ -367,7 +367,7 @@ def autotuned_materialize(x, fs, precision, pet) -> jax.Array:
     None if pet is None else jnp.dtype(pet),
     tune_inference=True,
   )
-  return tuned_materialized(config, x, tuple(fs))
+  return _reverse_mode_only(tuned_materialized, config, x, tuple(fs))
 
 
 def _planned_fwd(config, x, fs):
@@ -470,8 +470,13 @@ def planned_matmul(x, fs, plan, precision, pet, model, tune_inference=False) -> 
     None if pet is None else jnp.dtype(pet),
     tune_inference,
   )
+  return _reverse_mode_only(planned_factored, config, x, tuple(fs))
+
+
+def _reverse_mode_only(custom_vjp_fn, config, x, fs):
+  """Calls ``custom_vjp_fn``; forward-mode AD of it raises a TypeError that says what to do."""
   try:
-    return planned_factored(config, x, tuple(fs))
+    return custom_vjp_fn(config, x, fs)
   except TypeError as e:
     if "forward-mode" not in str(e):
       raise

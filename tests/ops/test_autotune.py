@@ -152,6 +152,17 @@ def test_autotune_forms_w_for_training_only_when_that_was_fastest(rng, cache_dir
   assert asked == ["fwd+bwd", "fwd"]
 
 
+def test_autotune_forming_w_is_reverse_mode_only_with_a_clear_error(rng, cache_dir, monkeypatch):
+  x, factors = _case(rng, rows=8)
+  xj, fj = jnp.asarray(x), [jnp.asarray(f) for f in factors]
+  monkeypatch.setattr(_autotune, "autotune", lambda *a, **k: "materialize")
+  with pytest.raises(TypeError, match='backward="autodiff"'):
+    jax.jacfwd(lambda x: kfc_jax.kron_matmul(x, fj, strategy="autotune"))(xj)
+  jac = jax.jacfwd(lambda x: kfc_jax.kron_matmul(x, fj, strategy="autotune", backward="autodiff"))
+  expected = np.einsum("ik,lj->ijkl", np.eye(8), np_kron(factors))
+  np.testing.assert_allclose(jac(xj), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_autotune_objective_is_checked_and_keyed(cache_dir, monkeypatch):
   with pytest.raises(ValueError, match='objective must be "fwd" or "fwd\\+bwd", got \'bwd\''):
     _autotune.autotune((8, 32), [(4, 8), (8, 4)], objective="bwd")
