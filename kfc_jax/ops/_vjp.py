@@ -473,7 +473,7 @@ def planned_matmul(x, fs, plan, precision, pet, model, tune_inference=False) -> 
   return _reverse_mode_only(planned_factored, config, x, tuple(fs))
 
 
-def _reverse_mode_only(custom_vjp_fn, config, x, fs):
+def _reverse_mode_only(custom_vjp_fn: Any, config, x, fs) -> jax.Array:
   """Calls ``custom_vjp_fn``; forward-mode AD of it raises a TypeError that says what to do."""
   try:
     return custom_vjp_fn(config, x, fs)
