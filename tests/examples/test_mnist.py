@@ -464,7 +464,9 @@ def test_demo_says_what_it_is_and_ends_beside_the_committed_results(tmp_path, ca
       assert this_run == "—"
     t = theirs[variant]
     assert full == (f"{t['test_error_mean']:.2f} ± {t['test_error_std']:.2f}")
-    assert paper_error == f"{reference.PAPER[variant]['test_error']:.2f}"
+    # Our copy of the paper prints test errors for five of the nine rows.
+    paper = reference.PAPER.get(variant)
+    assert paper_error == (f"{paper['test_error']:.2f}" if paper else "—")
 
 
 def _make_recipe(target: str) -> list[str]:
