@@ -88,6 +88,13 @@ def _factored(x, factors, order, precision, pet):
   return t.reshape(batch, -1)
 
 
+def _materialized(x, factors, precision, pet):
+  """``x @ kron(factors)`` with ``W`` formed. ``W`` is an intermediate like any
+  other: held in the accumulation dtype, so every plan rounds the same way."""
+  w = kron(list(factors), precision=precision, preferred_element_type=pet)
+  return _dot(x, w, (((1,), (0,)), ((), ())), precision, pet)
+
+
 def kron(
   factors: Sequence[Any],
   *,
@@ -224,10 +231,7 @@ def kron_matmul(
     # forward-only pick runs (it may be factored).
     y = _vjp.autotuned_materialize(x2, fs, precision, preferred_element_type)
   elif plan.strategy == "materialize":
-    # W is an intermediate like any other: held in the accumulation dtype, so
-    # every plan rounds the same way.
-    w = kron(fs, precision=precision, preferred_element_type=preferred_element_type)
-    y = _dot(x2, w, (((1,), (0,)), ((), ())), precision, preferred_element_type)
+    y = _materialized(x2, fs, precision, preferred_element_type)
   elif backward == "planned":
     y = _vjp.planned_matmul(
       x2,

@@ -312,7 +312,7 @@ def planned_factored(config: _Config, x, fs):
 
 def _inference_forward(config, x, fs):
   """The plan ``autotune`` measured fastest for the forward alone."""
-  from kfc_jax.ops import _autotune, _cost  # ops imports this module
+  from kfc_jax.ops import _autotune, _cost, _kron  # ops imports this module
 
   shapes = [f.shape for f in fs]
   strategy = _autotune.autotuned_strategy(
@@ -320,16 +320,9 @@ def _inference_forward(config, x, fs):
   )
   plan = _cost.kron_matmul_plan(x.shape, shapes, dtype=x.dtype, strategy=strategy)
   if plan.strategy == "materialize":
-    return _materialized(config.precision, config.pet, x, fs)
+    return _kron._materialized(x, fs, config.precision, config.pet)
   tuned = dataclasses.replace(config, order=plan.order, forward_chunk_rows=plan.chosen.chunk_rows)
   return _forward(tuned, x, fs)
-
-
-def _materialized(precision, pet, x, fs):
-  from kfc_jax.ops import _kron  # ops imports this module
-
-  w = _kron.kron(list(fs), precision=precision, preferred_element_type=pet)
-  return _kron._dot(x, w, (((1,), (0,)), ((), ())), precision, pet)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -344,7 +337,9 @@ def tuned_materialized(config: _Config, x, fs):
 
 
 def _tuned_materialized_fwd(config, x, fs):
-  return jax.vjp(functools.partial(_materialized, config.precision, config.pet), x, fs)
+  from kfc_jax.ops import _kron  # ops imports this module
+
+  return jax.vjp(lambda x, fs: _kron._materialized(x, fs, config.precision, config.pet), x, fs)
 
 
 def _tuned_materialized_bwd(config, vjp, dy):
