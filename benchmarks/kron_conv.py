@@ -81,7 +81,8 @@ QUICK_GRID = [Case(f"16->16 @8x8 {label}", 4, 8, 16, a, b) for label, a, b in _s
 DN = ("NHWC", "HWIO", "NHWC")
 
 
-def run_case(case: Case, dtype, repeats: int) -> dict:
+def draw(case: Case, dtype):
+  """The case's input, factors and a dense 3x3 kernel, fan-in scaled."""
   # NumPy draws: jax.random compiles for seconds per shape on CPU.
   rng = np.random.default_rng(0)
   normal = lambda shape, fan_in: jnp.asarray(
@@ -91,7 +92,12 @@ def run_case(case: Case, dtype, repeats: int) -> dict:
   x = normal((case.batch, case.size, case.size, c), 1)
   a = normal(case.a_shape, math.prod(case.a_shape[1:4]))
   b = normal(case.b_shape, math.prod(case.b_shape[1:4]))
-  kernel = normal((3, 3, c, c), 9 * c)
+  return x, a, b, normal((3, 3, c, c), 9 * c)
+
+
+def run_case(case: Case, dtype, repeats: int) -> dict:
+  x, a, b, kernel = draw(case, dtype)
+  c = case.channels
   s = case.strides
   plan = kfc_jax.kron_conv_plan(x.shape, [case.a_shape, case.b_shape], strides=s, dtype=dtype)
 

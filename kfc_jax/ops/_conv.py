@@ -14,6 +14,12 @@ never formed): one by ``B`` (per input-channel group ``i1``, at stride 1),
 then one by ``A`` dilated by ``(bh, bw)`` (per output-channel group ``o2``,
 contracting ``i1`` and the rank together), with ``K``'s padding applied once
 in the first and the stride applied in the second.
+
+The backward is autodiff's of the chosen plan, with no custom VJP: measured
+(``benchmarks/conv_backward.py``), the factored plan's backward costs what
+the dense conv's does relative to its forward, and no mix of the two plans
+(``dx`` from one, the factors' gradients from the other) beats the better
+plan beyond the noise; the plan choice is what matters.
 """
 
 from __future__ import annotations
