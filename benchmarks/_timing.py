@@ -109,12 +109,14 @@ def run_grid(
   progress: Callable,
   repeats: int,
   checks_key: str,
+  extra: dict[str, Any] | None = None,
 ) -> int:
   """Runs ``run_case`` over ``grid``, then writes ``summarize``'s table.
 
   Results go to ``{args.out}/{name}_{backend}_{dtype}[_quick].json`` and
   ``.md``; ``summarize(rows, env)`` returns the Markdown and the list of
-  checks that failed, stored under ``checks_key``.
+  checks that failed, stored under ``checks_key``; ``extra`` entries join
+  the JSON payload.
   """
   dtype = jax.numpy.dtype(args.dtype)
   env = environment(args.dtype)
@@ -125,7 +127,8 @@ def run_grid(
   markdown, checks = summarize(rows, env)
   suffix = "_quick" if args.quick else ""
   stem = os.path.join(args.out, f"{name}_{jax.default_backend()}_{args.dtype}{suffix}")
-  write_results(stem, {"environment": env, "rows": rows, checks_key: checks}, markdown)
+  payload = {"environment": env, "rows": rows, checks_key: checks, **(extra or {})}
+  write_results(stem, payload, markdown)
   print(markdown)
   print(f"wrote {stem}.json and {stem}.md")
   return 0

@@ -234,14 +234,24 @@ def count_params(module: nnx.Module) -> int:
 def conv_costs(model: KConvCNN) -> list[dict[str, Any]]:
   """Per conv: parameters and FLOPs of one image, and the dense conv's.
 
-  Kronecker convs report their own ``cost_for_input``; a dense conv's FLOPs
-  are ``2 * H_out * W_out * k * k * C_in * C_out`` (multiply-adds as two,
-  bias left out, as the layers' costs count them).
+  Kronecker convs report the FLOPs of their factored structure (the two
+  small convs), whichever plan ``strategy="auto"`` runs: on few channels the
+  layer forms the kernel and does the dense conv's FLOPs, because that is
+  faster there (``benchmarks/conv_plans.py``); the measured times show it. A
+  dense conv's FLOPs are ``2 * H_out * W_out * k * k * C_in * C_out``
+  (multiply-adds as two, bias left out, as the layers' costs count them).
   """
   rows = []
   for conv, (height, width, c_in) in zip(model.convs, model.conv_inputs, strict=True):
     if isinstance(conv, kfc_jax.nnx.KroneckerConv):
-      cost = conv.cost_for_input(1, (height, width, c_in))
+      cost = conv.layout.cost(
+        type(conv).__name__,
+        use_bias=conv.use_bias,
+        batch=1,
+        input_size=(height, width),
+        strategy="factored",
+        dtype=conv.param_dtype,
+      )
       rows.append(
         {
           "params": cost.params,

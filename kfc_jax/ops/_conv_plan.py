@@ -106,6 +106,7 @@ class ConvStep(NamedTuple):
   bytes: int
   in_channels: int
   out_channels: int
+  pixels: int = 0  # output pixels of a conv (0: a GEMM on the channels)
 
 
 def _factored_cost(geo: ConvGeometry, a, b, itemsize, model) -> PlanCost:
@@ -127,10 +128,18 @@ def _factored_cost(geo: ConvGeometry, a, b, itemsize, model) -> PlanCost:
     w1 = out_size(w, pads[1], bw, g[1], dil[1])
   x_size, z_size, y_size = n * h * w * c, n * ai * h1 * w1 * r * bo, n * y * x * ao * bo
   by_b = ConvStep(
-    2 * n * ai * h1 * w1 * bh * bw * bi * r * bo, itemsize * (x_size + z_size), bi, r * bo
+    2 * n * ai * h1 * w1 * bh * bw * bi * r * bo,
+    itemsize * (x_size + z_size),
+    bi,
+    r * bo,
+    0 if path == "gemm-conv" else n * ai * h1 * w1,
   )
   by_a = ConvStep(
-    2 * n * bo * y * x * ah * aw * ai * r * ao, itemsize * (z_size + y_size), ai * r, ao
+    2 * n * bo * y * x * ah * aw * ai * r * ao,
+    itemsize * (z_size + y_size),
+    ai * r,
+    ao,
+    0 if path == "conv-gemm" else n * bo * y * x,
   )
   # Axis shuffles (input groups to the batch axis, z's groups, output groups
   # back) are separate memory-bound ops: each reads and writes its array.
@@ -161,7 +170,9 @@ def _materialize_cost(geo: ConvGeometry, a, b, itemsize, model) -> PlanCost:
   y = out_size(h, pads[0], kh, strides[0], dil[0])
   x = out_size(w, pads[1], kw, strides[1], dil[1])
   build_flops, build_bytes = 2 * r * k_size, itemsize * k_size
-  conv = ConvStep(2 * n * y * x * k_size, itemsize * (n * h * w * c + k_size + n * y * x * o), c, o)
+  conv = ConvStep(
+    2 * n * y * x * k_size, itemsize * (n * h * w * c + k_size + n * y * x * o), c, o, n * y * x
+  )
   seconds = model.step_seconds(
     build_flops, build_bytes, model.full_speed_dim
   ) + model.conv_step_seconds(*conv)

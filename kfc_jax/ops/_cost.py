@@ -37,7 +37,10 @@ class CostModel:
   ``chunk_bytes`` is set (CPU), a factored plan whose intermediates exceed it
   runs over row blocks of ``x`` sized so that each block's intermediates fit
   in ``chunk_bytes`` (they then stay in cache); its intermediate traffic moves
-  at ``cache_bytes_per_second`` (default: ``bytes_per_second``). The defaults
+  at ``cache_bytes_per_second`` (default: ``bytes_per_second``). A
+  convolution also costs at least ``conv_pixel_seconds`` per output pixel
+  (images x rows x columns), whatever its channels: XLA:CPU's conv kernels
+  pay about 40 ns a pixel when they have few channels to work on. The defaults
   per platform were set from the measurements in ``benchmarks/results/`` (see
   ``benchmarks/kron_matmul.py``, which reports the model's picks against the
   measured best).
@@ -57,6 +60,7 @@ class CostModel:
   full_speed_dim: int = 64
   chunk_bytes: int | None = None
   cache_bytes_per_second: float | None = None
+  conv_pixel_seconds: float = 0.0
 
   def _seconds(
     self, flops: float, bytes_: float, efficiency: float, bytes_per_second: float | None = None
@@ -73,20 +77,25 @@ class CostModel:
     return self._seconds(flops, bytes_, efficiency, bytes_per_second)
 
   def conv_step_seconds(
-    self, flops: float, bytes_: float, in_channels: int, out_channels: int
+    self, flops: float, bytes_: float, in_channels: int, out_channels: int, pixels: int = 0
   ) -> float:
     """One convolution, slowed down when it has few channels.
 
     A conv runs at ``sqrt(min(1, min(cin, cout) / (2 * full_speed_dim)))`` of
-    full speed. Fitted on XLA:CPU (2 cores) to 15 measured factored/dense
-    pairs (``benchmarks/kron_conv.py`` and 3x3 convs of 8 to 256 channels):
-    it picks the faster of factored and materialised in all 15, with
-    predicted time ratios within 1.5x of the measured ones on average; e.g. a
+    full speed, and takes at least ``pixels * conv_pixel_seconds`` (its
+    output pixels, images x rows x columns). The first term was fitted on
+    XLA:CPU (2 cores) to 15 measured factored/dense pairs
+    (``benchmarks/kron_conv.py`` and 3x3 convs of 8 to 256 channels), e.g. a
     3x3 64->64 conv runs at 0.70 of a 128->128 one (model 0.71), 16->48 at
-    0.47 (0.5).
+    0.47 (0.5). The pixel floor is what convs of 2-12 channels measure
+    (``benchmarks/conv_plans.py``): 31-50 ns a pixel, so a 1x3 2->2 conv on
+    1024 images of 28x28 takes 25 ms for 19 MFLOPs, where the channel term
+    alone predicts 1.5 ms. With it the model picks the faster plan on 57 of
+    the 72 KConv-example rows of that benchmark, against 27 without.
     """
     efficiency = math.sqrt(min(1.0, min(in_channels, out_channels) / (2 * self.full_speed_dim)))
-    return self._seconds(flops, bytes_, efficiency)
+    seconds = self._seconds(flops, bytes_, efficiency)
+    return max(seconds, pixels * self.conv_pixel_seconds + self.overhead_seconds)
 
   def memory_seconds(self, bytes_: float) -> float:
     """A memory-bound step (an axis shuffle): reads and writes ``bytes_``."""
@@ -104,6 +113,7 @@ _DEFAULT_COST_MODELS = {
     full_speed_dim=128,
     chunk_bytes=2**20,
     cache_bytes_per_second=40e9,
+    conv_pixel_seconds=40e-9,
   ),
   "gpu": CostModel(
     flops_per_second=50e12, bytes_per_second=2.5e12, overhead_seconds=5e-6, full_speed_dim=64

@@ -6,6 +6,8 @@ plan, by counting the convolutions in the traced computation.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -66,6 +68,24 @@ class TestPlan:
     plan = kfc_jax.kron_conv_plan((64, 16, 16, 256), [(2, 1, 1, 16, 16), (2, 3, 3, 16, 16)])
     assert plan.strategy == "factored"
     assert plan.chosen.flops * 4 < plan.dense_flops
+
+  @pytest.mark.parametrize(
+    "a,b",
+    [
+      ((1, 3, 1, 4, 6), (1, 1, 3, 2, 2)),  # the KConv example's spatial split
+      ((1, 3, 3, 4, 6), (1, 1, 1, 2, 2)),  # its channel split by 2
+    ],
+  )
+  def test_few_channels_are_materialized_on_cpu(self, a, b):
+    # The KFC paper's 3x3 8->12 conv at batch 128 (benchmarks/conv_plans.py):
+    # the factored plan's convs on 2-6 channels are bound by the per-pixel
+    # floor, 3-6x slower than the dense conv; without the floor the model
+    # predicts them faster.
+    x_shape = (128, 28, 28, 8)
+    model = kfc_jax.default_cost_model("cpu")
+    assert kfc_jax.kron_conv_plan(x_shape, [a, b], cost_model=model).strategy == "materialize"
+    no_floor = dataclasses.replace(model, conv_pixel_seconds=0.0)
+    assert kfc_jax.kron_conv_plan(x_shape, [a, b], cost_model=no_floor).strategy == "factored"
 
   def test_cost_model_is_a_parameter(self):
     shapes = [(3, 3, 8, 8), (1, 1, 8, 8)]

@@ -31,6 +31,15 @@ class TestCostModel:
   def test_conv_step_slows_down_with_few_channels(self, cin, cout, seconds):
     assert self.MODEL.conv_step_seconds(1e9, 0, cin, cout) == pytest.approx(seconds)
 
+  def test_conv_step_costs_at_least_its_pixel_floor(self):
+    model = kfc_jax.CostModel(1e9, 1e30, 1e-3, full_speed_dim=64, conv_pixel_seconds=1e-6)
+    # 1e3 FLOPs take 1e-6 s of compute; 2e6 pixels at 1 us take 2 s.
+    assert model.conv_step_seconds(1e3, 0, 128, 128, pixels=2e6) == pytest.approx(2.001)
+    # Compute-bound (1 s for 1e9 FLOPs) above a floor of 1e-3 s.
+    assert model.conv_step_seconds(1e9, 0, 128, 128, pixels=1e3) == pytest.approx(1.001)
+    # A GEMM step (no pixels) has no floor.
+    assert model.conv_step_seconds(1e3, 0, 128, 128) == pytest.approx(1e-3 + 1e-6)
+
   def test_memory_bound_steps(self):
     model = kfc_jax.CostModel(1e30, 1e9, overhead_seconds=1e-3)
     assert model.step_seconds(1.0, 2e9, 64) == pytest.approx(2.001)
@@ -39,6 +48,8 @@ class TestCostModel:
 
   def test_default_model_per_platform(self):
     assert kfc_jax.default_cost_model("cpu").chunk_bytes == 2**20
+    # benchmarks/results/conv_plans_cpu_float32.md: 31-50 ns a pixel at 2-12 channels.
+    assert 20e-9 <= kfc_jax.default_cost_model("cpu").conv_pixel_seconds <= 60e-9
     assert kfc_jax.default_cost_model("no-such-device") == kfc_jax.default_cost_model("gpu")
 
 
