@@ -13,7 +13,9 @@ MNIST CNN at its training batch of 128, with 8-32 channels; the ``wide``
 (``examples/kconv/models.py``: channel splits, spatial splits, ranks, a
 mixture). Per row: ``kron_conv_sum(strategy="factored")`` and
 ``strategy="materialize"``, timed interleaved, the cost model's pick and its
-time over the faster one's ("pick vs best"; 1.00x: the right pick).
+time over the faster one's ("pick vs best"; 1.00x: the right pick), and
+``strategy="autotune"`` (which times the two plans itself, once per
+objective) over the faster one.
 
 The floor: single convs with 2-64 channels, in ns per output pixel (images x
 rows x columns). Below about 16 channels XLA:CPU's convs cost the same per
@@ -107,7 +109,7 @@ def run_case(case, dtype, repeats: int) -> dict:
     x.shape, shapes, padding=layer.padding, dtype=dtype, cost_model=no_floor
   )
   table = {}
-  for strategy in ("factored", "materialize"):
+  for strategy in ("factored", "materialize", "autotune"):
 
     def fwd(x, terms, strategy=strategy):
       return kfc_jax.kron_conv_sum(x, terms, padding=layer.padding, strategy=strategy)
@@ -170,20 +172,23 @@ def summarize(rows, env, floor) -> tuple[str, list[str]]:
     " model with `conv_pixel_seconds=0` (before the floor was added).",
     "",
     "| net | layer | variant | predicted F / M | pick | fwd F | fwd M | fwd pick vs best |"
-    " fwd+bwd F | fwd+bwd M | fwd+bwd pick vs best | without floor: pick, fwd, fwd+bwd |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    " fwd+bwd F | fwd+bwd M | fwd+bwd pick vs best | without floor: pick, fwd, fwd+bwd |"
+    " autotune vs best: fwd, fwd+bwd |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
-  misses, old_misses = [], 0
+  misses, old_misses, tuned_misses = [], 0, 0
   for row in rows:
     ms, pick = row["ms"], row["pick"]
     layer = (
       f"{row['kernel']}x{row['kernel']} {row['c_in']}->{row['c_out']}"
       f" @{row['size']}x{row['size']} b{row['batch']}"
     )
-    ratios, old = {}, {}
+    ratios, old, tuned = {}, {}, {}
     for mode in ("fwd", "fwd+bwd"):
       best = min(ms[f"{mode} factored"], ms[f"{mode} materialize"])
       ratios[mode] = ms[f"{mode} {pick}"] / best
+      tuned[mode] = ms[f"{mode} autotune"] / best
+      tuned_misses += tuned[mode] > 1.10
       old[mode] = ms[f"{mode} {row['pick_without_floor']}"] / best
       old_misses += old[mode] > 1.10
       if ratios[mode] > 1.10:
@@ -195,12 +200,12 @@ def summarize(rows, env, floor) -> tuple[str, list[str]]:
       f" | {ms['fwd factored']:.2f} | {ms['fwd materialize']:.2f} | {ratios['fwd']:.2f}x"
       f" | {ms['fwd+bwd factored']:.2f} | {ms['fwd+bwd materialize']:.2f}"
       f" | {ratios['fwd+bwd']:.2f}x | {row['pick_without_floor']}, {old['fwd']:.2f}x,"
-      f" {old['fwd+bwd']:.2f}x |"
+      f" {old['fwd+bwd']:.2f}x | {tuned['fwd']:.2f}x, {tuned['fwd+bwd']:.2f}x |"
     )
   lines += [
     "",
     f"Picks more than 10% slower than the faster plan: {len(misses)} of {2 * len(rows)}"
-    + f" (without the floor: {old_misses})"
+    + f' (without the floor: {old_misses}; `strategy="autotune"`: {tuned_misses})'
     + (":" if misses else "."),
   ]
   lines += [f"- {m}" for m in misses]

@@ -87,11 +87,10 @@ def strategy(value: Any, num_factors: int | None = None) -> Any:
   Args:
     value: the ``strategy`` argument.
     num_factors: for :func:`kfc_jax.kron_matmul`, the number of factors; a
-      permutation of ``range(num_factors)`` (the contraction order) and
-      ``"autotune"`` are then accepted too. ``None`` (convolutions) accepts
-      the names only.
+      permutation of ``range(num_factors)`` (the contraction order) is then
+      accepted too. ``None`` (convolutions) accepts the names only.
   """
-  names = STRATEGY_NAMES if num_factors is None else (*STRATEGY_NAMES, "autotune")
+  names = (*STRATEGY_NAMES, "autotune")
   if isinstance(value, str) and value in names:
     return value
   if (

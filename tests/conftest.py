@@ -12,6 +12,8 @@ import pytest
 from references import np_kron as np_kron
 from references import random_factors as random_factors
 
+from kfc_jax.ops import _autotune
+
 
 @pytest.fixture
 def x64():
@@ -24,3 +26,12 @@ def x64():
 def rng(request):
   """A fresh NumPy generator per test, seeded from the test's name."""
   return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+  """A fresh autotune cache: empty memory, disk under tmp_path."""
+  monkeypatch.setenv("KFC_JAX_CACHE_DIR", str(tmp_path))
+  _autotune.clear_cache()
+  yield tmp_path
+  _autotune.clear_cache()

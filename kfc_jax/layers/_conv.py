@@ -57,7 +57,7 @@ class ConvLayout:
     return sum(t.rank for t in self.terms)
 
   def check_strategy(self, strategy: Any) -> Any:
-    """Validates ``strategy`` (``"auto"``, ``"factored"`` or ``"materialize"``)."""
+    """Validates ``strategy`` (``"auto"``, ``"factored"``, ``"materialize"``, ``"autotune"``)."""
     return _checks.strategy(strategy)
 
   def sum_terms(self) -> list[KroneckerSumTerm]:

@@ -112,8 +112,9 @@ class KroneckerConv(_common.KroneckerModule):
     factor_metadata: metadata (e.g. ``out_sharding``) for both factors, or a
       pair of mappings (A, B), as ``nnx.Conv``'s ``kernel_metadata``.
     bias_metadata: metadata of the bias.
-    strategy: ``"auto"``, ``"factored"`` or ``"materialize"`` (see
-      :func:`kfc_jax.kron_conv_plan`).
+    strategy: ``"auto"``, ``"factored"``, ``"materialize"`` or
+      ``"autotune"`` (see :func:`kfc_jax.kron_conv_plan` and
+      :func:`kfc_jax.kron_conv`).
     rngs: random number generators.
   """
 

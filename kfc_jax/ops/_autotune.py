@@ -1,5 +1,9 @@
 """``strategy="autotune"``: time the candidate plans once, reuse the winner.
 
+For ``kron_conv`` / ``kron_conv_sum`` the candidates are the two plans
+(``"factored"`` and ``"materialize"``), tuned the same way and cached under
+their own keys (geometry and term shapes).
+
 On the first use of a (shapes, dtype, precision, device), every candidate plan
 of ``kron_matmul`` (each contraction order, and forming ``W`` where the memory
 rule of ``"auto"`` allows it) is compiled, warmed up and timed on fresh random
@@ -25,6 +29,7 @@ logger.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -178,25 +183,32 @@ def time_strategies(
         x, fs, strategy=strategy, precision=precision, preferred_element_type=pet
       )
 
-    if objective == "fwd":
-      return forward
-    return jax.grad(lambda x, fs: jnp.sum(forward(x, fs).astype(jnp.float32)), argnums=(0, 1))
+    return _objective_loss(forward, objective)
 
-  specs = (
-    jax.ShapeDtypeStruct(x.shape, x.dtype),
-    [jax.ShapeDtypeStruct(f.shape, f.dtype) for f in factors],
-  )
+  return _time_interleaved(build, (x, factors), strategies, repeats, warmup)
+
+
+def _time_interleaved(build, args, strategies, repeats: int, warmup: int) -> dict[Any, float]:
+  """Median seconds of ``build(s)(*args)`` per strategy, compiled for shapes, interleaved."""
+  specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
   compiled = {s: jax.jit(build(s)).lower(*specs).compile() for s in strategies}
   for fn in compiled.values():
     for _ in range(warmup):
-      jax.block_until_ready(fn(x, factors))
+      jax.block_until_ready(fn(*args))
   samples: dict[Any, list[float]] = {s: [] for s in strategies}
   for _ in range(repeats):
     for s, fn in compiled.items():
       start = time.perf_counter()
-      jax.block_until_ready(fn(x, factors))
+      jax.block_until_ready(fn(*args))
       samples[s].append(time.perf_counter() - start)
   return {s: statistics.median(v) for s, v in samples.items()}
+
+
+def _objective_loss(forward, objective: str):
+  """``forward`` itself (``"fwd"``) or the gradient of its sum w.r.t. both arguments."""
+  if objective == "fwd":
+    return forward
+  return jax.grad(lambda x, fs: jnp.sum(forward(x, fs).astype(jnp.float32)), argnums=(0, 1))
 
 
 def autotune(
@@ -231,9 +243,33 @@ def autotune(
   """
   x_shape = (math.prod(x_shape[:-1]), int(x_shape[-1]))
   factor_shapes = [tuple(int(d) for d in s) for s in factor_shapes]
+  _check_objective(objective)
+  key = cache_key(x_shape, factor_shapes, dtype, precision, preferred_element_type, objective)
+
+  timed = functools.partial(
+    time_strategies,
+    x_shape,
+    factor_shapes,
+    dtype,
+    precision=precision,
+    pet=preferred_element_type,
+    objective=objective,
+  )
+  return _tuned(
+    key, lambda: candidate_strategies(x_shape, factor_shapes, dtype), timed, repeats, objective
+  )
+
+
+def _check_objective(objective: str) -> None:
   if objective not in ("fwd", "fwd+bwd"):
     raise ValueError(f'objective must be "fwd" or "fwd+bwd", got {objective!r}.')
-  key = cache_key(x_shape, factor_shapes, dtype, precision, preferred_element_type, objective)
+
+
+def _tuned(key: str, candidates, timed, repeats: int, objective: str) -> Any:
+  """The cached winner of ``key``, or the fastest of ``candidates()``, cached.
+
+  ``timed(strategies, repeats=n)`` gives each strategy's median seconds.
+  """
   with _lock:
     if key not in _memory_cache:
       entry = _load_disk().get(key)
@@ -241,28 +277,15 @@ def autotune(
         _memory_cache[key] = entry
     if key in _memory_cache:
       return _decode(_memory_cache[key]["strategy"])
-  strategies = candidate_strategies(x_shape, factor_shapes, dtype)
+  strategies = candidates()
   if len(strategies) <= 1:
     return strategies[0] if strategies else "auto"
-
-  def timed(candidates, rounds):
-    return time_strategies(
-      x_shape,
-      factor_shapes,
-      dtype,
-      candidates,
-      precision=precision,
-      pet=preferred_element_type,
-      repeats=rounds,
-      objective=objective,
-    )
-
-  times = timed(strategies, repeats)
+  times = timed(strategies, repeats=repeats)
   # Plans within the timing noise of the leader (on a shared machine, medians
   # of a few rounds move by 5-15%) are timed again, longer, against each other.
   close = [s for s in strategies if times[s] <= REFINE_WITHIN * min(times.values())]
   if len(close) > 1:
-    times.update(timed(close, 3 * repeats))
+    times.update(timed(close, repeats=3 * repeats))
   best = min(close, key=lambda s: times[s])
   entry = {
     "strategy": list(best) if isinstance(best, tuple) else best,
@@ -292,14 +315,124 @@ def autotuned_strategy(
       objective=objective,
     )
   except Exception as e:
-    _LOG.warning(
-      "kfc_jax autotune: timing failed (%s: %s); using the cost model's plan for x %s, factors %s.",
-      type(e).__name__,
-      e,
-      tuple(x_shape),
-      [tuple(s) for s in factor_shapes],
+    return _fallback(e, f"x {tuple(x_shape)}, factors {[tuple(s) for s in factor_shapes]}")
+
+
+def _fallback(error: Exception, what: str) -> str:
+  _LOG.warning(
+    "kfc_jax autotune: timing failed (%s: %s); using the cost model's plan for %s.",
+    type(error).__name__,
+    error,
+    what,
+  )
+  return "auto"
+
+
+# ---------------------------------------------------------------------------
+# Convolutions: "factored" against "materialize"
+# ---------------------------------------------------------------------------
+
+CONV_CANDIDATES = ("factored", "materialize")
+
+
+def conv_cache_key(geo, term_shapes, dtype, precision, pet, objective) -> str:
+  """The key of one autotuned conv plan: geometry, term shapes, dtypes, device, objective."""
+  return json.dumps(
+    {
+      "conv": {
+        "x": list(geo.x_shape),
+        "strides": list(geo.strides),
+        "pads": [list(p) for p in geo.pads],
+        "dilation": list(geo.dilation),
+        "terms": [[list(map(int, s)) for s in t] for t in term_shapes],
+      },
+      "objective": objective,
+      "device": _device_name(),
+      "dtype": jnp.dtype(dtype).name,
+      "preferred_element_type": None if pet is None else jnp.dtype(pet).name,
+      "precision": None if precision is None else str(precision),
+    },
+    sort_keys=True,
+  )
+
+
+def time_conv_strategies(
+  geo,
+  term_shapes,
+  dtype,
+  strategies,
+  *,
+  precision=None,
+  pet=None,
+  repeats=5,
+  warmup=2,
+  objective="fwd+bwd",
+) -> dict[str, float]:
+  """Median seconds of each conv plan on random inputs of these shapes (interleaved).
+
+  ``geo`` is the validated geometry (``ConvGeometry``: its ``x_shape`` is the
+  input the convolution reads, already wrapped for ``"CIRCULAR"``) and
+  ``term_shapes`` the 5-D ``(A, B)`` shapes of each term.
+  """
+  from kfc_jax.ops import _conv  # lazily: ops imports this module
+
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal(geo.x_shape).astype(dtype)
+  terms = [
+    tuple((rng.standard_normal(s) / math.sqrt(math.prod(s[1:4]))).astype(dtype) for s in t)
+    for t in term_shapes
+  ]
+
+  def build(strategy):
+    forward = lambda x, terms: _conv._run(x, terms, strategy, geo, precision, pet)
+    return _objective_loss(forward, objective)
+
+  return _time_interleaved(build, (x, terms), strategies, repeats, warmup)
+
+
+def autotune_conv(
+  geo,
+  term_shapes,
+  *,
+  dtype=jnp.float32,
+  precision=None,
+  preferred_element_type=None,
+  repeats: int = 5,
+  objective: str = "fwd+bwd",
+) -> str:
+  """The measured-fastest plan of ``kron_conv_sum`` for this geometry: ``"factored"`` or
+  ``"materialize"``; cached like :func:`autotune`'s."""
+  _check_objective(objective)
+  term_shapes = [tuple(tuple(int(d) for d in s) for s in t) for t in term_shapes]
+  key = conv_cache_key(geo, term_shapes, dtype, precision, preferred_element_type, objective)
+
+  timed = functools.partial(
+    time_conv_strategies,
+    geo,
+    term_shapes,
+    dtype,
+    precision=precision,
+    pet=preferred_element_type,
+    objective=objective,
+  )
+  return _tuned(key, lambda: list(CONV_CANDIDATES), timed, repeats, objective)
+
+
+def autotuned_conv_strategy(geo, term_shapes, dtype, precision, pet, objective="fwd+bwd") -> str:
+  """``autotune_conv``, or the cost model's ``"auto"`` (logged) if timing fails."""
+  if geo.x_shape[0] == 0:
+    return "auto"  # an empty batch: nothing to time
+  try:
+    return autotune_conv(
+      geo,
+      term_shapes,
+      dtype=dtype,
+      precision=precision,
+      preferred_element_type=pet,
+      objective=objective,
     )
-    return "auto"
+  except Exception as e:
+    return _fallback(e, f"the conv of x {geo.x_shape} by terms {list(term_shapes)}")
 
 
 # ---------------------------------------------------------------------------

@@ -28,14 +28,16 @@ import functools
 import math
 import operator
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from kfc_jax import _checks, _dtypes
+from kfc_jax.ops import _autotune, _vjp
 from kfc_jax.ops._conv_geometry import (
+  ConvGeometry,
   PaddingLike,
   conv_geometry,
   first_stride,
@@ -186,10 +188,78 @@ def _prepare(
   if geo.wrap is not None:  # CIRCULAR: wrap around, then no padding
     x = jnp.pad(x, ((0, 0), *geo.wrap, (0, 0)), mode="wrap")
   terms = [tuple(f.astype(dtype) for f in t) for t in terms]
+  # "autotune" runs the measured plans (_execute); the plan is the model's.
   plan = sum_plan(
-    geo, shapes, jnp.dtype(dtype).itemsize, strategy, cost_model or default_cost_model()
+    geo,
+    shapes,
+    jnp.dtype(dtype).itemsize,
+    "auto" if strategy == "autotune" else strategy,
+    cost_model or default_cost_model(),
   )
-  return x, terms, plan, batch_shape, geo, pet
+  return x, terms, plan, batch_shape, geo, pet, strategy
+
+
+class _Tuned(NamedTuple):
+  """What ``strategy="autotune"`` needs to time and run a conv (hashable)."""
+
+  geo: ConvGeometry
+  shapes: tuple[tuple[tuple[int, ...], ...], ...]
+  model_pick: str  # the cost model's plan, if timing fails
+  precision: Any
+  pet: Any
+
+  def pick(self, dtype, objective: str) -> str:
+    s = _autotune.autotuned_conv_strategy(
+      self.geo, self.shapes, dtype, self.precision, self.pet, objective
+    )
+    return self.model_pick if s == "auto" else s
+
+  def run(self, x, terms, strategy):
+    return _run(x, terms, strategy, self.geo, self.precision, self.pet)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _autotuned(config: _Tuned, x, terms):
+  """``strategy="autotune"``: the plan measured fastest for what is asked.
+
+  JAX traces this body only when nothing differentiates the call
+  (inference), so it runs the forward-only pick; differentiated, the forward
+  rule runs the forward + backward pick and autodiff's VJP of it. The two
+  can differ: on few channels the factored plan wins the forward and loses
+  the backward (``benchmarks/results/conv_plans_cpu_float32.md``).
+  """
+  return config.run(x, terms, config.pick(x.dtype, "fwd"))
+
+
+def _autotuned_fwd(config: _Tuned, x, terms):
+  strategy = config.pick(x.dtype, "fwd+bwd")
+  return jax.vjp(lambda x, terms: config.run(x, terms, strategy), x, terms)
+
+
+def _autotuned_bwd(config, vjp, dy):
+  del config
+  return vjp(dy)
+
+
+_autotuned.defvjp(_autotuned_fwd, _autotuned_bwd)
+
+
+def _execute(x, terms, strategy, plan, geo, precision, pet) -> Array:
+  """Runs the plan, or (``"autotune"``) the measured-fastest ones."""
+  if strategy != "autotune" or x.shape[0] == 0:
+    return _run(x, terms, plan.strategy, geo, precision, pet)
+  shapes = tuple(tuple(tuple(int(d) for d in f.shape) for f in t) for t in terms)
+  config = _Tuned(geo, shapes, plan.strategy, precision, pet)
+  return _vjp.reverse_mode_only(
+    _autotuned,
+    config,
+    x,
+    terms,
+    'strategy="autotune" of kron_conv / kron_conv_sum is reverse-mode only (it'
+    " tunes forward and forward + backward apart, through a jax.custom_vjp):"
+    " jax.jvp, jax.jacfwd and jax.hessian cannot go through it. Pass"
+    ' strategy="auto", "factored" or "materialize" for forward-mode derivatives.',
+  )
 
 
 def kron_conv(
@@ -241,7 +311,10 @@ def kron_conv(
     precision: ``lax.Precision`` for both convolutions.
     preferred_element_type: accumulation/result dtype of both convolutions
       (the intermediate is stored in the input dtype).
-    strategy: ``"auto"``, ``"factored"`` or ``"materialize"``.
+    strategy: ``"auto"``, ``"factored"``, ``"materialize"`` or
+      ``"autotune"`` (both plans timed once per shape and device, forward and
+      forward + backward apart, the winners cached as for
+      :func:`~kfc_jax.kron_matmul`; reverse-mode differentiation only).
     cost_model: device model for the plan; defaults to
       :func:`~kfc_jax.default_cost_model`.
 
@@ -258,7 +331,7 @@ def kron_conv(
     >>> kfc_jax.kron_conv(x, (a, b), strides=2).shape
     (2, 5, 5, 16)
   """
-  x, terms, plan, batch_shape, geo, pet = _prepare(
+  x, terms, plan, batch_shape, geo, pet, strategy = _prepare(
     x,
     [_checks.conv_term(factors)],
     strides,
@@ -268,7 +341,7 @@ def kron_conv(
     cost_model,
     preferred_element_type,
   )
-  y = _run(x, terms, plan.strategy, geo, precision, pet)
+  y = _execute(x, terms, strategy, plan, geo, precision, pet)
   return y.reshape(*batch_shape, *y.shape[1:])
 
 
@@ -298,8 +371,10 @@ def kron_conv_sum(
       :func:`kron_conv`.
     strides, padding, kernel_dilation, precision, preferred_element_type, cost_model:
       as for :func:`kron_conv`.
-    strategy: ``"auto"``, ``"factored"`` (every term factored) or
-      ``"materialize"`` (one dense conv by the summed kernel).
+    strategy: ``"auto"``, ``"factored"`` (every term factored),
+      ``"materialize"`` (one dense conv by the summed kernel) or
+      ``"autotune"`` (the faster of those two, measured; see
+      :func:`kron_conv`).
 
   Returns:
     ``[*batch, Y, X, C_out]``.
@@ -320,10 +395,10 @@ def kron_conv_sum(
     )
   terms = [_checks.conv_term(t, f"terms[{i}]") for i, t in enumerate(terms)]
   _checks.same_kernel_shape([(a.shape, b.shape) for a, b in terms])
-  x, terms, plan, batch_shape, geo, pet = _prepare(
+  x, terms, plan, batch_shape, geo, pet, strategy = _prepare(
     x, terms, strides, padding, kernel_dilation, strategy, cost_model, preferred_element_type
   )
-  y = _run(x, terms, plan.strategy, geo, precision, pet)
+  y = _execute(x, terms, strategy, plan, geo, precision, pet)
   return y.reshape(*batch_shape, *y.shape[1:])
 
 

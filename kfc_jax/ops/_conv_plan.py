@@ -19,6 +19,7 @@ from typing import Any, Literal, NamedTuple
 import jax.numpy as jnp
 
 from kfc_jax import _checks
+from kfc_jax.ops import _autotune
 from kfc_jax.ops._conv_geometry import (
   ConvGeometry,
   PaddingLike,
@@ -30,7 +31,7 @@ from kfc_jax.ops._conv_geometry import (
 )
 from kfc_jax.ops._cost import CostModel, PlanCost, default_cost_model, matmul_plan
 
-ConvStrategy = Literal["auto", "factored", "materialize"]
+ConvStrategy = Literal["auto", "factored", "materialize", "autotune"]
 
 
 # ---------------------------------------------------------------------------
@@ -240,8 +241,10 @@ def kron_conv_plan(
     padding: as for :func:`kron_conv`.
     kernel_dilation: int or ``(dh, dw)``, the dilation of ``K``.
     dtype: element type (sets the bytes per element).
-    strategy: ``"auto"`` (cheapest by the cost model), ``"factored"`` or
-      ``"materialize"``.
+    strategy: ``"auto"`` (cheapest by the cost model), ``"factored"``,
+      ``"materialize"`` or ``"autotune"`` (the plan measured fastest forward
+      + backward on this device, timed on first use and cached; see
+      :func:`kron_conv`).
     cost_model: device model; defaults to :func:`~kfc_jax.default_cost_model`.
 
   Returns:
@@ -263,8 +266,21 @@ def kron_conv_plan(
     tuple(int(d) for d in x_shape), a, b, strides, padding, kernel_dilation, "x_shape"
   )
   return conv_plan(
-    geo, a, b, jnp.dtype(dtype).itemsize, strategy, cost_model or default_cost_model()
+    geo,
+    a,
+    b,
+    jnp.dtype(dtype).itemsize,
+    tuned(geo, [(a, b)], dtype, strategy),
+    cost_model or default_cost_model(),
   )
+
+
+def tuned(geo: ConvGeometry, shapes, dtype, strategy: str, precision=None, pet=None) -> str:
+  """``strategy``, with ``"autotune"`` replaced by the measured-fastest plan
+  forward + backward (``"auto"`` when it cannot be timed)."""
+  if strategy != "autotune":
+    return strategy
+  return _autotune.autotuned_conv_strategy(geo, shapes, dtype, precision, pet)
 
 
 # ---------------------------------------------------------------------------
@@ -359,8 +375,9 @@ def kron_conv_sum_plan(
       :func:`kron_conv_plan`; all must compose to the same kernel shape.
     strides, padding, kernel_dilation, dtype, cost_model: as for
       :func:`kron_conv_plan`.
-    strategy: ``"auto"``, ``"factored"`` (every term factored) or
-      ``"materialize"`` (one dense conv by the summed kernel).
+    strategy: ``"auto"``, ``"factored"`` (every term factored),
+      ``"materialize"`` (one dense conv by the summed kernel) or
+      ``"autotune"`` (as for :func:`kron_conv_plan`).
 
   Returns:
     A :class:`KronConvSumPlan`; ``plan.strategy`` is what runs.
@@ -385,5 +402,9 @@ def kron_conv_sum_plan(
     tuple(int(d) for d in x_shape), *shapes[0], strides, padding, kernel_dilation, "x_shape"
   )
   return sum_plan(
-    geo, shapes, jnp.dtype(dtype).itemsize, strategy, cost_model or default_cost_model()
+    geo,
+    shapes,
+    jnp.dtype(dtype).itemsize,
+    tuned(geo, shapes, dtype, strategy),
+    cost_model or default_cost_model(),
   )

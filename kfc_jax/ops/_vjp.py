@@ -362,7 +362,7 @@ def autotuned_materialize(x, fs, precision, pet) -> jax.Array:
     None if pet is None else jnp.dtype(pet),
     tune_inference=True,
   )
-  return _reverse_mode_only(tuned_materialized, config, x, tuple(fs))
+  return reverse_mode_only(tuned_materialized, config, x, tuple(fs))
 
 
 def _planned_fwd(config, x, fs):
@@ -465,19 +465,22 @@ def planned_matmul(x, fs, plan, precision, pet, model, tune_inference=False) -> 
     None if pet is None else jnp.dtype(pet),
     tune_inference,
   )
-  return _reverse_mode_only(planned_factored, config, x, tuple(fs))
+  return reverse_mode_only(planned_factored, config, x, tuple(fs))
 
 
-def _reverse_mode_only(custom_vjp_fn: Any, config, x, fs) -> jax.Array:
-  """Calls ``custom_vjp_fn``; forward-mode AD of it raises a TypeError that says what to do."""
+_PLANNED_ONLY = (
+  'kron_matmul\'s planned backward (backward="planned", the default) is'
+  " reverse-mode only: jax.jvp, jax.jacfwd, jax.hessian and forward-over-"
+  'reverse cannot go through it. Pass backward="autodiff" to'
+  " kron_matmul (or the layer) for forward-mode derivatives."
+)
+
+
+def reverse_mode_only(custom_vjp_fn: Any, config, x, fs, message: str = _PLANNED_ONLY) -> Any:
+  """Calls ``custom_vjp_fn``; forward-mode AD of it raises a TypeError with ``message``."""
   try:
     return custom_vjp_fn(config, x, fs)
   except TypeError as e:
     if "forward-mode" not in str(e):
       raise
-    raise TypeError(
-      'kron_matmul\'s planned backward (backward="planned", the default) is'
-      " reverse-mode only: jax.jvp, jax.jacfwd, jax.hessian and forward-over-"
-      'reverse cannot go through it. Pass backward="autodiff" to'
-      " kron_matmul (or the layer) for forward-mode derivatives."
-    ) from e
+    raise TypeError(message) from e

@@ -22,7 +22,7 @@ def test_quick_run_writes_results(tmp_path, monkeypatch):
   row = payload["rows"][0]
   assert row["pick"] in ("factored", "materialize")
   assert set(row["ms"]) == {
-    f"{mode} {s}" for mode in ("fwd", "fwd+bwd") for s in ("factored", "materialize")
+    f"{mode} {s}" for mode in ("fwd", "fwd+bwd") for s in ("factored", "materialize", "autotune")
   }
   assert all(v > 0 for v in row["ms"].values())
   (floor,) = payload["floor"]

@@ -18,15 +18,6 @@ from kfc_jax import calibrate
 from kfc_jax.ops import _autotune
 
 
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-  """A fresh autotune cache: empty memory, disk under tmp_path."""
-  monkeypatch.setenv("KFC_JAX_CACHE_DIR", str(tmp_path))
-  _autotune.clear_cache()
-  yield tmp_path
-  _autotune.clear_cache()
-
-
 def _case(rng, rows=64):
   factors = random_factors(rng, (4, 8), (8, 4), 2, np.float32)
   x = rng.standard_normal((rows, 32)).astype(np.float32)
@@ -206,13 +197,6 @@ def test_autotune_candidates_respect_the_memory_rule():
   assert "materialize" not in big_w and set(big_w) == {(0, 1), (1, 0)}
   small_w = _autotune.candidate_strategies((4096, 64), [(8, 8), (8, 8)], jnp.float32)
   assert "materialize" in small_w
-
-
-def test_autotune_strategy_only_for_matmul():
-  with pytest.raises(ValueError, match="strategy"):
-    kfc_jax.kron_conv(
-      jnp.ones((1, 4, 4, 4)), (jnp.ones((1, 1, 2, 2)), jnp.ones((1, 1, 2, 2))), strategy="autotune"
-    )
 
 
 # ---------------------------------------------------------------------------

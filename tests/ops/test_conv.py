@@ -329,7 +329,7 @@ class TestErrors:
     with pytest.raises(
       ValueError,
       match=r"strategy must be one of \('auto', 'factored',"
-      r" 'materialize'\), got 'fast'",
+      r" 'materialize', 'autotune'\), got 'fast'",
     ):
       kfc_jax.kron_conv(jnp.ones((1, 4, 4, 6)), (self.A, self.B), strategy="fast")
 

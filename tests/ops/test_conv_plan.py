@@ -187,6 +187,6 @@ def test_conv_strategy_is_a_name():
   with pytest.raises(
     ValueError,
     match=r"strategy must be one of \('auto', 'factored',"
-    r" 'materialize'\), got \(0, 1\)",
+    r" 'materialize', 'autotune'\), got \(0, 1\)",
   ):
     kfc_jax.kron_conv_plan((1, 8, 8, 4), [(3, 3, 2, 2), (1, 1, 2, 2)], strategy=(0, 1))
