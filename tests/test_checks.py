@@ -17,7 +17,7 @@ class TestStrategy:
     assert _checks.strategy([2, 0, 1], 3) == (2, 0, 1)
     with pytest.raises(
       ValueError,
-      match=r"one of \('auto', 'factored', 'materialize'\),"
+      match=r"one of \('auto', 'factored', 'materialize', 'autotune'\),"
       r" got \(1, 0\)",
     ):
       _checks.strategy((1, 0))
