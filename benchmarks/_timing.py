@@ -77,6 +77,18 @@ def environment(dtype: str) -> dict[str, Any]:
   }
 
 
+def header(title: str, env: dict[str, Any]) -> list[str]:
+  """A result file's first Markdown lines: its title, the machine and versions, the command."""
+  return [
+    f"# {title}",
+    "",
+    f"Device: {env['device']} ({env['host_cpu']}, {env['cpu_count']} cores); dtype"
+    f" {env['dtype']}; jax {env['jax']}; python {env['python']}; {env['date']}.",
+    f"Command: `{env['command']}`",
+    "",
+  ]
+
+
 def write_results(path_stem: str, payload: dict[str, Any], markdown: str) -> None:
   os.makedirs(os.path.dirname(path_stem) or ".", exist_ok=True)
   with open(path_stem + ".json", "w") as f:

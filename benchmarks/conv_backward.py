@@ -122,12 +122,7 @@ def run_case(case: Case, dtype, repeats: int) -> dict:
 
 def summarize(rows, env) -> tuple[str, list[str]]:
   lines = [
-    "# kron_conv backward: autodiff of each plan against the mixed backwards",
-    "",
-    f"Device: {env['device']} ({env['host_cpu']}, {env['cpu_count']} cores); dtype"
-    f" {env['dtype']}; jax {env['jax']}; python {env['python']}; {env['date']}.",
-    f"Command: `{env['command']}`",
-    "",
+    *_timing.header("kron_conv backward: autodiff of each plan against the mixed backwards", env),
     "Median ms per forward + backward (gradients of the input and both factors;"
     " interleaved, after warm-up, `block_until_ready`). `fwd/dx/dfactors`, F ="
     " factored, M = materialized; `F/F/F` and `M/M/M` are autodiff of one plan."

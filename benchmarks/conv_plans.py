@@ -159,12 +159,7 @@ def run_floor(floor, dtype, repeats: int) -> list[dict]:
 
 def summarize(rows, env, floor) -> tuple[str, list[str]]:
   lines = [
-    "# kron_conv plans on the KConv example's layers",
-    "",
-    f"Device: {env['device']} ({env['host_cpu']}, {env['cpu_count']} cores); dtype"
-    f" {env['dtype']}; jax {env['jax']}; python {env['python']}; {env['date']}.",
-    f"Command: `{env['command']}`",
-    "",
+    *_timing.header("kron_conv plans on the KConv example's layers", env),
     "Median ms per call (interleaved, after warm-up, `block_until_ready`) of"
     " `kron_conv_sum` forced to each plan; pick: the cost model's (`auto`),"
     " with its predicted ms (factored / materialized); pick vs best: the"

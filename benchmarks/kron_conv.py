@@ -154,12 +154,7 @@ def run_case(case: Case, dtype, repeats: int) -> dict:
 
 def summarize(rows, env) -> tuple[str, list[str]]:
   lines = [
-    "# kron_conv benchmark",
-    "",
-    f"Device: {env['device']} ({env['host_cpu']}, {env['cpu_count']} cores); dtype"
-    f" {env['dtype']}; jax {env['jax']}; python {env['python']}; {env['date']}.",
-    f"Command: `{env['command']}`",
-    "",
+    *_timing.header("kron_conv benchmark", env),
     "3x3 conv, C -> C, SAME, stride 1, NHWC. Median ms per call (interleaved,"
     " after warm-up, `block_until_ready`); temporary memory of the compiled"
     " program in MiB in brackets. `factored` = kron_conv (two small convs,"

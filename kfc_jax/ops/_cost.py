@@ -88,7 +88,7 @@ class CostModel:
     (``benchmarks/kron_conv.py`` and 3x3 convs of 8 to 256 channels), e.g. a
     3x3 64->64 conv runs at 0.70 of a 128->128 one (model 0.71), 16->48 at
     0.47 (0.5). The pixel floor is what convs of 2-12 channels measure
-    (``benchmarks/conv_plans.py``): 31-50 ns a pixel, so a 1x3 2->2 conv on
+    (``benchmarks/conv_plans.py``): 32-48 ns a pixel, so a 1x3 2->2 conv on
     1024 images of 28x28 takes 25 ms for 19 MFLOPs, where the channel term
     alone predicts 1.5 ms. With it the model picks the faster plan (within
     10%) on 58 of the 72 KConv-example rows of that benchmark, against 29

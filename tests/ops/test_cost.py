@@ -48,7 +48,7 @@ class TestCostModel:
 
   def test_default_model_per_platform(self):
     assert kfc_jax.default_cost_model("cpu").chunk_bytes == 2**20
-    # benchmarks/results/conv_plans_cpu_float32.md: 31-50 ns a pixel at 2-12 channels.
+    # benchmarks/results/conv_plans_cpu_float32.md: 32-48 ns a pixel at 2-12 channels.
     assert 20e-9 <= kfc_jax.default_cost_model("cpu").conv_pixel_seconds <= 60e-9
     assert kfc_jax.default_cost_model("no-such-device") == kfc_jax.default_cost_model("gpu")
 
