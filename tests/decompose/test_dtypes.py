@@ -16,7 +16,7 @@ import kfc_jax
 DTYPES = [jnp.bfloat16, jnp.float16, np.float32]
 
 
-def _same(result, reference):
+def _assert_same(result, reference):
   for a, b in zip(result, reference, strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
@@ -28,9 +28,9 @@ class TestLowPrecisionWeights:
     wide = np.asarray(w, np.float64)
     dec = kfc_jax.low_rank(w, 2)
     assert dec.u.dtype == np.float64
-    _same(dec, kfc_jax.low_rank(wide, 2))
+    _assert_same(dec, kfc_jax.low_rank(wide, 2))
     cov = jnp.asarray(np.eye(8) + 0.2, dtype)
-    _same(
+    _assert_same(
       kfc_jax.low_rank(w, 2, input_cov=cov),
       kfc_jax.low_rank(wide, 2, input_cov=np.asarray(cov, np.float64)),
     )
@@ -40,13 +40,13 @@ class TestLowPrecisionWeights:
     w = jnp.asarray(rng.standard_normal((8, 6)), dtype)
     dec = kfc_jax.nearest_kronecker(w, ms, ns, 2)
     ref = kfc_jax.nearest_kronecker(np.asarray(w, np.float64), ms, ns, 2)
-    _same(dec.factors, ref.factors)
+    _assert_same(dec.factors, ref.factors)
     assert dec.relative_error == pytest.approx(ref.relative_error, rel=1e-12)
 
   def test_nearest_kronecker_tensor(self, rng, dtype):
     t = jnp.asarray(rng.standard_normal((2, 3, 4)), dtype)
     dec = kfc_jax.nearest_kronecker_tensor(t, [(0,), (1, 2)])
-    _same(
+    _assert_same(
       dec.factors,
       kfc_jax.nearest_kronecker_tensor(np.asarray(t, np.float64), [(0,), (1, 2)]).factors,
     )
@@ -54,7 +54,7 @@ class TestLowPrecisionWeights:
   def test_gkpd(self, rng, dtype):
     k = jnp.asarray(rng.standard_normal((3, 3, 4, 4)), dtype)
     dec = kfc_jax.gkpd(k, (3, 3, 2, 2), (1, 1, 2, 2), 2)
-    _same(
+    _assert_same(
       dec.factors, kfc_jax.gkpd(np.asarray(k, np.float64), (3, 3, 2, 2), (1, 1, 2, 2), 2).factors
     )
 
@@ -62,7 +62,7 @@ class TestLowPrecisionWeights:
     w = jnp.asarray(rng.standard_normal((6, 4)), dtype)
     terms = [((2, 3), (2, 2), ((0, 2), (1, 3)))]
     dec = kfc_jax.nearest_kronecker_sum(w, terms)
-    _same(
+    _assert_same(
       dec.factors[0], kfc_jax.nearest_kronecker_sum(np.asarray(w, np.float64), terms).factors[0]
     )
 

@@ -27,7 +27,7 @@ SHAPES = [
 ]
 
 
-def _check_strategies(rng, in_factors, out_factors, rank, batch_shape, strategies):
+def _assert_strategies_match(rng, in_factors, out_factors, rank, batch_shape, strategies):
   factors = random_factors(rng, in_factors, out_factors, rank)
   x = rng.standard_normal((*batch_shape, math.prod(in_factors)))
   expected = x @ np_kron(factors)
@@ -41,7 +41,7 @@ def _check_strategies(rng, in_factors, out_factors, rank, batch_shape, strategie
 @pytest.mark.parametrize("rank", [1, 2, 8])
 @pytest.mark.parametrize("batch_shape", [(), (4,), (2, 3), (2, 1, 3)], ids=str)
 def test_matches_np_kron(x64, rng, in_factors, out_factors, rank, batch_shape):
-  _check_strategies(
+  _assert_strategies_match(
     rng, in_factors, out_factors, rank, batch_shape, ["auto", "factored", "materialize"]
   )
 
@@ -49,7 +49,7 @@ def test_matches_np_kron(x64, rng, in_factors, out_factors, rank, batch_shape):
 @pytest.mark.parametrize("in_factors,out_factors", SHAPES[1:], ids=str)
 def test_every_contraction_order(x64, rng, in_factors, out_factors):
   orders = list(itertools.permutations(range(len(in_factors))))
-  _check_strategies(rng, in_factors, out_factors, 3, (2, 3), orders)
+  _assert_strategies_match(rng, in_factors, out_factors, 3, (2, 3), orders)
 
 
 def test_two_dimensional_factor_means_rank_one(x64, rng):
